@@ -1,0 +1,39 @@
+# sockapp: `make run` serves, `make test` checks. Both set up .venv themselves.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 5634
+PYTEST_ARGS ?=
+
+# Regenerate Twisted's plugin cache after installing, so twistd never has to
+# (and never logs "Unable to write to plugin cache").
+REFRESH_PLUGIN_CACHE = $(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
+
+.PHONY: run test install clean
+
+run: $(VENV)/.installed
+	$(BIN)/twistd -n --pidfile= sockapp --port $(PORT)
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+install: $(VENV)/.installed
+
+$(VENV)/.python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "sockapp needs Python 3.11 or newer: set PYTHON=python3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	touch $@
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.python
+	$(BIN)/python -m pip install --quiet -e .
+	$(REFRESH_PLUGIN_CACHE)
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(REFRESH_PLUGIN_CACHE)
+	touch $@ $(VENV)/.installed
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache .hypothesis twisted/plugins/dropin.cache

@@ -1,0 +1,190 @@
+"""The ``sockapp`` command: the tutorial's clients, over any client endpoint.
+
+Every failure a user can cause or meet (a refused connection, a bad
+endpoint string, a server that closes mid-answer) ends in one line on
+stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet import defer, error as neterror, task
+
+from sockapp import __version__
+from sockapp.client import DEFAULT_ENDPOINT, Response, connect, connect_echo
+from sockapp.errors import SockappError
+
+DEFAULT_TIMEOUT = 30.0
+TUTORIAL_ECHO_MESSAGE = "hello, universe.\nHi, friend."
+TUTORIAL_MULTICONN_MESSAGES = ("hello message 1 from client.", "hi message 2 from client.")
+
+
+def _response_json(response: Response) -> dict[str, Any]:
+    out: dict[str, Any] = {"header": response.header.as_dict()}
+    if response.content_type == "text/json":
+        out["content"] = response.document
+    else:
+        out["content_base64"] = base64.b64encode(response.content).decode("ascii")
+    return out
+
+
+def _response_text(response: Response) -> str:
+    if response.content_type == "text/json":
+        if isinstance(response.document, dict) and "result" in response.document:
+            result = response.document["result"]
+            return result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)
+        return json.dumps(response.document, ensure_ascii=False)
+    return response.content.decode("utf-8", "backslashreplace")
+
+
+async def run_request(reactor: Any, args: argparse.Namespace) -> int:
+    client = await connect(reactor, args.connect)
+    try:
+        response = await client.request(args.action, args.value)
+    finally:
+        await client.close()
+    if args.json:
+        print(json.dumps(_response_json(response), ensure_ascii=False))
+    else:
+        print(_response_text(response))
+    return 0
+
+
+async def run_echo(reactor: Any, args: argparse.Namespace) -> int:
+    data = args.message.encode("utf-8")
+    client = await connect_echo(reactor, args.connect)
+    try:
+        echoed = await client.roundTrip(data)
+    finally:
+        await client.close()
+    print(echoed.decode("utf-8", "backslashreplace"))
+    return 0 if echoed == data else 1
+
+
+async def _one_multiconn(reactor: Any, endpoint: str, messages: list[bytes]) -> bytes:
+    client = await connect_echo(reactor, endpoint)
+    try:
+        return await client.roundTrip(b"".join(messages))
+    finally:
+        await client.close()
+
+
+async def run_multiconn(reactor: Any, args: argparse.Namespace) -> int:
+    messages = [m.encode("utf-8") for m in (args.message or TUTORIAL_MULTICONN_MESSAGES)]
+    expected = b"".join(messages)
+    results = await defer.DeferredList(
+        [defer.ensureDeferred(_one_multiconn(reactor, args.connect, messages)) for _ in range(args.connections)],
+        consumeErrors=True,
+    )
+    good = 0
+    for number, (ok, value) in enumerate(results, start=1):
+        if ok and value == expected:
+            good += 1
+        elif ok:
+            print(f"connection {number}: echo differs: sent {expected!r}, got {value!r}", file=sys.stderr)
+        else:
+            print(f"connection {number}: {describe_error(value.value)}", file=sys.stderr)
+    print(f"{good} of {args.connections} connections echoed {len(expected)} bytes exactly")
+    return 0 if good == args.connections else 1
+
+
+def describe_error(error: BaseException) -> str:
+    """One line for the user about ``error``."""
+    if isinstance(error, neterror.ConnectionRefusedError):
+        return "connection refused (is the server running?)"
+    if isinstance(error, neterror.ConnectError):
+        return f"cannot connect: {error}".rstrip(".")
+    if isinstance(error, (SockappError, neterror.ConnectionLost, neterror.ConnectionDone)):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sockapp",
+        description="Clients for the sockapp search and echo servers (and the tutorial's own).",
+    )
+    parser.add_argument("--version", action="version", version=f"sockapp {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.add_argument(
+            "--connect",
+            default=DEFAULT_ENDPOINT,
+            metavar="ENDPOINT",
+            help=f"client endpoint string of the server (default: {DEFAULT_ENDPOINT})",
+        )
+        sub.add_argument(
+            "--timeout",
+            type=_seconds,
+            default=DEFAULT_TIMEOUT,
+            metavar="SECONDS",
+            help=f"give up if the whole command takes longer (default: {DEFAULT_TIMEOUT:g}; 0 waits forever)",
+        )
+        return sub
+
+    request = command("request", "send one request, as the tutorial's app client does, and print the answer")
+    request.add_argument("action", help="'search' sends a JSON search request; any other action a binary request")
+    request.add_argument("value", help="the search query, or the rest of the binary request")
+    request.add_argument("--json", action="store_true", help="print the whole response (header and content) as JSON")
+    request.set_defaults(run=run_request)
+
+    echo = command("echo", "send a message to an echo server and print the complete echo")
+    echo.add_argument("message", nargs="?", default=TUTORIAL_ECHO_MESSAGE, help="what to send (default: the tutorial's)")
+    echo.set_defaults(run=run_echo)
+
+    multiconn = command("multiconn", "the tutorial's many-connection echo client: check every echo is exact")
+    multiconn.add_argument("--connections", "-n", type=_count, default=2, metavar="N", help="concurrent connections")
+    multiconn.add_argument(
+        "--message", action="append", metavar="TEXT", help="a message each connection sends (repeatable)"
+    )
+    multiconn.set_defaults(run=run_multiconn)
+    return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+async def _guarded(reactor: Any, args: argparse.Namespace) -> None:
+    work = defer.ensureDeferred(args.run(reactor, args))
+    if args.timeout:
+        work.addTimeout(args.timeout, reactor)
+    try:
+        code = await work
+    except defer.TimeoutError:
+        print(f"sockapp {args.command}: error: no complete answer within {args.timeout:g} s", file=sys.stderr)
+        raise SystemExit(1) from None
+    except Exception as e:
+        print(f"sockapp {args.command}: error: {describe_error(e)}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if code:
+        raise SystemExit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    task.react(lambda reactor: defer.ensureDeferred(_guarded(reactor, args)))

@@ -1,0 +1,303 @@
+"""The wire format as a sans-IO codec: bytes in, messages out, never a socket.
+
+A frame is a 2-byte big-endian header length, a UTF-8 JSON header object
+with ``byteorder``, ``content-type``, ``content-encoding`` and
+``content-length``, then ``content-length`` bytes of content. A
+``text/json`` content is JSON text in its declared ``content-encoding``.
+
+``encode_frame`` turns header fields and content into bytes; ``FrameDecoder``
+takes bytes as they arrive and hands out complete ``Message`` objects, or
+``NEED_DATA``. Limits are checked as soon as the numbers are known, before
+anything is buffered for them.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import sys
+from typing import Any, Final
+
+from attrs import field, frozen, validators
+
+from sockapp.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+
+PREFIX_LENGTH: Final = 2
+MAX_HEADER_LENGTH: Final = 0xFFFF
+DEFAULT_MAX_CONTENT_LENGTH: Final = 64 * 1024 * 1024
+REQUIRED_KEYS: Final = ("byteorder", "content-length", "content-type", "content-encoding")
+JSON_CONTENT_TYPE: Final = "text/json"
+
+
+class _NeedData:
+    """Sentinel type: the decoder needs more bytes before the next message."""
+
+    _instance: _NeedData | None = None
+
+    def __new__(cls) -> _NeedData:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+NEED_DATA: Final = _NeedData()
+
+
+def _non_negative_int(instance: object, attribute: Any, value: object) -> None:
+    if type(value) is not int or value < 0:
+        raise LocalProtocolError(f"{attribute.name} must be a non-negative int, not {value!r}")
+
+
+@frozen
+class Header:
+    """The JSON header of a frame, with the four fields the format requires."""
+
+    content_type: str = field(validator=validators.instance_of(str))
+    content_encoding: str = field(validator=validators.instance_of(str))
+    content_length: int = field(validator=_non_negative_int)
+    byteorder: str = field(default=sys.byteorder, validator=validators.instance_of(str))
+
+    def to_json_bytes(self) -> bytes:
+        """The header as the tutorial writes it: same key order, UTF-8, no ASCII escaping."""
+        return json.dumps(
+            {
+                "byteorder": self.byteorder,
+                "content-type": self.content_type,
+                "content-encoding": self.content_encoding,
+                "content-length": self.content_length,
+            },
+            ensure_ascii=False,
+        ).encode("utf-8")
+
+    def as_dict(self) -> dict[str, object]:
+        """The header's fields under their wire names, in wire order."""
+        return {
+            "byteorder": self.byteorder,
+            "content-type": self.content_type,
+            "content-encoding": self.content_encoding,
+            "content-length": self.content_length,
+        }
+
+
+@frozen
+class Message:
+    """One complete frame: its header, its raw content, and for ``text/json``
+    content the parsed JSON ``document`` (``None`` for any other type)."""
+
+    header: Header
+    content: bytes = field(validator=validators.instance_of(bytes))
+    document: Any = field(default=None, eq=False)
+
+    @property
+    def is_json(self) -> bool:
+        return self.header.content_type == JSON_CONTENT_TYPE
+
+
+def encode_frame(
+    content: bytes,
+    content_type: str,
+    content_encoding: str,
+    byteorder: str = sys.byteorder,
+) -> bytes:
+    """Frame ``content`` under a header built from the given fields."""
+    if not isinstance(content, (bytes, bytearray, memoryview)):
+        raise LocalProtocolError(f"content must be bytes, not {type(content).__name__}")
+    header = Header(
+        content_type=content_type,
+        content_encoding=content_encoding,
+        content_length=len(content),
+        byteorder=byteorder,
+    ).to_json_bytes()
+    if len(header) > MAX_HEADER_LENGTH:
+        raise LocalProtocolError(
+            f"header is {len(header)} bytes; the 2-byte prefix allows at most {MAX_HEADER_LENGTH}"
+        )
+    return len(header).to_bytes(PREFIX_LENGTH, "big") + header + bytes(content)
+
+
+def encode_json(document: object, content_encoding: str = "utf-8") -> bytes:
+    """A ``text/json`` frame carrying ``document``, encoded as the tutorial does."""
+    content = json.dumps(document, ensure_ascii=False).encode(content_encoding)
+    return encode_frame(content, JSON_CONTENT_TYPE, content_encoding)
+
+
+def parse_header(raw: bytes, max_content_length: int) -> Header:
+    """Validate a header's bytes; raise ``RemoteProtocolError`` naming the fault."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RemoteProtocolError(ErrorCode.HEADER_NOT_UTF8, f"header is not UTF-8: {e.reason} at byte {e.start}") from None
+    try:
+        fields = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise RemoteProtocolError(ErrorCode.HEADER_NOT_JSON, f"header is not JSON: {e}") from None
+    if not isinstance(fields, dict):
+        raise RemoteProtocolError(
+            ErrorCode.HEADER_NOT_OBJECT, f"header must be a JSON object, not {_json_type(fields)}"
+        )
+    for key in REQUIRED_KEYS:
+        if key not in fields:
+            raise RemoteProtocolError(ErrorCode.HEADER_MISSING_KEY, f"missing required header '{key}'")
+    length = fields["content-length"]
+    if type(length) is not int or length < 0:
+        raise RemoteProtocolError(
+            ErrorCode.BAD_CONTENT_LENGTH,
+            f"content-length must be a non-negative integer, not {json.dumps(length, ensure_ascii=False)}",
+        )
+    if length > max_content_length:
+        raise RemoteProtocolError(
+            ErrorCode.CONTENT_TOO_LARGE,
+            f"content-length {length} is over this server's limit of {max_content_length} bytes",
+        )
+    for key in ("byteorder", "content-type", "content-encoding"):
+        if not isinstance(fields[key], str):
+            raise RemoteProtocolError(
+                ErrorCode.BAD_HEADER_FIELD, f"header '{key}' must be a string, not {_json_type(fields[key])}"
+            )
+    return Header(
+        content_type=fields["content-type"],
+        content_encoding=fields["content-encoding"],
+        content_length=length,
+        byteorder=fields["byteorder"],
+    )
+
+
+def parse_json_content(content: bytes, encoding: str) -> Any:
+    """Decode ``text/json`` content with its declared encoding and parse it."""
+    try:
+        info = codecs.lookup(encoding)
+    except (LookupError, ValueError, TypeError):
+        info = None
+    if info is None or not getattr(info, "_is_text_encoding", True):
+        raise RemoteProtocolError(ErrorCode.UNKNOWN_ENCODING, f"unknown content-encoding '{encoding}'")
+    try:
+        text = content.decode(info.name)
+    except UnicodeDecodeError as e:
+        raise RemoteProtocolError(
+            ErrorCode.CONTENT_NOT_DECODABLE, f"content is not valid {encoding}: {e.reason} at byte {e.start}"
+        ) from None
+    except (ValueError, TypeError) as e:  # UnicodeError of odd codecs is a ValueError
+        raise RemoteProtocolError(ErrorCode.CONTENT_NOT_DECODABLE, f"content is not valid {encoding}: {e}") from None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise RemoteProtocolError(ErrorCode.CONTENT_NOT_JSON, f"content is not JSON: {e}") from None
+
+
+def _json_type(value: object) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
+
+
+class FrameDecoder:
+    """Incremental decoder: ``receive_data`` bytes, then ``next_message`` until
+    it returns ``NEED_DATA``.
+
+    Buffer work is linear in the bytes received. Header bytes go into one
+    ``bytearray`` whose consumed prefix is dropped in place (CPython moves the
+    start, copying only when half of it is dead). Content that is not
+    complete on arrival is kept as the list of received chunks and joined
+    once, so a 64 MiB frame in 64 KiB pieces is copied once, not per piece.
+
+    After a ``RemoteProtocolError`` the stream cannot be resynchronised: the
+    decoder keeps raising it and ignores further data.
+    """
+
+    def __init__(self, max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH) -> None:
+        if type(max_content_length) is not int or max_content_length < 0:
+            raise LocalProtocolError(f"max_content_length must be a non-negative int, not {max_content_length!r}")
+        self.max_content_length = max_content_length
+        self._buffer = bytearray()
+        self._header: Header | None = None
+        self._chunks: list[bytes] | None = None
+        self._chunks_length = 0
+        self._error: RemoteProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet handed out as part of a message."""
+        return len(self._buffer) + self._chunks_length
+
+    @property
+    def in_frame(self) -> bool:
+        """True while part of a frame has arrived and the rest has not."""
+        return self._header is not None or self.buffered > 0
+
+    def receive_data(self, data: bytes) -> None:
+        """Add bytes from the peer; call ``next_message`` to collect messages."""
+        if self._error is not None:
+            return
+        if self._chunks is not None:
+            chunk = bytes(data)
+            self._chunks.append(chunk)
+            self._chunks_length += len(chunk)
+        else:
+            self._buffer += data
+
+    def next_message(self) -> Message | _NeedData:
+        """The next complete message, or ``NEED_DATA``; raises on a broken frame."""
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._next_message()
+        except RemoteProtocolError as e:
+            self._error = e
+            self._buffer = bytearray()
+            self._chunks = None
+            self._chunks_length = 0
+            raise
+
+    def _next_message(self) -> Message | _NeedData:
+        header = self._header
+        if header is None:
+            buffer = self._buffer
+            if len(buffer) < PREFIX_LENGTH:
+                return NEED_DATA
+            header_length = (buffer[0] << 8) | buffer[1]
+            if header_length == 0:
+                raise RemoteProtocolError(ErrorCode.EMPTY_HEADER, "header length is 0; a header is required")
+            end = PREFIX_LENGTH + header_length
+            if len(buffer) < end:
+                return NEED_DATA
+            header = parse_header(bytes(buffer[PREFIX_LENGTH:end]), self.max_content_length)
+            del buffer[:end]
+            self._header = header
+        content = self._take(header.content_length)
+        if content is None:
+            return NEED_DATA
+        self._header = None
+        document = parse_json_content(content, header.content_encoding) if header.content_type == JSON_CONTENT_TYPE else None
+        return Message(header=header, content=content, document=document)
+
+    def _take(self, length: int) -> bytes | None:
+        """Remove and return ``length`` bytes, or None (switching to chunk collection) if not there yet."""
+        chunks = self._chunks
+        if chunks is None:
+            buffer = self._buffer
+            if len(buffer) >= length:
+                with memoryview(buffer) as view:
+                    content = bytes(view[:length])
+                del buffer[:length]
+                return content
+            self._chunks = [bytes(buffer)] if buffer else []
+            self._chunks_length = len(buffer)
+            self._buffer = bytearray()
+            return None
+        if self._chunks_length < length:
+            return None
+        last = chunks[-1]
+        surplus = self._chunks_length - length
+        if surplus:
+            chunks[-1] = last[: len(last) - surplus]
+            self._buffer = bytearray(last[len(last) - surplus :])
+        content = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._chunks = None
+        self._chunks_length = 0
+        return content

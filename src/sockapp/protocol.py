@@ -1,0 +1,123 @@
+"""The Twisted side of the wire format: a thin ``Protocol`` over ``FrameDecoder``.
+
+Shaped like Twisted's ``IntNStringReceiver``: bytes arrive in
+``dataReceived``, complete frames go up as ``messageReceived(message)``,
+frames go down with ``sendMessage``. All parsing lives in ``framing``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IHalfCloseableProtocol, ITransport
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from sockapp.errors import RemoteProtocolError
+from sockapp.framing import DEFAULT_MAX_CONTENT_LENGTH, NEED_DATA, FrameDecoder, Message, encode_frame, encode_json
+
+
+def error_document(error: RemoteProtocolError) -> dict[str, dict[str, str]]:
+    """The content of the error frame sent for ``error``."""
+    return {"error": {"code": error.code.value, "message": error.message}}
+
+
+def read_only_as_fast_as_peer_reads(transport: ITransport) -> None:
+    """Register the transport as its own streaming producer.
+
+    When the peer stops reading and our write buffer fills, Twisted pauses
+    the producer, which for a transport means it stops reading from the
+    peer; it resumes once the buffer drains. Memory per connection stays
+    bounded by the transport's buffer plus one read.
+    """
+    transport.registerProducer(transport, True)
+
+
+def close_after_flush(transport: ITransport) -> None:
+    """Close once buffered output is written.
+
+    The transport must stop being its own producer first: Twisted does not
+    finish a ``loseConnection`` while a producer is registered.
+    """
+    if getattr(transport, "producer", None) is not None:
+        transport.unregisterProducer()
+    transport.loseConnection()
+
+
+def describe_address(address: object) -> str:
+    """A short text for a peer address in logs: host:port, or unix:path."""
+    host, port = getattr(address, "host", None), getattr(address, "port", None)
+    if host is not None and port is not None:
+        return f"{host}:{port}"
+    name = getattr(address, "name", None)
+    return f"unix:{name.decode() if isinstance(name, bytes) else name}" if name is not None else str(address)
+
+
+@implementer(IHalfCloseableProtocol)
+class FramedProtocol(Protocol):
+    """Splits the byte stream into ``Message`` objects.
+
+    A malformed frame ends the connection: ``protocolError`` is called with
+    the typed error, which by default answers with a ``text/json`` error
+    frame and closes after it is written. Frames complete before the broken
+    one are still delivered first, in order.
+
+    A peer that half-closes (shuts down its sending side) still gets every
+    answer to what it sent; then the connection closes.
+    """
+
+    max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH
+    log = Logger()
+
+    _decoder: FrameDecoder
+    closing: bool = False
+
+    def connectionMade(self) -> None:
+        self._decoder = FrameDecoder(self.max_content_length)
+        self.closing = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closing:
+            return
+        decoder = self._decoder
+        decoder.receive_data(data)
+        while not self.closing:
+            try:
+                message = decoder.next_message()
+            except RemoteProtocolError as error:
+                self.protocolError(error)
+                return
+            if message is NEED_DATA:
+                return
+            self.messageReceived(message)  # type: ignore[arg-type]
+
+    def messageReceived(self, message: Message) -> None:
+        """Override: called once for each complete frame, in arrival order."""
+        raise NotImplementedError
+
+    def protocolError(self, error: RemoteProtocolError) -> None:
+        """The peer broke the protocol: answer with an error frame and close."""
+        self.sendJSON(error_document(error))
+        self.closeAfterFlush()
+
+    def sendMessage(self, content: bytes, content_type: str, content_encoding: str) -> None:
+        """Write one frame carrying ``content``."""
+        self.transport.write(encode_frame(content, content_type, content_encoding))
+
+    def sendJSON(self, document: Any, content_encoding: str = "utf-8") -> None:
+        """Write one ``text/json`` frame carrying ``document``."""
+        self.transport.write(encode_json(document, content_encoding))
+
+    def closeAfterFlush(self) -> None:
+        """Stop handling input and close once everything written has been sent."""
+        self.closing = True
+        close_after_flush(self.transport)
+
+    def readConnectionLost(self) -> None:
+        """The peer sent EOF: what it sent is answered, so close after the answers."""
+        self.closeAfterFlush()
+
+    def writeConnectionLost(self) -> None:
+        """The peer stopped reading our side for good; nothing more to do."""
+        self.closeAfterFlush()

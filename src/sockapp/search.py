@@ -1,0 +1,98 @@
+"""The search application: its data and its answers, with no I/O.
+
+``SearchIndex.respond`` maps a request ``Message`` to the response frame's
+bytes exactly as the tutorial's ``libserver.py`` builds them, so a server
+built on it is byte-for-byte the tutorial's server on the wire.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+from collections.abc import Mapping
+from typing import Final
+
+from attrs import field, frozen
+
+from sockapp.errors import ErrorCode, RemoteProtocolError
+from sockapp.framing import Message, encode_frame, encode_json
+
+TUTORIAL_ANSWERS: Final[Mapping[str, str]] = types.MappingProxyType(
+    {
+        "morpheus": "Follow the white rabbit. \U0001f430",
+        "ring": "In the caves beneath the Misty Mountains. \U0001f48d",
+        "\U0001f436": "\U0001f43e Playing ball! \U0001f3d0",
+    }
+)
+
+BINARY_RESPONSE_TYPE: Final = "binary/custom-server-binary-type"
+BINARY_RESPONSE_ENCODING: Final = "binary"
+BINARY_RESPONSE_PREFIX: Final = b"First 10 bytes of request: "
+
+
+class DataFileError(Exception):
+    """A ``--data`` file could not be used; the message is one line for the user."""
+
+
+def _read_only(answers: Mapping[str, str]) -> Mapping[str, str]:
+    return types.MappingProxyType(dict(answers))
+
+
+@frozen
+class SearchIndex:
+    """Answers search requests from a fixed query -> answer mapping."""
+
+    answers: Mapping[str, str] = field(default=TUTORIAL_ANSWERS, converter=_read_only)
+
+    def answer(self, query: str) -> str:
+        """The tutorial's answer text for ``query`` (an empty answer counts as no match)."""
+        return self.answers.get(query) or f"No match for '{query}'."
+
+    def respond(self, message: Message) -> bytes:
+        """The response frame for one request.
+
+        A ``text/json`` request must be an object with a string ``action``
+        (and a string ``value`` for ``search``); anything else raises
+        ``RemoteProtocolError``. Every other content type is a binary
+        request, answered with the first 10 bytes of its content.
+        """
+        if not message.is_json:
+            return encode_frame(
+                BINARY_RESPONSE_PREFIX + message.content[:10], BINARY_RESPONSE_TYPE, BINARY_RESPONSE_ENCODING
+            )
+        request = message.document
+        if not isinstance(request, dict):
+            raise RemoteProtocolError(ErrorCode.REQUEST_NOT_OBJECT, "a text/json request must be a JSON object")
+        action = request.get("action")
+        if not isinstance(action, str):
+            raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "request needs an 'action' that is a string")
+        if action != "search":
+            return encode_json({"result": f"Error: invalid action '{action}'."})
+        query = request.get("value")
+        if not isinstance(query, str):
+            raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "a search request needs a 'value' that is a string")
+        return encode_json({"result": self.answer(query)})
+
+
+def load_answers(path: str) -> Mapping[str, str]:
+    """Read a JSON object of query -> answer strings from ``path``.
+
+    Raises ``DataFileError`` with a one-line reason on any problem.
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise DataFileError(f"cannot read data file {path}: {e.strerror or e}") from None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataFileError(f"data file {path} is not UTF-8: {e.reason} at byte {e.start}") from None
+    except (ValueError, RecursionError) as e:
+        raise DataFileError(f"data file {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise DataFileError(f"data file {path} must hold a JSON object of query -> answer")
+    for query, answer in data.items():
+        if not isinstance(answer, str):
+            raise DataFileError(f"data file {path}: the answer for {query!r} must be a string")
+    return types.MappingProxyType(data)

@@ -1,0 +1,93 @@
+"""Options every sockapp server shares: where to listen, how much to log."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IProtocolFactory
+from twisted.python import usage
+
+DEFAULT_PORT = "5634"
+
+
+def endpoint_description(port: str) -> str:
+    """A bare port number means TCP on 127.0.0.1, as in the tutorial;
+    anything else is taken as a Twisted server endpoint description."""
+    if port.isdigit():
+        number = int(port)
+        if number > 65535:
+            raise usage.UsageError(f"--port {port}: a TCP port is at most 65535")
+        return f"tcp:{number}:interface=127.0.0.1"
+    return port
+
+
+class ListenOptions(usage.Options):
+    """``--port`` and ``--verbose``, validated when parsed."""
+
+    optParameters = [
+        [
+            "port",
+            "p",
+            DEFAULT_PORT,
+            "Where to listen: a port number (TCP on 127.0.0.1) or a Twisted endpoint "
+            "description, e.g. tcp:5634:interface=0.0.0.0, tcp6:5634:interface=\\:\\:1, "
+            "unix:/tmp/sockapp.sock, ssl:5634:privateKey=key.pem:certKey=cert.pem.",
+        ],
+    ]
+    optFlags = [["verbose", "v", "Log every request, not only connections and errors."]]
+
+    _failed = False
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError:
+            self._failed = True
+            raise
+
+    def getUsage(self, width: int | None = None) -> str:
+        """After a bad command line, twistd prints this above the one-line
+        error: a pointer to ``--help`` rather than the whole option list."""
+        if self._failed:
+            return f"Run 'twistd {self.tapname} --help' for every option."
+        return super().getUsage(width)
+
+    def postOptions(self) -> None:
+        description = endpoint_description(self["port"])
+        try:
+            serverFromString(_reactor(), description)
+        except (ValueError, TypeError, KeyError, OSError, ImportError) as e:
+            raise usage.UsageError(f"--port {self['port']}: not a usable endpoint description ({e})") from None
+        self["endpoint"] = description
+
+
+def listen_service(options: ListenOptions, factory: IProtocolFactory, reactor: Any = None) -> IService:
+    """A service that listens on ``options['endpoint']`` when started.
+
+    A failure to listen (port in use, no permission) is raised when the
+    service starts, so twistd exits instead of running without a port.
+    """
+    endpoint = serverFromString(reactor if reactor is not None else _reactor(), options["endpoint"])
+    service = StreamServerEndpointService(endpoint, factory)
+    service._raiseSynchronously = True
+    return service
+
+
+def positive_int(text: str) -> int:
+    """usage.Options coercer for sizes and counts."""
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"{text} is negative")
+    return value
+
+
+positive_int.coerceDoc = "Must be a non-negative integer."  # type: ignore[attr-defined]
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor

@@ -1,0 +1,149 @@
+"""Shared test helpers: frame builders, the tutorial's programs, twistd processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def raw_frame(header: object, content: bytes = b"", *, header_bytes: bytes | None = None) -> bytes:
+    """A frame built by hand (not by sockapp's encoder), for feeding decoders anything."""
+    if header_bytes is None:
+        header_bytes = json.dumps(header, ensure_ascii=False).encode("utf-8")
+    return len(header_bytes).to_bytes(2, "big") + header_bytes + content
+
+
+def json_request(document: object, encoding: str = "utf-8") -> bytes:
+    """A text/json request exactly as the tutorial's client builds it."""
+    content = json.dumps(document, ensure_ascii=False).encode(encoding)
+    return raw_frame(
+        {
+            "byteorder": sys.byteorder,
+            "content-type": "text/json",
+            "content-encoding": encoding,
+            "content-length": len(content),
+        },
+        content,
+    )
+
+
+def binary_request(content: bytes) -> bytes:
+    """A binary request exactly as the tutorial's client builds it."""
+    return raw_frame(
+        {
+            "byteorder": sys.byteorder,
+            "content-type": "binary/custom-client-binary-type",
+            "content-encoding": "binary",
+            "content-length": len(content),
+        },
+        content,
+    )
+
+
+def split_frames(data: bytes) -> list[tuple[dict, bytes]]:
+    """Parse a stream of well-formed frames by hand (independent of sockapp)."""
+    frames = []
+    while data:
+        n = int.from_bytes(data[:2], "big")
+        header = json.loads(data[2 : 2 + n].decode("utf-8"))
+        end = 2 + n + header["content-length"]
+        frames.append((header, data[2 + n : end]))
+        data = data[end:]
+    return frames
+
+
+def seed_reference_dir() -> Path | None:
+    """The tutorial's programs: $SOCKAPP_SEED_DIR, or ../shared/seed/reference beside the checkout."""
+    candidates = []
+    if os.environ.get("SOCKAPP_SEED_DIR"):
+        candidates.append(Path(os.environ["SOCKAPP_SEED_DIR"]))
+    candidates.append(ROOT.parent / "shared" / "seed" / "reference")
+    for candidate in candidates:
+        if (candidate / "app_msrvr.py").exists():
+            return candidate
+    return None
+
+
+@pytest.fixture
+def seed_dir() -> Path:
+    found = seed_reference_dir()
+    if found is None:
+        reason = "the tutorial's programs are not at ../shared/seed/reference and SOCKAPP_SEED_DIR is not set"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; in CI they must be there")
+        pytest.skip(reason)
+    return found
+
+
+def tool(name: str) -> str:
+    """A console script installed beside the running interpreter (twistd, sockapp)."""
+    return str(BIN / name)
+
+
+class ServerProcess:
+    """A real server process (twistd or the tutorial's) stopped at the end of the test."""
+
+    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+        full_env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8")
+        full_env.update(env or {})
+        self.log_path = cwd / f"server-{time.monotonic_ns()}.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            argv, cwd=cwd, env=full_env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text("utf-8", "replace")
+
+    def wait_for_log(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.search(pattern, self.log())
+            if found:
+                return found
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            time.sleep(0.05)
+        raise AssertionError(f"no {pattern!r} in the server log within {timeout} s:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self._log.close()
+
+
+@pytest.fixture
+def server_processes(tmp_path: Path):
+    """Start server processes; every one is stopped (its whole group) after the test."""
+    started: list[ServerProcess] = []
+
+    def start(argv: list[str], env: dict[str, str] | None = None) -> ServerProcess:
+        server = ServerProcess(argv, tmp_path, env)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def start_twistd(start, *args: str, env: dict[str, str] | None = None) -> int:
+    """Run ``twistd -n ARGS`` on a free port chosen by the kernel; return the port."""
+    server = start([tool("twistd"), "-n", "--pidfile=", *args], env)
+    return int(server.wait_for_log(r"starting on (\d+)").group(1))

@@ -1,0 +1,310 @@
+"""The sans-IO codec: encoder bytes, incremental decoding, validation, limits."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import binary_request, json_request, raw_frame
+from sockapp.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from sockapp.framing import (
+    DEFAULT_MAX_CONTENT_LENGTH,
+    NEED_DATA,
+    FrameDecoder,
+    Header,
+    Message,
+    encode_frame,
+    encode_json,
+)
+
+HEADER = {"byteorder": "little", "content-type": "binary/x", "content-encoding": "binary", "content-length": 0}
+
+
+def decode_all(data: bytes, *, pieces: int | None = None, max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH):
+    """Feed ``data`` whole (pieces=None) or in pieces of that size; collect messages."""
+    decoder = FrameDecoder(max_content_length)
+    messages = []
+    step = pieces or max(len(data), 1)
+    for start in range(0, max(len(data), 1), step):
+        decoder.receive_data(data[start : start + step])
+        while (message := decoder.next_message()) is not NEED_DATA:
+            messages.append(message)
+    return messages, decoder
+
+
+def decode_error(data: bytes, *, pieces: int | None = None, **kwargs) -> tuple[RemoteProtocolError, list[Message]]:
+    messages: list[Message] = []
+    decoder = FrameDecoder(**kwargs)
+    step = pieces or max(len(data), 1)
+    for start in range(0, len(data), step):
+        decoder.receive_data(data[start : start + step])
+        try:
+            while (message := decoder.next_message()) is not NEED_DATA:
+                messages.append(message)
+        except RemoteProtocolError as e:
+            return e, messages
+    raise AssertionError(f"no error; decoded {messages!r}")
+
+
+# -- encoder -----------------------------------------------------------------
+
+
+def test_encode_json_matches_the_tutorials_layout():
+    frame = encode_json({"result": "Follow the white rabbit. \U0001f430"})
+    content = '{"result": "Follow the white rabbit. \U0001f430"}'.encode()
+    header = (
+        '{"byteorder": "%s", "content-type": "text/json", "content-encoding": "utf-8", "content-length": %d}'
+        % (sys.byteorder, len(content))
+    ).encode()
+    assert frame == len(header).to_bytes(2, "big") + header + content
+
+
+def test_encode_frame_keeps_binary_content_verbatim():
+    content = bytes(range(256))
+    frame = encode_frame(content, "binary/custom-server-binary-type", "binary")
+    ((message,), _) = decode_all(frame)
+    assert message.content == content
+    assert message.header == Header("binary/custom-server-binary-type", "binary", 256, sys.byteorder)
+    assert message.document is None
+
+
+def test_encode_refuses_a_header_over_the_two_byte_limit():
+    with pytest.raises(LocalProtocolError, match="at most 65535"):
+        encode_frame(b"", "x" * 70000, "binary")
+
+
+def test_encode_refuses_content_that_is_not_bytes():
+    with pytest.raises(LocalProtocolError):
+        encode_frame("text", "binary/x", "binary")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("length", [-1, 1.5, True, "3"])
+def test_header_validates_content_length_at_construction(length):
+    with pytest.raises(LocalProtocolError):
+        Header("binary/x", "binary", length)
+
+
+def test_header_is_frozen():
+    header = Header("binary/x", "binary", 3)
+    with pytest.raises(AttributeError):
+        header.content_length = 4  # type: ignore[misc]
+
+
+# -- decoder: good input -----------------------------------------------------
+
+GOOD_STREAM = (
+    json_request({"action": "search", "value": "morpheus"})
+    + binary_request(b"binaryhello")
+    + json_request({"action": "search", "value": "\U0001f436"})
+    + binary_request(b"")
+    + json_request({"action": "search", "value": "caf\u00e9"}, encoding="utf-16")
+)
+
+
+@pytest.mark.parametrize("pieces", [None, 1, 2, 7, 64])
+def test_decoder_yields_every_frame_in_order_whole_or_in_pieces(pieces):
+    messages, decoder = decode_all(GOOD_STREAM, pieces=pieces)
+    assert [m.document for m in messages] == [
+        {"action": "search", "value": "morpheus"},
+        None,
+        {"action": "search", "value": "\U0001f436"},
+        None,
+        {"action": "search", "value": "caf\u00e9"},
+    ]
+    assert [m.content for m in messages][1] == b"binaryhello"
+    assert messages[3].content == b""
+    assert messages[4].header.content_encoding == "utf-16"
+    assert decoder.buffered == 0
+    assert not decoder.in_frame
+
+
+def test_decoder_needs_data_until_the_last_byte():
+    frame = binary_request(b"abc")
+    decoder = FrameDecoder()
+    for byte in frame[:-1]:
+        decoder.receive_data(bytes([byte]))
+        assert decoder.next_message() is NEED_DATA
+    decoder.receive_data(frame[-1:])
+    message = decoder.next_message()
+    assert isinstance(message, Message) and message.content == b"abc"
+    assert decoder.next_message() is NEED_DATA
+
+
+def test_decoder_ignores_extra_header_keys():
+    header = dict(HEADER, **{"content-length": 2, "x-trace": "abc"})
+    ((message,), _) = decode_all(raw_frame(header, b"hi"))
+    assert message.content == b"hi"
+
+
+def test_large_frame_in_64k_pieces_arrives_whole():
+    content = bytes(range(256)) * (8 * 1024 * 1024 // 256)
+    frame = binary_request(content) + binary_request(b"next")
+    messages, decoder = decode_all(frame, pieces=64 * 1024)
+    assert [len(m.content) for m in messages] == [len(content), 4]
+    assert messages[0].content == content
+    assert decoder.buffered == 0
+
+
+def test_decoder_holds_incomplete_content_as_received_chunks_not_one_growing_buffer():
+    # The linear-time design: once a frame's content is incomplete, pieces are
+    # kept as they arrived (no copy) and joined once when the frame completes.
+    decoder = FrameDecoder()
+    pieces = [bytes([i]) * 1000 for i in range(50)]
+    decoder.receive_data(binary_request(b"".join(pieces))[: -50 * 1000])
+    assert decoder.next_message() is NEED_DATA
+    for piece in pieces[:-1]:
+        decoder.receive_data(piece)
+        assert decoder.next_message() is NEED_DATA
+    assert decoder._chunks is not None and all(a is b for a, b in zip(decoder._chunks, pieces))
+    decoder.receive_data(pieces[-1])
+    assert decoder.next_message().content == b"".join(pieces)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_any_split_of_a_valid_stream_decodes_to_the_same_messages(data):
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(GOOD_STREAM)), max_size=40)))
+    decoder = FrameDecoder()
+    messages = []
+    previous = 0
+    for cut in [*cuts, len(GOOD_STREAM)]:
+        decoder.receive_data(GOOD_STREAM[previous:cut])
+        previous = cut
+        while (message := decoder.next_message()) is not NEED_DATA:
+            messages.append(message)
+    expected, _ = decode_all(GOOD_STREAM)
+    assert messages == expected
+    assert [m.document for m in messages] == [m.document for m in expected]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=300).map(lambda b: ("binary", b)),
+            st.dictionaries(st.text(max_size=8), st.text(max_size=20), max_size=4).map(lambda d: ("json", d)),
+        ),
+        max_size=8,
+    ),
+    st.integers(1, 50),
+)
+def test_encoded_messages_round_trip_through_the_decoder(items, piece):
+    stream = b"".join(
+        encode_frame(value, "binary/x", "binary") if kind == "binary" else encode_json(value) for kind, value in items
+    )
+    messages, _ = decode_all(stream, pieces=piece)
+    assert [m.document if m.is_json else m.content for m in messages] == [value for _, value in items]
+
+
+# -- decoder: bad input ------------------------------------------------------
+
+
+def header_frame(header: dict, content: bytes = b"") -> bytes:
+    return raw_frame(header, content)
+
+
+BAD_FRAMES = {
+    "empty header": (b"\x00\x00", ErrorCode.EMPTY_HEADER),
+    "header not utf-8": (raw_frame(None, header_bytes=b'{"a": "\xff"}'), ErrorCode.HEADER_NOT_UTF8),
+    "header not json": (raw_frame(None, header_bytes=b"{nope"), ErrorCode.HEADER_NOT_JSON),
+    "header deeply nested": (raw_frame(None, header_bytes=b"[" * 60000), ErrorCode.HEADER_NOT_JSON),
+    "header is a list": (raw_frame([1, 2]), ErrorCode.HEADER_NOT_OBJECT),
+    "header is a string": (raw_frame("x"), ErrorCode.HEADER_NOT_OBJECT),
+    **{
+        f"missing {key}": (raw_frame({k: v for k, v in HEADER.items() if k != key}), ErrorCode.HEADER_MISSING_KEY)
+        for key in HEADER
+    },
+    **{
+        f"content-length {value!r}": (raw_frame(dict(HEADER, **{"content-length": value})), ErrorCode.BAD_CONTENT_LENGTH)
+        for value in (-1, 1.5, 2.0, "4", True, None, [1])
+    },
+    "content-type not a string": (raw_frame(dict(HEADER, **{"content-type": 5})), ErrorCode.BAD_HEADER_FIELD),
+    "too large": (raw_frame(dict(HEADER, **{"content-length": DEFAULT_MAX_CONTENT_LENGTH + 1})), ErrorCode.CONTENT_TOO_LARGE),
+    "json content not utf-8": (
+        raw_frame(dict(HEADER, **{"content-type": "text/json", "content-encoding": "utf-8", "content-length": 3}), b'"\xff"'),
+        ErrorCode.CONTENT_NOT_DECODABLE,
+    ),
+    "unknown encoding": (
+        raw_frame(dict(HEADER, **{"content-type": "text/json", "content-encoding": "klingon", "content-length": 2}), b"{}"),
+        ErrorCode.UNKNOWN_ENCODING,
+    ),
+    "bytes-to-bytes codec": (
+        raw_frame(dict(HEADER, **{"content-type": "text/json", "content-encoding": "base64", "content-length": 4}), b"e30="),
+        ErrorCode.UNKNOWN_ENCODING,
+    ),
+    "json content not json": (
+        raw_frame(dict(HEADER, **{"content-type": "text/json", "content-encoding": "utf-8", "content-length": 5}), b"hello"),
+        ErrorCode.CONTENT_NOT_JSON,
+    ),
+}
+
+
+@pytest.mark.parametrize("pieces", [None, 1])
+@pytest.mark.parametrize("name", list(BAD_FRAMES))
+def test_bad_frames_raise_typed_errors(name, pieces):
+    data, code = BAD_FRAMES[name]
+    error, messages = decode_error(data, pieces=pieces)
+    assert error.code is code
+    assert error.message
+    assert messages == []
+
+
+def test_good_frames_before_a_bad_one_are_delivered_first():
+    data = binary_request(b"one") + binary_request(b"two") + b"\x00\x00"
+    error, messages = decode_error(data)
+    assert [m.content for m in messages] == [b"one", b"two"]
+    assert error.code is ErrorCode.EMPTY_HEADER
+
+
+def test_content_too_large_is_refused_before_any_content_arrives():
+    header = dict(HEADER, **{"content-length": 1001})
+    decoder = FrameDecoder(max_content_length=1000)
+    decoder.receive_data(raw_frame(header))  # the header alone, no content
+    with pytest.raises(RemoteProtocolError) as caught:
+        decoder.next_message()
+    assert caught.value.code is ErrorCode.CONTENT_TOO_LARGE
+    assert "1000" in caught.value.message
+
+
+def test_content_at_the_limit_is_accepted():
+    messages, _ = decode_all(binary_request(b"x" * 1000), max_content_length=1000)
+    assert len(messages[0].content) == 1000
+
+
+def test_a_broken_decoder_stays_broken_and_drops_input():
+    decoder = FrameDecoder()
+    decoder.receive_data(b"\x00\x00")
+    with pytest.raises(RemoteProtocolError):
+        decoder.next_message()
+    decoder.receive_data(binary_request(b"later"))
+    with pytest.raises(RemoteProtocolError):
+        decoder.next_message()
+    assert decoder.buffered == 0
+
+
+def test_decoder_rejects_a_bad_limit():
+    with pytest.raises(LocalProtocolError):
+        FrameDecoder(max_content_length=-1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400), st.integers(1, 40))
+def test_random_bytes_give_messages_or_a_typed_error_never_anything_else(data, piece):
+    decoder = FrameDecoder(max_content_length=10_000)
+    for start in range(0, len(data), piece):
+        decoder.receive_data(data[start : start + piece])
+        try:
+            while (message := decoder.next_message()) is not NEED_DATA:
+                assert isinstance(message, Message)
+        except RemoteProtocolError as e:
+            assert isinstance(e.code, ErrorCode)
+            return
+
+
+def test_error_messages_quote_the_bad_value():
+    error, _ = decode_error(raw_frame(dict(HEADER, **{"content-length": "4"})))
+    assert json.dumps("4") in error.message

@@ -7,6 +7,7 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.python import usage
 
@@ -64,16 +65,39 @@ class ListenOptions(usage.Options):
         self["endpoint"] = description
 
 
-def listen_service(options: ListenOptions, factory: IProtocolFactory, reactor: Any = None) -> IService:
-    """A service that listens on ``options['endpoint']`` when started.
+class CannotListen(SystemExit, Exception):
+    """Listening failed: exits with one line instead of a traceback.
 
-    A failure to listen (port in use, no permission) is raised when the
-    service starts, so twistd exits instead of running without a port.
+    A ``SystemExit`` so that ``twistd -n`` ends quietly with status 1; also an
+    ``Exception`` so that a daemonizing twistd reports it to the waiting
+    parent (which only catches ``Exception``) instead of hanging.
     """
+
+
+class ListeningService(StreamServerEndpointService):
+    """Listens when started; if it cannot, the process exits with one line.
+
+    Twisted's own service would log the failure and run on without a port
+    (or, raising synchronously, end twistd with a traceback).
+    """
+
+    def __init__(self, endpoint: Any, factory: IProtocolFactory, description: str) -> None:
+        super().__init__(endpoint, factory)
+        self._raiseSynchronously = True
+        self.description = description
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            reason = getattr(e.socketError, "strerror", None) or e.socketError
+            raise CannotListen(f"sockapp: cannot listen on {self.description}: {reason}") from None
+
+
+def listen_service(options: ListenOptions, factory: IProtocolFactory, reactor: Any = None) -> IService:
+    """A service that listens on ``options['endpoint']`` when started."""
     endpoint = serverFromString(reactor if reactor is not None else _reactor(), options["endpoint"])
-    service = StreamServerEndpointService(endpoint, factory)
-    service._raiseSynchronously = True
-    return service
+    return ListeningService(endpoint, factory, options["endpoint"])
 
 
 def positive_int(text: str) -> int:

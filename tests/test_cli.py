@@ -1,0 +1,137 @@
+"""The ``sockapp`` command as a user runs it: a real process against servers on 127.0.0.1:0."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.utils import getProcessOutputAndValue
+
+from conftest import tool
+from sockapp.echo import EchoFactory
+from sockapp.server import SearchFactory
+
+
+@pytest.fixture
+def listen():
+    ports = []
+
+    async def start(factory):
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        ports.append(port)
+        return f"tcp:host=127.0.0.1:port={port.getHost().port}"
+
+    yield start
+    for port in ports:
+        port.stopListening()
+
+
+async def sockapp(*args: str) -> tuple[str, str, int]:
+    env = dict(os.environ, PYTHONIOENCODING="utf-8")
+    out, err, code = await getProcessOutputAndValue(tool("sockapp"), list(args), env=env).addTimeout(60, reactor)
+    return out.decode("utf-8"), err.decode("utf-8"), code
+
+
+@pytest_twisted.ensureDeferred
+async def test_request_prints_the_result(listen):
+    endpoint = await listen(SearchFactory())
+    out, err, code = await sockapp("request", "--connect", endpoint, "search", "morpheus")
+    assert (out, err, code) == ("Follow the white rabbit. \U0001f430\n", "", 0)
+    out, _, code = await sockapp("request", "--connect", endpoint, "binary", "hello")
+    assert (out, code) == ("First 10 bytes of request: binaryhell\n", 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_request_json_prints_the_decoded_response(listen):
+    endpoint = await listen(SearchFactory())
+    out, _, code = await sockapp("request", "--json", "--connect", endpoint, "search", "\U0001f436")
+    assert code == 0
+    response = json.loads(out)
+    assert response["content"] == {"result": "\U0001f43e Playing ball! \U0001f3d0"}
+    assert response["header"]["content-type"] == "text/json"
+    assert response["header"]["byteorder"] == sys.byteorder
+
+
+@pytest_twisted.ensureDeferred
+async def test_echo_and_multiconn(listen):
+    endpoint = await listen(EchoFactory())
+    out, _, code = await sockapp("echo", "--connect", endpoint)
+    assert (out, code) == ("hello, universe.\nHi, friend.\n", 0)
+    out, err, code = await sockapp("multiconn", "--connections", "200", "--connect", endpoint)
+    assert code == 0, err
+    assert out == "200 of 200 connections echoed 53 bytes exactly\n"
+
+
+class Mangler(Protocol):
+    """An 'echo server' that changes one byte: multiconn must notice."""
+
+    def dataReceived(self, data):
+        self.transport.write(data.replace(b"1", b"7"))
+
+
+class HangUp(Protocol):
+    """Reads a little, then closes mid-answer."""
+
+    def dataReceived(self, data):
+        self.transport.write(data[:3])
+        self.transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_multiconn_fails_on_a_wrong_echo(listen):
+    endpoint = await listen(Factory.forProtocol(Mangler))
+    out, err, code = await sockapp("multiconn", "-n", "3", "--connect", endpoint)
+    assert code == 1
+    assert "0 of 3" in out and "echo differs" in err
+
+
+def one_line_error(err: str) -> str:
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_refused_connection_is_one_line():
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory.forProtocol(Protocol))
+    number = port.getHost().port
+    await port.stopListening()  # now nothing listens there
+    out, err, code = await sockapp("request", "--connect", f"tcp:host=127.0.0.1:port={number}", "search", "x")
+    assert code == 1 and out == ""
+    assert "connection refused" in one_line_error(err)
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_endpoint_is_one_line():
+    _, err, code = await sockapp("echo", "--connect", "carrier-pigeon:coop=1")
+    assert code == 1
+    assert "bad endpoint" in one_line_error(err)
+
+
+@pytest_twisted.ensureDeferred
+async def test_server_closing_mid_answer_is_one_line(listen):
+    endpoint = await listen(Factory.forProtocol(HangUp))
+    _, err, code = await sockapp("request", "--connect", endpoint, "search", "x")
+    assert code == 1 and "closed" in one_line_error(err)
+    _, err, code = await sockapp("echo", "--connect", endpoint, "abcdef")
+    assert code == 1 and "3 of 6" in one_line_error(err)
+
+
+@pytest_twisted.ensureDeferred
+async def test_silent_server_times_out_with_one_line(listen):
+    endpoint = await listen(Factory.forProtocol(Protocol))
+    _, err, code = await sockapp("request", "--timeout", "0.5", "--connect", endpoint, "search", "x")
+    assert code == 1 and "no complete answer within 0.5 s" in one_line_error(err)
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_arguments_are_usage_errors():
+    _, err, code = await sockapp("multiconn", "--connections", "zero")
+    assert code == 2 and "Traceback" not in err and "error:" in err

@@ -1,0 +1,112 @@
+"""The echo Protocol over StringTransport, and its backpressure over real TCP."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
+
+from sockapp.echo import EchoFactory
+
+
+def connect():
+    protocol = EchoFactory().buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+@pytest.mark.parametrize("one_byte", [False, True], ids=["whole", "bytewise"])
+def test_echoes_every_byte(one_byte):
+    protocol, transport = connect()
+    data = bytes(range(256)) * 4
+    if one_byte:
+        for i in range(len(data)):
+            protocol.dataReceived(data[i : i + 1])
+    else:
+        protocol.dataReceived(data)
+    assert transport.value() == data
+    assert not transport.disconnecting
+
+
+def test_half_close_flushes_then_closes():
+    protocol, transport = connect()
+    protocol.dataReceived(b"last words")
+    protocol.readConnectionLost()
+    assert transport.value() == b"last words"
+    assert transport.disconnecting and transport.producer is None
+
+
+def test_transport_is_its_own_producer():
+    _, transport = connect()
+    assert transport.producer is transport and transport.streaming
+
+
+class GreedyClient(Protocol):
+    """Writes a lot but does not read until told to."""
+
+    def connectionMade(self):
+        self.received = bytearray()
+        self.done = defer.Deferred()
+        self.transport.pauseProducing()  # stop reading: the echo piles up server-side
+
+    def dataReceived(self, data):
+        self.received += data
+        if len(self.received) >= self.expected:
+            self.done.callback(bytes(self.received))
+
+
+def settle(check, reactor, interval=0.05, quiet_rounds=6, limit=400):
+    """Wait until ``check()`` stops changing for a few rounds (no timing is asserted)."""
+    state = {"last": None, "same": 0, "rounds": 0}
+    done = defer.Deferred()
+
+    def poll():
+        value = check()
+        state["same"] = state["same"] + 1 if value == state["last"] else 0
+        state["last"] = value
+        state["rounds"] += 1
+        if state["same"] >= quiet_rounds or state["rounds"] >= limit:
+            done.callback(value)
+        else:
+            reactor.callLater(interval, poll)
+
+    poll()
+    return done
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_peer_that_does_not_read_is_not_read_from():
+    servers = []
+
+    class Recording(EchoFactory):
+        def buildProtocol(self, addr):
+            p = super().buildProtocol(addr)
+            servers.append(p)
+            return p
+
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Recording())
+    try:
+        total = 32 * 1024 * 1024
+        client = await TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
+            Factory.forProtocol(GreedyClient)
+        )
+        client.expected = total
+        block = bytes(range(256)) * 256  # 64 KiB
+        for _ in range(total // len(block)):
+            client.transport.write(block)
+        received = await settle(lambda: servers[0].received, reactor)
+        # The server stopped reading long before the 32 MiB were through:
+        # what it holds is its write buffer plus kernel socket buffers.
+        print(f"server read {received} of {total} bytes before pausing")
+        assert received < total // 2, received
+        assert servers[0].transport.producerPaused
+        client.transport.resumeProducing()
+        echoed = await client.done.addTimeout(60, reactor)
+        assert echoed == block * (total // len(block))
+        client.transport.loseConnection()
+    finally:
+        await port.stopListening()

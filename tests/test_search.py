@@ -1,0 +1,128 @@
+"""Search answers and data files, with no I/O."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from conftest import split_frames
+from sockapp.errors import ErrorCode, RemoteProtocolError
+from sockapp.framing import Header, Message
+from sockapp.search import TUTORIAL_ANSWERS, DataFileError, SearchIndex, load_answers
+
+
+def json_message(document: object) -> Message:
+    content = json.dumps(document).encode()
+    return Message(Header("text/json", "utf-8", len(content)), content, document)
+
+
+def binary_message(content: bytes, content_type: str = "binary/custom-client-binary-type") -> Message:
+    return Message(Header(content_type, "binary", len(content)), content)
+
+
+def answer_of(frame: bytes) -> tuple[dict, bytes]:
+    ((header, content),) = split_frames(frame)
+    return header, content
+
+
+@pytest.mark.parametrize(
+    "query, answer",
+    [
+        ("morpheus", "Follow the white rabbit. \U0001f430"),
+        ("ring", "In the caves beneath the Misty Mountains. \U0001f48d"),
+        ("\U0001f436", "\U0001f43e Playing ball! \U0001f3d0"),
+        ("nobody", "No match for 'nobody'."),
+        ("", "No match for ''."),
+    ],
+)
+def test_search_answers(query, answer):
+    header, content = answer_of(SearchIndex().respond(json_message({"action": "search", "value": query})))
+    assert header == {
+        "byteorder": sys.byteorder,
+        "content-type": "text/json",
+        "content-encoding": "utf-8",
+        "content-length": len(content),
+    }
+    assert list(header) == ["byteorder", "content-type", "content-encoding", "content-length"]
+    assert json.loads(content) == {"result": answer}
+    assert content == json.dumps({"result": answer}, ensure_ascii=False).encode()
+
+
+def test_unknown_action_is_answered_not_refused():
+    _, content = answer_of(SearchIndex().respond(json_message({"action": "find", "value": "x"})))
+    assert json.loads(content) == {"result": "Error: invalid action 'find'."}
+
+
+@pytest.mark.parametrize("content_type", ["binary/custom-client-binary-type", "application/json", "TEXT/JSON"])
+def test_anything_not_text_json_is_a_binary_request(content_type):
+    header, content = answer_of(SearchIndex().respond(binary_message(b"binaryhello world", content_type)))
+    assert header["content-type"] == "binary/custom-server-binary-type"
+    assert header["content-encoding"] == "binary"
+    assert content == b"First 10 bytes of request: binaryhell"
+
+
+def test_empty_binary_request_is_answered():
+    _, content = answer_of(SearchIndex().respond(binary_message(b"")))
+    assert content == b"First 10 bytes of request: "
+
+
+@pytest.mark.parametrize(
+    "document, code",
+    [
+        ([1, 2], ErrorCode.REQUEST_NOT_OBJECT),
+        ("search", ErrorCode.REQUEST_NOT_OBJECT),
+        ({}, ErrorCode.BAD_REQUEST),
+        ({"action": 5, "value": "x"}, ErrorCode.BAD_REQUEST),
+        ({"action": "search"}, ErrorCode.BAD_REQUEST),
+        ({"action": "search", "value": ["x"]}, ErrorCode.BAD_REQUEST),
+        ({"action": "search", "value": 7}, ErrorCode.BAD_REQUEST),
+    ],
+)
+def test_malformed_requests_are_typed_errors(document, code):
+    with pytest.raises(RemoteProtocolError) as caught:
+        SearchIndex().respond(json_message(document))
+    assert caught.value.code is code
+
+
+def test_custom_answers_replace_the_tutorials():
+    index = SearchIndex({"neo": "The One."})
+    assert index.answer("neo") == "The One."
+    assert index.answer("morpheus") == "No match for 'morpheus'."
+    assert dict(SearchIndex().answers) == dict(TUTORIAL_ANSWERS)
+
+
+def test_index_is_immutable():
+    source = {"a": "b"}
+    index = SearchIndex(source)
+    source["a"] = "changed"
+    assert index.answer("a") == "b"
+    with pytest.raises(TypeError):
+        index.answers["x"] = "y"  # type: ignore[index]
+
+
+def test_load_answers(tmp_path):
+    path = tmp_path / "answers.json"
+    path.write_text(json.dumps({"neo": "The One. \u2728"}), "utf-8")
+    assert dict(load_answers(str(path))) == {"neo": "The One. \u2728"}
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        (None, "cannot read data file"),
+        (b"{nope", "is not valid JSON"),
+        (b"\xff\xfe", "is not UTF-8"),
+        (b"[1, 2]", "must hold a JSON object"),
+        (b'{"a": 1}', "must be a string"),
+    ],
+)
+def test_load_answers_errors_are_one_line(tmp_path, content, fragment):
+    path = tmp_path / "answers.json"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(DataFileError) as caught:
+        load_answers(str(path))
+    assert fragment in str(caught.value)
+    assert "\n" not in str(caught.value)

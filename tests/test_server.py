@@ -1,0 +1,151 @@
+"""The search server's Protocol over StringTransport: answers, pipelining, errors, half-close."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from twisted.internet.testing import StringTransport
+
+from conftest import binary_request, json_request, raw_frame, split_frames
+from sockapp.search import SearchIndex
+from sockapp.server import SearchFactory
+
+
+def connect(factory: SearchFactory | None = None):
+    factory = factory or SearchFactory()
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def feed(protocol, data: bytes, one_byte_at_a_time: bool) -> None:
+    if one_byte_at_a_time:
+        for i in range(len(data)):
+            protocol.dataReceived(data[i : i + 1])
+    else:
+        protocol.dataReceived(data)
+
+
+def results(transport: StringTransport) -> list:
+    out = []
+    for header, content in split_frames(transport.value()):
+        out.append(json.loads(content) if header["content-type"] == "text/json" else content)
+    return out
+
+
+both = pytest.mark.parametrize("one_byte", [False, True], ids=["whole", "bytewise"])
+
+
+@both
+def test_search_hit(one_byte):
+    protocol, transport = connect()
+    feed(protocol, json_request({"action": "search", "value": "morpheus"}), one_byte)
+    assert results(transport) == [{"result": "Follow the white rabbit. \U0001f430"}]
+    assert not transport.disconnecting
+
+
+@both
+def test_pipelined_requests_are_answered_in_order_on_one_connection(one_byte):
+    protocol, transport = connect()
+    stream = b"".join(
+        [
+            json_request({"action": "search", "value": "ring"}),
+            binary_request(b"0123456789abcdef"),
+            json_request({"action": "search", "value": "nobody"}),
+            json_request({"action": "nope", "value": "x"}),
+            json_request({"action": "search", "value": "\U0001f436"}),
+        ]
+    )
+    feed(protocol, stream, one_byte)
+    assert results(transport) == [
+        {"result": "In the caves beneath the Misty Mountains. \U0001f48d"},
+        b"First 10 bytes of request: 0123456789",
+        {"result": "No match for 'nobody'."},
+        {"result": "Error: invalid action 'nope'."},
+        {"result": "\U0001f43e Playing ball! \U0001f3d0"},
+    ]
+    assert not transport.disconnecting
+
+
+def test_connection_stays_open_between_requests():
+    protocol, transport = connect()
+    protocol.dataReceived(json_request({"action": "search", "value": "ring"}))
+    first = transport.value()
+    protocol.dataReceived(json_request({"action": "search", "value": "morpheus"}))
+    assert len(split_frames(transport.value())) == 2 and transport.value().startswith(first)
+
+
+@both
+@pytest.mark.parametrize(
+    "data, code",
+    [
+        (b"\x00\x00", "empty-header"),
+        (raw_frame(None, header_bytes=b"not json"), "header-not-json"),
+        (raw_frame({"byteorder": "little"}), "header-missing-key"),
+        (json_request([1, 2]), "request-not-object"),
+        (json_request({"action": "search", "value": 3}), "bad-request"),
+    ],
+)
+def test_malformed_input_gets_an_error_frame_then_the_connection_closes(data, code, one_byte):
+    protocol, transport = connect()
+    feed(protocol, json_request({"action": "search", "value": "ring"}) + data + binary_request(b"ignored"), one_byte)
+    answers = results(transport)
+    assert len(answers) == 2, answers
+    assert answers[0]["result"].startswith("In the caves")
+    assert answers[1]["error"]["code"] == code
+    assert answers[1]["error"]["message"]
+    assert transport.disconnecting
+    assert transport.producer is None  # unregistered, or loseConnection would never finish
+
+
+def test_an_error_on_one_connection_leaves_others_alone():
+    factory = SearchFactory()
+    bad, bad_transport = connect(factory)
+    good, good_transport = connect(factory)
+    good.dataReceived(json_request({"action": "search", "value": "ring"})[:10])
+    bad.dataReceived(b"\x00\x00")
+    good.dataReceived(json_request({"action": "search", "value": "ring"})[10:])
+    assert bad_transport.disconnecting and not good_transport.disconnecting
+    assert results(good_transport) == [{"result": "In the caves beneath the Misty Mountains. \U0001f48d"}]
+
+
+def test_content_length_over_the_servers_limit_is_refused_at_the_header():
+    protocol, transport = connect(SearchFactory(max_content_length=100))
+    header = {"byteorder": "little", "content-type": "binary/x", "content-encoding": "binary", "content-length": 101}
+    protocol.dataReceived(raw_frame(header))
+    assert results(transport)[0]["error"]["code"] == "content-too-large"
+    assert transport.disconnecting
+
+
+def test_half_close_after_a_request_still_delivers_the_answer():
+    protocol, transport = connect()
+    protocol.dataReceived(json_request({"action": "search", "value": "morpheus"}))
+    protocol.readConnectionLost()
+    assert results(transport) == [{"result": "Follow the white rabbit. \U0001f430"}]
+    assert transport.disconnecting
+
+
+def test_transport_is_its_own_producer_for_backpressure():
+    protocol, transport = connect()
+    assert transport.producer is transport and transport.streaming
+
+
+def test_custom_index_is_used():
+    protocol, transport = connect(SearchFactory(index=SearchIndex({"neo": "The One."})))
+    protocol.dataReceived(json_request({"action": "search", "value": "neo"}))
+    assert results(transport) == [{"result": "The One."}]
+
+
+def test_verbose_logs_each_request(capsys):
+    from twisted.logger import globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        protocol, _ = connect(SearchFactory(verbose=True))
+        protocol.dataReceived(binary_request(b"abc"))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert any(e.get("log_format", "").endswith("request, {length} bytes") and e["length"] == 3 for e in events)

@@ -1,0 +1,111 @@
+"""twistd entry points: option parsing, services on a MemoryReactor, plugin discovery."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from twisted.application.service import IServiceMaker
+from twisted.internet.testing import MemoryReactor
+from twisted.plugin import getPlugins
+from twisted.python import usage
+
+from sockapp.echo import EchoFactory
+from sockapp.search import TUTORIAL_ANSWERS
+from sockapp.server import SearchFactory
+from sockapp.tap import echo, options_from_environment, search
+
+
+def parse(module, *argv):
+    options = module.Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+@pytest.mark.parametrize(
+    "port, endpoint",
+    [
+        ("5634", "tcp:5634:interface=127.0.0.1"),
+        ("0", "tcp:0:interface=127.0.0.1"),
+        ("tcp:5634:interface=0.0.0.0", "tcp:5634:interface=0.0.0.0"),
+        ("tcp6:5634:interface=\\:\\:1", "tcp6:5634:interface=\\:\\:1"),
+        ("unix:/tmp/sockapp-test.sock", "unix:/tmp/sockapp-test.sock"),
+    ],
+)
+@pytest.mark.parametrize("module", [search, echo])
+def test_port_is_a_number_or_an_endpoint(module, port, endpoint):
+    assert parse(module, "--port", port)["endpoint"] == endpoint
+
+
+@pytest.mark.parametrize("module", [search, echo])
+def test_default_port_is_5634_on_loopback(module):
+    assert parse(module)["endpoint"] == "tcp:5634:interface=127.0.0.1"
+
+
+@pytest.mark.parametrize("bad", ["70000", "nonsense:1", "tcp:notaport", "-5"])
+@pytest.mark.parametrize("module", [search, echo])
+def test_bad_port_is_a_usage_error(module, bad):
+    with pytest.raises(usage.UsageError) as caught:
+        parse(module, "--port", bad)
+    assert "\n" not in str(caught.value)
+
+
+def test_data_file_replaces_the_answers(tmp_path):
+    path = tmp_path / "answers.json"
+    path.write_text(json.dumps({"neo": "The One."}))
+    options = parse(search, "--data", str(path))
+    assert dict(options["index"].answers) == {"neo": "The One."}
+    assert dict(parse(search)["index"].answers) == dict(TUTORIAL_ANSWERS)
+
+
+@pytest.mark.parametrize("content", [None, "{broken"])
+def test_bad_data_file_is_a_one_line_usage_error(tmp_path, content):
+    path = tmp_path / "answers.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(usage.UsageError) as caught:
+        parse(search, "--data", str(path))
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_after_a_usage_error_the_usage_text_points_to_help():
+    options = search.Options()
+    with pytest.raises(usage.UsageError):
+        options.parseOptions(["--bogus"])
+    assert options.getUsage() == "Run 'twistd sockapp --help' for every option."
+    assert "--max-content-length" in search.Options().getUsage()
+
+
+def test_sockapp_service_listens_with_its_options():
+    reactor = MemoryReactor()
+    options = parse(search, "--port", "tcp:6000:interface=127.0.0.1", "--max-content-length", "1000", "--verbose")
+    service = search.makeService(options, reactor)
+    service.startService()
+    ((port, factory, _backlog, interface),) = reactor.tcpServers
+    assert (port, interface) == (6000, "127.0.0.1")
+    assert isinstance(factory, SearchFactory)
+    assert factory.max_content_length == 1000 and factory.verbose
+
+
+def test_echo_service_listens():
+    reactor = MemoryReactor()
+    service = echo.makeService(parse(echo, "--port", "6001"), reactor)
+    service.startService()
+    ((port, factory, _backlog, interface),) = reactor.tcpServers
+    assert (port, interface) == (6001, "127.0.0.1")
+    assert isinstance(factory, EchoFactory)
+
+
+def test_plugins_are_discovered():
+    makers = {maker.tapname: maker for maker in getPlugins(IServiceMaker)}
+    assert makers["sockapp"].module == "sockapp.tap.search"
+    assert makers["echo"].module == "sockapp.tap.echo"
+    assert makers["sockapp"].options is search.Options
+
+
+def test_options_from_environment():
+    options = options_from_environment(search.Options(), {"SOCKAPP_ARGS": "--port 7000 --verbose"})
+    assert options["endpoint"] == "tcp:7000:interface=127.0.0.1" and options["verbose"]
+    with pytest.raises(SystemExit) as caught:
+        options_from_environment(echo.Options(), {"SOCKAPP_ARGS": "--port nonsense:1"})
+    assert str(caught.value).startswith("SOCKAPP_ARGS: --port nonsense:1")

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -147,3 +148,34 @@ def start_twistd(start, *args: str, env: dict[str, str] | None = None) -> int:
     """Run ``twistd -n ARGS`` on a free port chosen by the kernel; return the port."""
     server = start([tool("twistd"), "-n", "--pidfile=", *args], env)
     return int(server.wait_for_log(r"starting on (\d+)").group(1))
+
+
+def send_and_read_all(address: object, data: bytes, family: int = socket.AF_INET, timeout: float = 30) -> bytes:
+    """Send ``data``, half-close, and return everything received until the server closes."""
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(address)
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+@pytest.fixture
+def listen():
+    """Listen with a factory in this test's reactor on 127.0.0.1, port 0; returns a client endpoint string."""
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+
+    ports = []
+
+    async def start(factory) -> str:
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        ports.append(port)
+        return f"tcp:host=127.0.0.1:port={port.getHost().port}"
+
+    yield start
+    for port in ports:
+        port.stopListening()

@@ -6,30 +6,15 @@ import json
 import os
 import sys
 
-import pytest
 import pytest_twisted
+from conftest import tool
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.utils import getProcessOutputAndValue
 
-from conftest import tool
 from sockapp.echo import EchoFactory
 from sockapp.server import SearchFactory
-
-
-@pytest.fixture
-def listen():
-    ports = []
-
-    async def start(factory):
-        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
-        ports.append(port)
-        return f"tcp:host=127.0.0.1:port={port.getHost().port}"
-
-    yield start
-    for port in ports:
-        port.stopListening()
 
 
 async def sockapp(*args: str) -> tuple[str, str, int]:

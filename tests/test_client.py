@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 
-import pytest
+from conftest import split_frames
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from conftest import split_frames
 from sockapp.client import AppClient, EchoClient, request_frame_fields
 from sockapp.errors import ConnectionClosed, ErrorCode, RemoteProtocolError, ServerError
 from sockapp.framing import encode_frame, encode_json

@@ -6,31 +6,17 @@ import json
 
 import pytest
 import pytest_twisted
+from conftest import binary_request, json_request
 from twisted.internet import reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 
-from conftest import binary_request, json_request
 from sockapp.client import connect, connect_echo
 from sockapp.echo import EchoFactory
 from sockapp.errors import BadEndpoint, ConnectionClosed, ServerError
 from sockapp.server import SearchFactory
 
 TIMEOUT = 30
-
-
-@pytest.fixture
-def listen():
-    ports = []
-
-    async def start(factory):
-        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
-        ports.append(port)
-        return f"tcp:host=127.0.0.1:port={port.getHost().port}"
-
-    yield start
-    for port in ports:
-        port.stopListening()
 
 
 def within(d):
@@ -58,7 +44,8 @@ async def test_many_pipelined_requests_are_answered_in_order(listen):
     answers = [client.request("search", q) for q in queries]
     results = [(await within(a)).result for a in answers]
     assert results == [
-        "In the caves beneath the Misty Mountains. \U0001f48d" if q == "ring" else f"No match for '{q}'." for q in queries
+        "In the caves beneath the Misty Mountains. \U0001f48d" if q == "ring" else f"No match for '{q}'."
+        for q in queries
     ]
     await within(client.close())
 
@@ -92,7 +79,7 @@ async def test_a_malformed_frame_closes_only_its_own_connection(listen):
     good.transport.write(request[15:])
     good.transport.loseWriteConnection()
     answer = await within(good.closed)
-    assert answer.endswith("In the caves beneath the Misty Mountains. \U0001f48d\"}".encode())
+    assert answer.endswith('In the caves beneath the Misty Mountains. \U0001f48d"}'.encode())
 
 
 @pytest_twisted.ensureDeferred

@@ -6,10 +6,10 @@ import json
 import sys
 
 import pytest
+from conftest import binary_request, json_request, raw_frame
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import binary_request, json_request, raw_frame
 from sockapp.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from sockapp.framing import (
     DEFAULT_MAX_CONTENT_LENGTH,
@@ -159,7 +159,8 @@ def test_decoder_holds_incomplete_content_as_received_chunks_not_one_growing_buf
     for piece in pieces[:-1]:
         decoder.receive_data(piece)
         assert decoder.next_message() is NEED_DATA
-    assert decoder._chunks is not None and all(a is b for a, b in zip(decoder._chunks, pieces))
+    assert decoder._chunks is not None and len(decoder._chunks) == len(pieces) - 1
+    assert all(a is b for a, b in zip(decoder._chunks, pieces[:-1], strict=True))
     decoder.receive_data(pieces[-1])
     assert decoder.next_message().content == b"".join(pieces)
 
@@ -219,25 +220,39 @@ BAD_FRAMES = {
         for key in HEADER
     },
     **{
-        f"content-length {value!r}": (raw_frame(dict(HEADER, **{"content-length": value})), ErrorCode.BAD_CONTENT_LENGTH)
+        f"content-length {value!r}": (
+            raw_frame(dict(HEADER, **{"content-length": value})),
+            ErrorCode.BAD_CONTENT_LENGTH,
+        )
         for value in (-1, 1.5, 2.0, "4", True, None, [1])
     },
     "content-type not a string": (raw_frame(dict(HEADER, **{"content-type": 5})), ErrorCode.BAD_HEADER_FIELD),
-    "too large": (raw_frame(dict(HEADER, **{"content-length": DEFAULT_MAX_CONTENT_LENGTH + 1})), ErrorCode.CONTENT_TOO_LARGE),
+    "too large": (
+        raw_frame(dict(HEADER, **{"content-length": DEFAULT_MAX_CONTENT_LENGTH + 1})),
+        ErrorCode.CONTENT_TOO_LARGE,
+    ),
     "json content not utf-8": (
-        raw_frame(dict(HEADER, **{"content-type": "text/json", "content-encoding": "utf-8", "content-length": 3}), b'"\xff"'),
+        raw_frame(
+            dict(HEADER, **{"content-type": "text/json", "content-encoding": "utf-8", "content-length": 3}), b'"\xff"'
+        ),
         ErrorCode.CONTENT_NOT_DECODABLE,
     ),
     "unknown encoding": (
-        raw_frame(dict(HEADER, **{"content-type": "text/json", "content-encoding": "klingon", "content-length": 2}), b"{}"),
+        raw_frame(
+            dict(HEADER, **{"content-type": "text/json", "content-encoding": "klingon", "content-length": 2}), b"{}"
+        ),
         ErrorCode.UNKNOWN_ENCODING,
     ),
     "bytes-to-bytes codec": (
-        raw_frame(dict(HEADER, **{"content-type": "text/json", "content-encoding": "base64", "content-length": 4}), b"e30="),
+        raw_frame(
+            dict(HEADER, **{"content-type": "text/json", "content-encoding": "base64", "content-length": 4}), b"e30="
+        ),
         ErrorCode.UNKNOWN_ENCODING,
     ),
     "json content not json": (
-        raw_frame(dict(HEADER, **{"content-type": "text/json", "content-encoding": "utf-8", "content-length": 5}), b"hello"),
+        raw_frame(
+            dict(HEADER, **{"content-type": "text/json", "content-encoding": "utf-8", "content-length": 5}), b"hello"
+        ),
         ErrorCode.CONTENT_NOT_JSON,
     ),
 }

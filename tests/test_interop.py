@@ -16,8 +16,15 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from conftest import binary_request, json_request, raw_frame, split_frames, start_twistd, tool
+from conftest import (
+    binary_request,
+    json_request,
+    raw_frame,
+    send_and_read_all,
+    split_frames,
+    start_twistd,
+    tool,
+)
 
 LOOPBACK_ANY_PORT = "tcp:0:interface=127.0.0.1"
 TIMEOUT = 60
@@ -68,9 +75,7 @@ def start_tutorial_server(start, seed: Path, script: str, *args: str) -> int:
 
 
 def run_sockapp(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [tool("sockapp"), *args], capture_output=True, text=True, timeout=TIMEOUT, env=tutorial_env()
-    )
+    return subprocess.run([tool("sockapp"), *args], capture_output=True, text=True, timeout=TIMEOUT, env=tutorial_env())
 
 
 # -- the tutorial's clients against our servers -----------------------------
@@ -164,7 +169,12 @@ REQUESTS = {
     "binary non-ascii": binary_request("\U0001f436\u00e9".encode()),
     "binary bytes": binary_request(bytes(range(256))),
     "binary other content-type": raw_frame(
-        {"byteorder": "big", "content-type": "application/octet-stream", "content-encoding": "binary", "content-length": 4},
+        {
+            "byteorder": "big",
+            "content-type": "application/octet-stream",
+            "content-encoding": "binary",
+            "content-length": 4,
+        },
         b"\x00\x01\x02\x03",
     ),
     "json in utf-16": json_request({"action": "search", "value": "ring"}, encoding="utf-16"),
@@ -183,13 +193,7 @@ def ask_tutorial(port: int, request: bytes) -> bytes:
 
 def ask_ours(port: int, request: bytes) -> bytes:
     """Ours keeps the connection open; half-close so it answers, then closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
-        sock.sendall(request)
-        sock.shutdown(socket.SHUT_WR)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-    return received
+    return send_and_read_all(("127.0.0.1", port), request, timeout=TIMEOUT)
 
 
 def test_our_response_bytes_equal_the_tutorial_servers(seed_dir, server_processes):

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import pytest
-
-from conftest import ROOT, ServerProcess, json_request, split_frames
+from conftest import ROOT, ServerProcess, json_request, send_and_read_all, split_frames
 
 TIMEOUT = 600
 
@@ -64,12 +62,7 @@ def test_fresh_virtualenv_install_serves_through_twistd(wheel, tmp_path):
     try:
         port = int(server.wait_for_log(r"starting on (\d+)").group(1))
         assert "Unable to write to plugin cache" not in server.log()
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-            sock.sendall(json_request({"action": "search", "value": "morpheus"}))
-            sock.shutdown(socket.SHUT_WR)
-            received = b""
-            while chunk := sock.recv(65536):
-                received += chunk
+        received = send_and_read_all(("127.0.0.1", port), json_request({"action": "search", "value": "morpheus"}))
         ((_, content),) = split_frames(received)
         assert json.loads(content) == {"result": "Follow the white rabbit. \U0001f430"}
     finally:

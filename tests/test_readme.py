@@ -17,4 +17,6 @@ def test_python_example_prints_the_answers(server_processes):
     assert code != example
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "Follow the white rabbit. \U0001f430\nIn the caves beneath the Misty Mountains. \U0001f48d\n"
+    assert (
+        result.stdout == "Follow the white rabbit. \U0001f430\nIn the caves beneath the Misty Mountains. \U0001f48d\n"
+    )

@@ -6,8 +6,8 @@ import json
 import sys
 
 import pytest
-
 from conftest import split_frames
+
 from sockapp.errors import ErrorCode, RemoteProtocolError
 from sockapp.framing import Header, Message
 from sockapp.search import TUTORIAL_ANSWERS, DataFileError, SearchIndex, load_answers

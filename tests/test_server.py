@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import binary_request, json_request, raw_frame, split_frames
 from twisted.internet.testing import StringTransport
 
-from conftest import binary_request, json_request, raw_frame, split_frames
 from sockapp.search import SearchIndex
 from sockapp.server import SearchFactory
 

@@ -7,32 +7,27 @@ import socket
 import subprocess
 
 import pytest
-
-from conftest import ROOT, binary_request, json_request, split_frames, start_twistd, tool
+from conftest import (
+    ROOT,
+    binary_request,
+    json_request,
+    send_and_read_all,
+    split_frames,
+    start_twistd,
+    tool,
+)
 
 LOOPBACK_ANY_PORT = "tcp:0:interface=127.0.0.1"
 
 
 def exchange(port: int, data: bytes, expect_frames: int = 1) -> list[tuple[dict, bytes]]:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-    frames = split_frames(received)
+    frames = split_frames(send_and_read_all(("127.0.0.1", port), data))
     assert len(frames) == expect_frames
     return frames
 
 
 def echo_round_trip(port: int, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-    return received
+    return send_and_read_all(("127.0.0.1", port), data)
 
 
 def check_search(port: int) -> None:
@@ -76,14 +71,7 @@ def test_unix_socket_endpoint(server_processes, tmp_path):
     path = tmp_path / "s.sock"
     server = server_processes([tool("twistd"), "-n", "--pidfile=", "sockapp", "--port", f"unix:{path}"])
     server.wait_for_log("starting on")
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(10)
-        sock.connect(str(path))
-        sock.sendall(json_request({"action": "search", "value": "ring"}))
-        sock.shutdown(socket.SHUT_WR)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
+    received = send_and_read_all(str(path), json_request({"action": "search", "value": "ring"}), socket.AF_UNIX)
     assert b"Misty Mountains" in received
     result = subprocess.run(
         [tool("sockapp"), "request", "--connect", f"unix:path={path}", "search", "ring"],

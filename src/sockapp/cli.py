@@ -14,7 +14,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.internet import defer, error as neterror, task
+from twisted.internet import defer, task
+from twisted.internet import error as neterror
 
 from sockapp import __version__
 from sockapp.client import DEFAULT_ENDPOINT, Response, connect, connect_echo
@@ -137,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     request.set_defaults(run=run_request)
 
     echo = command("echo", "send a message to an echo server and print the complete echo")
-    echo.add_argument("message", nargs="?", default=TUTORIAL_ECHO_MESSAGE, help="what to send (default: the tutorial's)")
+    echo.add_argument(
+        "message", nargs="?", default=TUTORIAL_ECHO_MESSAGE, help="what to send (default: the tutorial's)"
+    )
     echo.set_defaults(run=run_echo)
 
     multiconn = command("multiconn", "the tutorial's many-connection echo client: check every echo is exact")

@@ -18,7 +18,13 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
-from sockapp.errors import BadEndpoint, ConnectionClosed, ErrorCode, RemoteProtocolError, ServerError
+from sockapp.errors import (
+    BadEndpoint,
+    ConnectionClosed,
+    ErrorCode,
+    RemoteProtocolError,
+    ServerError,
+)
 from sockapp.framing import JSON_CONTENT_TYPE, Header, Message
 from sockapp.protocol import FramedProtocol
 
@@ -72,13 +78,38 @@ def _server_error(message: Message) -> ServerError | None:
     return None
 
 
-class AppClient(FramedProtocol):
+class _Closable:
+    """``close()`` returning a Deferred that fires once the connection is gone."""
+
+    transport: Any
+    connected: bool | int
+
+    def _start_close_tracking(self) -> None:
+        self._closed_waiters: list[Deferred[None]] = []
+
+    def close(self) -> Deferred[None]:
+        """Close the connection; the Deferred fires once it is closed."""
+        if not self.connected:
+            return succeed(None)
+        closed: Deferred[None] = Deferred()
+        self._closed_waiters.append(closed)
+        self.transport.loseConnection()
+        return closed
+
+    def _notify_closed(self) -> None:
+        self.connected = False
+        waiters, self._closed_waiters = self._closed_waiters, []
+        for closed in waiters:
+            closed.callback(None)
+
+
+class AppClient(_Closable, FramedProtocol):
     """Client side of the app protocol: requests out, responses matched in order."""
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self._outstanding: deque[Deferred[Response]] = deque()
-        self._closed_waiters: list[Deferred[None]] = []
+        self._start_close_tracking()
 
     def send(self, content: bytes, content_type: str, content_encoding: str) -> Deferred[Response]:
         """Send one frame; the Deferred fires with its answer."""
@@ -112,7 +143,9 @@ class AppClient(FramedProtocol):
 
     def messageReceived(self, message: Message) -> None:
         if not self._outstanding:
-            self.protocolError(RemoteProtocolError(ErrorCode.UNEXPECTED_RESPONSE, "the server sent an answer to no request"))
+            self.protocolError(
+                RemoteProtocolError(ErrorCode.UNEXPECTED_RESPONSE, "the server sent an answer to no request")
+            )
             return
         answer = self._outstanding.popleft()
         error = _server_error(message)
@@ -128,22 +161,13 @@ class AppClient(FramedProtocol):
         self.transport.loseConnection()
 
     def close(self) -> Deferred[None]:
-        """Close the connection; the Deferred fires once it is closed."""
-        if not self.connected:
-            return succeed(None)
         self.closing = True
-        closed: Deferred[None] = Deferred()
-        self._closed_waiters.append(closed)
-        self.transport.loseConnection()
-        return closed
+        return super().close()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.connected = False
         self.closing = True
         self._fail_outstanding(ConnectionClosed("the connection closed before the answer arrived"))
-        waiters, self._closed_waiters = self._closed_waiters, []
-        for closed in waiters:
-            closed.callback(None)
+        self._notify_closed()
 
     def _fail_outstanding(self, error: Exception) -> None:
         outstanding, self._outstanding = self._outstanding, deque()
@@ -151,14 +175,14 @@ class AppClient(FramedProtocol):
             answer.errback(error)
 
 
-class EchoClient(Protocol):
+class EchoClient(_Closable, Protocol):
     """Sends bytes and collects the echo."""
 
     def connectionMade(self) -> None:
         self._received = bytearray()
         self._expected = 0
         self._waiting: Deferred[bytes] | None = None
-        self._closed_waiters: list[Deferred[None]] = []
+        self._start_close_tracking()
 
     def roundTrip(self, data: bytes) -> Deferred[bytes]:
         """Send ``data``; fire with exactly that many bytes of echo once all are back."""
@@ -182,26 +206,14 @@ class EchoClient(Protocol):
             waiting, self._waiting = self._waiting, None
             waiting.callback(echoed)
 
-    def close(self) -> Deferred[None]:
-        """Close the connection; the Deferred fires once it is closed."""
-        if not self.connected:
-            return succeed(None)
-        closed: Deferred[None] = Deferred()
-        self._closed_waiters.append(closed)
-        self.transport.loseConnection()
-        return closed
-
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.connected = False
         if self._waiting is not None:
             got = len(self._received)
             waiting, self._waiting = self._waiting, None
             waiting.errback(
                 ConnectionClosed(f"the server closed the connection after echoing {got} of {self._expected} bytes")
             )
-        waiters, self._closed_waiters = self._closed_waiters, []
-        for closed in waiters:
-            closed.callback(None)
+        self._notify_closed()
 
 
 def _endpoint(reactor: Any, endpoint: str | IStreamClientEndpoint) -> IStreamClientEndpoint:

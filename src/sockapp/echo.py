@@ -14,7 +14,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from sockapp.protocol import close_after_flush, describe_address, read_only_as_fast_as_peer_reads
+from sockapp.protocol import (
+    close_after_flush,
+    describe_address,
+    read_only_as_fast_as_peer_reads,
+)
 
 
 @implementer(IHalfCloseableProtocol)

@@ -115,9 +115,7 @@ def encode_frame(
         byteorder=byteorder,
     ).to_json_bytes()
     if len(header) > MAX_HEADER_LENGTH:
-        raise LocalProtocolError(
-            f"header is {len(header)} bytes; the 2-byte prefix allows at most {MAX_HEADER_LENGTH}"
-        )
+        raise LocalProtocolError(f"header is {len(header)} bytes; the 2-byte prefix allows at most {MAX_HEADER_LENGTH}")
     return len(header).to_bytes(PREFIX_LENGTH, "big") + header + bytes(content)
 
 
@@ -132,7 +130,9 @@ def parse_header(raw: bytes, max_content_length: int) -> Header:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise RemoteProtocolError(ErrorCode.HEADER_NOT_UTF8, f"header is not UTF-8: {e.reason} at byte {e.start}") from None
+        raise RemoteProtocolError(
+            ErrorCode.HEADER_NOT_UTF8, f"header is not UTF-8: {e.reason} at byte {e.start}"
+        ) from None
     try:
         fields = json.loads(text)
     except (ValueError, RecursionError) as e:
@@ -273,7 +273,9 @@ class FrameDecoder:
         if content is None:
             return NEED_DATA
         self._header = None
-        document = parse_json_content(content, header.content_encoding) if header.content_type == JSON_CONTENT_TYPE else None
+        document = (
+            parse_json_content(content, header.content_encoding) if header.content_type == JSON_CONTENT_TYPE else None
+        )
         return Message(header=header, content=content, document=document)
 
     def _take(self, length: int) -> bytes | None:

@@ -15,7 +15,14 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from sockapp.errors import RemoteProtocolError
-from sockapp.framing import DEFAULT_MAX_CONTENT_LENGTH, NEED_DATA, FrameDecoder, Message, encode_frame, encode_json
+from sockapp.framing import (
+    DEFAULT_MAX_CONTENT_LENGTH,
+    NEED_DATA,
+    FrameDecoder,
+    Message,
+    encode_frame,
+    encode_json,
+)
 
 
 def error_document(error: RemoteProtocolError) -> dict[str, dict[str, str]]:

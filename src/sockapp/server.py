@@ -13,7 +13,11 @@ from twisted.python.failure import Failure
 
 from sockapp.errors import RemoteProtocolError
 from sockapp.framing import DEFAULT_MAX_CONTENT_LENGTH, Message
-from sockapp.protocol import FramedProtocol, describe_address, read_only_as_fast_as_peer_reads
+from sockapp.protocol import (
+    FramedProtocol,
+    describe_address,
+    read_only_as_fast_as_peer_reads,
+)
 from sockapp.search import SearchIndex
 
 
@@ -46,7 +50,9 @@ class SearchProtocol(FramedProtocol):
         self.transport.write(response)
 
     def protocolError(self, error: RemoteProtocolError) -> None:
-        self.log.warn("{peer}: {code}: {message}; closing", peer=self.peer, code=error.code.value, message=error.message)
+        self.log.warn(
+            "{peer}: {code}: {message}; closing", peer=self.peer, code=error.code.value, message=error.message
+        )
         super().protocolError(error)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
@@ -68,4 +74,3 @@ class SearchFactory(Factory):
         self.index = index if index is not None else SearchIndex()
         self.max_content_length = max_content_length
         self.verbose = verbose
-

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from conftest import split_frames
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from sockapp.client import AppClient, EchoClient, request_frame_fields
+from sockapp.client import AppClient, EchoClient, request_frame
 from sockapp.errors import ConnectionClosed, ErrorCode, RemoteProtocolError, ServerError
 from sockapp.framing import encode_frame, encode_json
 from sockapp.search import SearchIndex
@@ -99,9 +100,19 @@ def test_answer_to_no_request_is_a_protocol_error():
     assert transport.disconnecting
 
 
-def test_request_frame_fields():
-    assert request_frame_fields("search", "a") == ({"action": "search", "value": "a"}, "text/json", "utf-8")
-    assert request_frame_fields("x", "\u00e9") == ("x\u00e9".encode(), "binary/custom-client-binary-type", "binary")
+def test_request_frame_is_the_tutorial_clients():
+    assert split_frames(request_frame("search", "a")) == [
+        (
+            {"byteorder": sys.byteorder, "content-type": "text/json", "content-encoding": "utf-8", "content-length": 34},
+            b'{"action": "search", "value": "a"}',
+        )
+    ]
+    ((header, content),) = split_frames(request_frame("x", "\u00e9"))
+    assert (header["content-type"], header["content-encoding"], content) == (
+        "binary/custom-client-binary-type",
+        "binary",
+        "x\u00e9".encode(),
+    )
 
 
 def test_echo_client_waits_for_every_byte():
@@ -120,3 +131,155 @@ def test_echo_client_reports_a_short_echo():
     client.dataReceived(b"abc")
     client.connectionLost(Failure(ConnectionDone()))
     assert result[0].check(ConnectionClosed) and "3 of 6" in str(result[0].value)
+
+
+# -- Client: connections made on demand, timeouts, reconnecting ---------------
+
+from twisted.internet.defer import Deferred, succeed  # noqa: E402
+from twisted.internet.task import Clock  # noqa: E402
+
+from sockapp.client import Client  # noqa: E402
+from sockapp.errors import ConnectTimeout, RequestTimeout  # noqa: E402
+
+
+class StringEndpoint:
+    """A client endpoint whose connections are StringTransports, kept for inspection."""
+
+    def __init__(self):
+        self.connections = []
+
+    def connect(self, factory):
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.connections.append((protocol, transport))
+        return succeed(protocol)
+
+
+class NeverEndpoint:
+    """A client endpoint whose connection attempts never finish (until cancelled)."""
+
+    def connect(self, factory):
+        return Deferred()
+
+
+def answer_all(protocol, transport, *, close_after_each=False):
+    """Answer what was written with a real server protocol; optionally close cleanly after one answer."""
+    server = SearchFactory().buildProtocol(None)
+    server_transport = StringTransport()
+    server.makeConnection(server_transport)
+    server.dataReceived(transport.value())
+    transport.clear()
+    frames = split_frames(server_transport.value())
+    if close_after_each:
+        frames = frames[:1]
+    for header, content in frames:
+        protocol.dataReceived(encode_frame(content, header["content-type"], header["content-encoding"]))
+    if close_after_each:
+        protocol.connectionLost(Failure(ConnectionDone()))
+
+
+def test_client_connects_on_first_request_and_reuses_the_connection():
+    endpoint = StringEndpoint()
+    client = Client(Clock(), endpoint)
+    first = collect(client.request("search", "ring"))
+    second = collect(client.request("search", "morpheus"))
+    assert len(endpoint.connections) == 1
+    answer_all(*endpoint.connections[0])
+    assert [first[0].result[:6], second[0].result[:6]] == ["In the", "Follow"]
+
+
+def test_client_reconnects_when_the_server_closes_after_each_answer():
+    endpoint = StringEndpoint()
+    client = Client(Clock(), endpoint)
+    results = [collect(client.request("search", q)) for q in ("ring", "morpheus", "nobody")]
+    for round_ in range(3):
+        answer_all(*endpoint.connections[round_], close_after_each=True)
+    assert [r[0].result for r in results] == [SearchIndex().answer(q) for q in ("ring", "morpheus", "nobody")]
+    assert client.connections_made == 3 and client.resent == 3  # 2 after the first close, 1 after the second
+
+
+def test_client_does_not_resend_when_the_server_closes_without_answering():
+    endpoint = StringEndpoint()
+    client = Client(Clock(), endpoint)
+    result = collect(client.request("search", "ring"))
+    protocol, _ = endpoint.connections[0]
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert result[0].check(ConnectionClosed)
+    assert len(endpoint.connections) == 1
+
+
+def test_client_does_not_resend_after_a_close_mid_answer():
+    endpoint = StringEndpoint()
+    client = Client(Clock(), endpoint)
+    done = collect(client.request("search", "ring"))
+    cut = collect(client.request("search", "morpheus"))
+    protocol, _ = endpoint.connections[0]
+    protocol.dataReceived(encode_json({"result": "one"}))
+    protocol.dataReceived(encode_json({"result": "two"})[:5])
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert done[0].result == "one"
+    assert cut[0].check(ConnectionClosed)
+    assert len(endpoint.connections) == 1
+
+
+def test_connect_timeout_is_typed():
+    clock = Clock()
+    client = Client(clock, NeverEndpoint(), connect_timeout=5)
+    result = collect(client.request("search", "ring"))
+    clock.advance(4.9)
+    assert result == []
+    clock.advance(0.1)
+    assert result[0].check(ConnectTimeout)
+
+
+def test_request_timeout_is_typed_and_a_late_answer_is_discarded():
+    clock = Clock()
+    endpoint = StringEndpoint()
+    client = Client(clock, endpoint, request_timeout=2)
+    slow = collect(client.request("search", "ring"))
+    clock.advance(1)
+    later = collect(client.request("search", "morpheus", timeout=10))
+    clock.advance(1)
+    assert slow[0].check(RequestTimeout)
+    protocol, _ = endpoint.connections[0]
+    protocol.dataReceived(encode_json({"result": "late answer to the first"}))
+    assert later == []
+    protocol.dataReceived(encode_json({"result": "answer to the second"}))
+    assert later[0].result == "answer to the second"
+    assert not clock.getDelayedCalls()
+
+
+def test_closed_client_refuses_requests():
+    endpoint = StringEndpoint()
+    client = Client(Clock(), endpoint)
+    pending = collect(client.request("search", "ring"))
+    collect(client.close())
+    endpoint.connections[0][0].connectionLost(Failure(ConnectionDone()))
+    assert pending[0].check(ConnectionClosed)
+    assert collect(client.request("search", "ring"))[0].check(ConnectionClosed)
+
+
+def test_echo_round_trips_may_be_pipelined():
+    client, transport = connect(EchoClient)
+    first = collect(client.roundTrip(b"abc"))
+    second = collect(client.roundTrip(b"defg"))
+    client.dataReceived(b"abcde")
+    assert first == [b"abc"] and second == []
+    client.dataReceived(b"fg")
+    assert second == [b"defg"]
+
+
+def test_a_reset_between_answers_is_treated_like_a_close():
+    from twisted.internet.error import ConnectionLost
+
+    endpoint = StringEndpoint()
+    client = Client(Clock(), endpoint)
+    first = collect(client.request("search", "ring"))
+    second = collect(client.request("search", "morpheus"))
+    protocol, _ = endpoint.connections[0]
+    protocol.dataReceived(encode_json({"result": "one"}))
+    protocol.connectionLost(Failure(ConnectionLost()))
+    assert first[0].result == "one" and second == []
+    answer_all(*endpoint.connections[1])
+    assert second[0].result.startswith("Follow")

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import pytest_twisted
 from conftest import (
     binary_request,
     json_request,
@@ -25,6 +26,8 @@ from conftest import (
     start_twistd,
     tool,
 )
+
+from sockapp.client import connect
 
 LOOPBACK_ANY_PORT = "tcp:0:interface=127.0.0.1"
 TIMEOUT = 60
@@ -211,3 +214,20 @@ def test_pipelined_requests_match_the_tutorials_answers_in_order(seed_dir, serve
     requests = list(REQUESTS.values())
     expected = b"".join(ask_tutorial(theirs, r) for r in requests)
     assert ask_ours(ours, b"".join(requests)) == expected
+
+
+@pytest_twisted.ensureDeferred
+async def test_python_client_reconnects_to_the_tutorial_server(seed_dir, server_processes):
+    from twisted.internet import reactor
+
+    port = start_tutorial_server(server_processes, seed_dir, "app_msrvr.py", "127.0.0.1", "5634")
+    client = await connect(reactor, f"tcp:host=127.0.0.1:port={port}", request_timeout=TIMEOUT)
+    one = await client.request("search", "morpheus")
+    two = await client.request("search", "ring")  # the server closed after the first answer
+    pipelined = [client.request("search", q) for q in ("nobody", "\U0001f436", "ring")]
+    rest = [(await answer).result for answer in pipelined]
+    assert one.result == "Follow the white rabbit. \U0001f430"
+    assert two.result == "In the caves beneath the Misty Mountains. \U0001f48d"
+    assert rest == ["No match for 'nobody'.", "\U0001f43e Playing ball! \U0001f3d0", two.result]
+    assert client.connections_made == 5
+    await client.close()

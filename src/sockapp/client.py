@@ -1,31 +1,41 @@
 """Clients over any Twisted client endpoint: the app (search) client and the echo client.
 
-``connect(reactor, endpoint)`` gives an ``AppClient`` whose ``request`` and
+``connect(reactor, endpoint)`` gives a ``Client`` whose ``request`` and
 ``send`` return Deferreds firing with a frozen ``Response``. Requests may be
-pipelined; answers are matched to them in order. If the connection ends,
-every outstanding Deferred fails with ``ConnectionClosed``.
+pipelined; answers are matched to them in order. If the connection ends
+before an answer, the outstanding Deferreds fail with ``ConnectionClosed``,
+except in one case: a server that closes between answers after answering
+(as the tutorial's does after every answer) gets the requests it left
+unanswered again, on a new connection. Every request here is idempotent (the server
+keeps no state), which is what makes that safe.
+
+``AppClient`` and ``EchoClient`` are the protocols underneath, usable on
+their own over any transport.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Final
 
 from attrs import field, frozen
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
 from sockapp.errors import (
     BadEndpoint,
     ConnectionClosed,
+    ConnectTimeout,
     ErrorCode,
     RemoteProtocolError,
+    RequestTimeout,
     ServerError,
 )
-from sockapp.framing import JSON_CONTENT_TYPE, Header, Message
+from sockapp.framing import Header, Message, encode_frame, encode_json
 from sockapp.protocol import FramedProtocol
 
 DEFAULT_ENDPOINT: Final = "tcp:host=127.0.0.1:port=5634"
@@ -57,17 +67,15 @@ class Response:
         return None
 
 
-def request_frame_fields(action: str, value: str) -> tuple[object, str, str]:
-    """What the tutorial's client sends for ``action``/``value``.
+def request_frame(action: str, value: str) -> bytes:
+    """The frame the tutorial's client sends for ``action``/``value``.
 
     ``search`` is a ``text/json`` request ``{"action", "value"}``; any other
     action is a binary request whose content is ``action + value`` in UTF-8.
-    Returns (content, content_type, content_encoding); JSON content is the
-    document, not yet encoded.
     """
     if action == "search":
-        return {"action": action, "value": value}, JSON_CONTENT_TYPE, "utf-8"
-    return (action + value).encode("utf-8"), BINARY_REQUEST_TYPE, BINARY_REQUEST_ENCODING
+        return encode_json({"action": action, "value": value})
+    return encode_frame((action + value).encode("utf-8"), BINARY_REQUEST_TYPE, BINARY_REQUEST_ENCODING)
 
 
 def _server_error(message: Message) -> ServerError | None:
@@ -76,6 +84,29 @@ def _server_error(message: Message) -> ServerError | None:
         error = document["error"]
         return ServerError(str(error.get("code", "unknown")), str(error.get("message", "")))
     return None
+
+
+class _Pending:
+    """A request on its way: its frame (kept for a re-send), its Deferred, its timer."""
+
+    __slots__ = ("frame", "answer", "timer", "abandoned")
+
+    def __init__(self, frame: bytes, answer: Deferred[Response]) -> None:
+        self.frame = frame
+        self.answer = answer
+        self.timer: IDelayedCall | None = None
+        self.abandoned = False
+
+    def settle(self, outcome: Response | Exception) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        if self.abandoned:
+            return
+        self.abandoned = True
+        if isinstance(outcome, Exception):
+            self.answer.errback(outcome)
+        else:
+            self.answer.callback(outcome)
 
 
 class _Closable:
@@ -103,38 +134,52 @@ class _Closable:
             closed.callback(None)
 
 
+# Called when an AppClient's connection ends: (unanswered requests, answers
+# received on it, whether it ended between answers rather than inside one).
+LostHandler = Callable[[list[_Pending], int, bool], None]
+
+
 class AppClient(_Closable, FramedProtocol):
-    """Client side of the app protocol: requests out, responses matched in order."""
+    """Client side of the app protocol on one connection: requests out, answers matched in order."""
+
+    on_lost: LostHandler | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self._outstanding: deque[Deferred[Response]] = deque()
+        self._outstanding: deque[_Pending] = deque()
+        self.answered = 0
         self._start_close_tracking()
 
+    @property
+    def usable(self) -> bool:
+        """Connected and not closing: a request sent now can be answered."""
+        return bool(self.connected) and not self.closing
+
+    def submit(self, pending: _Pending) -> None:
+        """Write an encoded request; its answer settles ``pending``."""
+        if not self.usable:
+            pending.settle(ConnectionClosed("the connection is closed"))
+            return
+        self._outstanding.append(pending)
+        self.transport.write(pending.frame)
+
+    def sendFrame(self, frame: bytes) -> Deferred[Response]:
+        """Send an encoded request frame; the Deferred fires with its answer."""
+        pending = _Pending(frame, Deferred())
+        self.submit(pending)
+        return pending.answer
+
     def send(self, content: bytes, content_type: str, content_encoding: str) -> Deferred[Response]:
-        """Send one frame; the Deferred fires with its answer."""
-        if self.closing or not self.connected:
-            return fail(ConnectionClosed("the connection is closed"))
-        answer: Deferred[Response] = Deferred()
-        self._outstanding.append(answer)
-        self.sendMessage(content, content_type, content_encoding)
-        return answer
+        """Send one frame carrying ``content``; the Deferred fires with its answer."""
+        return self.sendFrame(encode_frame(content, content_type, content_encoding))
 
     def sendDocument(self, document: Any, content_encoding: str = "utf-8") -> Deferred[Response]:
         """Send a ``text/json`` request carrying ``document``."""
-        if self.closing or not self.connected:
-            return fail(ConnectionClosed("the connection is closed"))
-        answer: Deferred[Response] = Deferred()
-        self._outstanding.append(answer)
-        self.sendJSON(document, content_encoding)
-        return answer
+        return self.sendFrame(encode_json(document, content_encoding))
 
     def request(self, action: str, value: str) -> Deferred[Response]:
         """Send what the tutorial's client sends for ``action``/``value``."""
-        content, content_type, encoding = request_frame_fields(action, value)
-        if content_type == JSON_CONTENT_TYPE:
-            return self.sendDocument(content, encoding)
-        return self.send(content, content_type, encoding)  # type: ignore[arg-type]
+        return self.sendFrame(request_frame(action, value))
 
     @property
     def outstanding(self) -> int:
@@ -147,17 +192,17 @@ class AppClient(_Closable, FramedProtocol):
                 RemoteProtocolError(ErrorCode.UNEXPECTED_RESPONSE, "the server sent an answer to no request")
             )
             return
-        answer = self._outstanding.popleft()
+        pending = self._outstanding.popleft()
+        self.answered += 1
         error = _server_error(message)
-        if error is not None:
-            answer.errback(error)
-        else:
-            answer.callback(Response(message.header, message.content, message.document))
+        pending.settle(error if error is not None else Response(message.header, message.content, message.document))
 
     def protocolError(self, error: RemoteProtocolError) -> None:
         """A malformed answer: fail everything outstanding with it and close (no error frame back)."""
         self.closing = True
-        self._fail_outstanding(error)
+        outstanding, self._outstanding = list(self._outstanding), deque()
+        for pending in outstanding:
+            pending.settle(error)
         self.transport.loseConnection()
 
     def close(self) -> Deferred[None]:
@@ -166,53 +211,193 @@ class AppClient(_Closable, FramedProtocol):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.closing = True
-        self._fail_outstanding(ConnectionClosed("the connection closed before the answer arrived"))
+        unanswered = [p for p in self._outstanding if not p.abandoned]
+        self._outstanding = deque()
+        # A close or reset between answers, not in the middle of one. (A server
+        # that closes with our next request unread makes its kernel send a
+        # reset, so a reset here is as ordinary as a close.)
+        between_answers = not self._decoder.in_frame
+        if self.on_lost is not None:
+            self.on_lost(unanswered, self.answered, between_answers)
+        else:
+            for pending in unanswered:
+                pending.settle(ConnectionClosed("the connection closed before the answer arrived"))
         self._notify_closed()
 
-    def _fail_outstanding(self, error: Exception) -> None:
-        outstanding, self._outstanding = self._outstanding, deque()
-        for answer in outstanding:
-            answer.errback(error)
+
+class Client:
+    """Requests to one server endpoint, over one connection made when needed.
+
+    A connection is made on first use and again whenever the last one has
+    closed. When a connection that answered at least one request ends
+    between answers (closed or reset), the requests it left unanswered are
+    sent again on a new connection (each connection answers at least one,
+    so this ends); any other loss, such as a close in the middle of an
+    answer or before any answer, fails them with ``ConnectionClosed``.
+
+    ``connect_timeout`` bounds each connection attempt (``ConnectTimeout``);
+    ``request_timeout`` bounds each request from send to answer
+    (``RequestTimeout``; a late answer is then discarded).
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        endpoint: IStreamClientEndpoint,
+        connect_timeout: float | None = None,
+        request_timeout: float | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.endpoint = endpoint
+        self.connect_timeout = connect_timeout
+        self.request_timeout = request_timeout
+        self.connections_made = 0
+        self.resent = 0
+        self._protocol: AppClient | None = None
+        self._connecting: Deferred[AppClient] | None = None
+        self._waiting: list[_Pending] = []
+        self._connection_waiters: list[Deferred[AppClient]] = []
+        self._closed = False
+
+    def connection(self) -> Deferred[AppClient]:
+        """The current connection, made first if there is none."""
+        if self._protocol is not None and self._protocol.usable:
+            return succeed(self._protocol)
+        waiter: Deferred[AppClient] = Deferred()
+        self._connection_waiters.append(waiter)
+        if self._connecting is None:
+            self._start_connecting()
+        return waiter
+
+    def _start_connecting(self) -> None:
+        attempt = self.endpoint.connect(Factory.forProtocol(AppClient))
+        self._connecting = attempt
+        if self.connect_timeout is not None:
+            attempt.addTimeout(self.connect_timeout, self.reactor, onTimeoutCancel=_connect_timed_out)
+        attempt.addBoth(self._connected)
+
+    def _connected(self, result: AppClient | Failure) -> None:
+        self._connecting = None
+        waiting, self._waiting = self._waiting, []
+        waiters, self._connection_waiters = self._connection_waiters, []
+        if isinstance(result, Failure):
+            for pending in waiting:
+                pending.settle(result.value)  # type: ignore[arg-type]
+            for waiter in waiters:
+                waiter.errback(result)
+            return
+        self.connections_made += 1
+        self._protocol = result
+        result.on_lost = self._lost
+        for pending in waiting:
+            result.submit(pending)
+        for waiter in waiters:
+            waiter.callback(result)
+
+    def _lost(self, unanswered: list[_Pending], answered: int, between_answers: bool) -> None:
+        if between_answers and answered and unanswered and not self._closed:
+            self.resent += len(unanswered)
+            self._protocol = None
+            for pending in unanswered:
+                self._dispatch(pending)
+            return
+        for pending in unanswered:
+            pending.settle(ConnectionClosed("the connection closed before the answer arrived"))
+
+    def _dispatch(self, pending: _Pending) -> None:
+        if self._protocol is not None and self._protocol.usable:
+            self._protocol.submit(pending)
+            return
+        self._waiting.append(pending)
+        if self._connecting is None:
+            self._start_connecting()
+
+    def sendFrame(self, frame: bytes, timeout: float | None = None) -> Deferred[Response]:
+        """Send an encoded request frame; the Deferred fires with its answer."""
+        if self._closed:
+            return fail(ConnectionClosed("the client is closed"))
+        pending = _Pending(frame, Deferred())
+        timeout = self.request_timeout if timeout is None else timeout
+        if timeout is not None:
+            pending.timer = self.reactor.callLater(
+                timeout, pending.settle, RequestTimeout(f"no answer within {timeout:g} s")
+            )
+        self._dispatch(pending)
+        return pending.answer
+
+    def send(
+        self, content: bytes, content_type: str, content_encoding: str, timeout: float | None = None
+    ) -> Deferred[Response]:
+        """Send one request carrying ``content`` under the given header fields."""
+        return self.sendFrame(encode_frame(content, content_type, content_encoding), timeout)
+
+    def sendDocument(
+        self, document: Any, content_encoding: str = "utf-8", timeout: float | None = None
+    ) -> Deferred[Response]:
+        """Send a ``text/json`` request carrying ``document``."""
+        return self.sendFrame(encode_json(document, content_encoding), timeout)
+
+    def request(self, action: str, value: str, timeout: float | None = None) -> Deferred[Response]:
+        """Send what the tutorial's client sends for ``action``/``value``."""
+        return self.sendFrame(request_frame(action, value), timeout)
+
+    def close(self) -> Deferred[None]:
+        """Close the connection; outstanding requests fail with ``ConnectionClosed``."""
+        self._closed = True
+        waiting, self._waiting = self._waiting, []
+        for pending in waiting:
+            pending.settle(ConnectionClosed("the client was closed"))
+        if self._connecting is not None:
+            self._connecting.cancel()
+        if self._protocol is not None:
+            return self._protocol.close()
+        return succeed(None)
+
+
+def _connect_timed_out(result: Any, timeout: float) -> Any:
+    """``addTimeout`` hook: a connection attempt cut off by its timeout is a ``ConnectTimeout``."""
+    if isinstance(result, Failure) and result.check(CancelledError):
+        raise ConnectTimeout(f"no connection within {timeout:g} s")
+    return result
 
 
 class EchoClient(_Closable, Protocol):
-    """Sends bytes and collects the echo."""
+    """Sends bytes and collects the echo; round trips may be pipelined."""
 
     def connectionMade(self) -> None:
         self._received = bytearray()
-        self._expected = 0
-        self._waiting: Deferred[bytes] | None = None
+        self._waiting: deque[tuple[int, Deferred[bytes]]] = deque()
         self._start_close_tracking()
 
     def roundTrip(self, data: bytes) -> Deferred[bytes]:
-        """Send ``data``; fire with exactly that many bytes of echo once all are back."""
-        if self._waiting is not None:
-            return fail(RuntimeError("one round trip at a time"))
-        self._expected = len(data)
-        self._waiting = Deferred()
-        waiting = self._waiting
+        """Send ``data``; fire with as many bytes of echo, once all are back, in order."""
+        if not self.connected:
+            return fail(ConnectionClosed("the connection is closed"))
+        echoed: Deferred[bytes] = Deferred()
+        self._waiting.append((len(data), echoed))
         self.transport.write(data)
-        self._check()
-        return waiting
+        self._deliver()
+        return echoed
 
     def dataReceived(self, data: bytes) -> None:
         self._received += data
-        self._check()
+        self._deliver()
 
-    def _check(self) -> None:
-        if self._waiting is not None and len(self._received) >= self._expected:
-            echoed = bytes(self._received[: self._expected])
-            del self._received[: self._expected]
-            waiting, self._waiting = self._waiting, None
-            waiting.callback(echoed)
+    def _deliver(self) -> None:
+        while self._waiting and len(self._received) >= self._waiting[0][0]:
+            length, echoed = self._waiting.popleft()
+            data = bytes(self._received[:length])
+            del self._received[:length]
+            echoed.callback(data)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        if self._waiting is not None:
-            got = len(self._received)
-            waiting, self._waiting = self._waiting, None
-            waiting.errback(
-                ConnectionClosed(f"the server closed the connection after echoing {got} of {self._expected} bytes")
+        waiting, self._waiting = self._waiting, deque()
+        got = len(self._received)
+        for length, echoed in waiting:
+            echoed.errback(
+                ConnectionClosed(f"the server closed the connection after echoing {got} of {length} bytes")
             )
+            got = 0
         self._notify_closed()
 
 
@@ -225,19 +410,30 @@ def _endpoint(reactor: Any, endpoint: str | IStreamClientEndpoint) -> IStreamCli
         raise BadEndpoint(f"bad endpoint {endpoint!r}: {e}") from None
 
 
-def connect(reactor: Any, endpoint: str | IStreamClientEndpoint = DEFAULT_ENDPOINT) -> Deferred[AppClient]:
-    """Connect an ``AppClient`` to ``endpoint`` (a client endpoint string or object)."""
+def connect(
+    reactor: Any,
+    endpoint: str | IStreamClientEndpoint = DEFAULT_ENDPOINT,
+    *,
+    connect_timeout: float | None = None,
+    request_timeout: float | None = None,
+) -> Deferred[Client]:
+    """A ``Client`` for ``endpoint`` (a client endpoint string or object), once it is connected."""
     try:
-        ep = _endpoint(reactor, endpoint)
+        client = Client(reactor, _endpoint(reactor, endpoint), connect_timeout, request_timeout)
     except BadEndpoint as e:  # reported through the Deferred, like a refused connection
         return fail(e)
-    return ep.connect(Factory.forProtocol(AppClient))
+    return client.connection().addCallback(lambda _: client)
 
 
-def connect_echo(reactor: Any, endpoint: str | IStreamClientEndpoint = DEFAULT_ENDPOINT) -> Deferred[EchoClient]:
+def connect_echo(
+    reactor: Any, endpoint: str | IStreamClientEndpoint = DEFAULT_ENDPOINT, *, connect_timeout: float | None = None
+) -> Deferred[EchoClient]:
     """Connect an ``EchoClient`` to ``endpoint``."""
     try:
         ep = _endpoint(reactor, endpoint)
     except BadEndpoint as e:
         return fail(e)
-    return ep.connect(Factory.forProtocol(EchoClient))
+    attempt = ep.connect(Factory.forProtocol(EchoClient))
+    if connect_timeout is not None:
+        attempt.addTimeout(connect_timeout, reactor, onTimeoutCancel=_connect_timed_out)
+    return attempt

@@ -66,6 +66,14 @@ class ConnectionClosed(SockappError):
     """The peer closed the connection before a complete answer arrived."""
 
 
+class ConnectTimeout(SockappError, TimeoutError):
+    """No connection could be made within the connect timeout."""
+
+
+class RequestTimeout(SockappError, TimeoutError):
+    """No answer arrived within the request timeout."""
+
+
 class ServerError(SockappError):
     """The server answered a request with an error frame.
 

@@ -145,9 +145,10 @@ def server_processes(tmp_path: Path):
 
 
 def start_twistd(start, *args: str, env: dict[str, str] | None = None) -> int:
-    """Run ``twistd -n ARGS`` on a free port chosen by the kernel; return the port."""
+    """Run ``twistd -n ARGS`` until it listens; return the port (0 for a UNIX socket)."""
     server = start([tool("twistd"), "-n", "--pidfile=", *args], env)
-    return int(server.wait_for_log(r"starting on (\d+)").group(1))
+    found = server.wait_for_log(r"starting on (\d+|'[^']*')").group(1)
+    return int(found) if found.isdigit() else 0
 
 
 def send_and_read_all(address: object, data: bytes, family: int = socket.AF_INET, timeout: float = 30) -> bytes:

@@ -34,6 +34,7 @@ from sockapp.errors import (
     RemoteProtocolError,
     RequestTimeout,
     ServerError,
+    TLSFailure,
 )
 from sockapp.framing import Header, Message, encode_frame, encode_json
 from sockapp.protocol import FramedProtocol
@@ -135,8 +136,24 @@ class _Closable:
 
 
 # Called when an AppClient's connection ends: (unanswered requests, answers
-# received on it, whether it ended between answers rather than inside one).
-LostHandler = Callable[[list[_Pending], int, bool], None]
+# received on it, whether it ended between answers rather than inside one,
+# the error to fail them with).
+LostHandler = Callable[[list[_Pending], int, bool, ConnectionClosed], None]
+
+
+def _loss_error(reason: Failure | None) -> ConnectionClosed:
+    """The error for requests left unanswered by a lost connection; TLS refusals named as such."""
+    error = reason.value if reason is not None else None
+    module = type(error).__module__
+    if module.startswith("service_identity"):
+        hosts = [getattr(getattr(e, "mismatched_id", None), "hostname", None) for e in getattr(error, "errors", [])]
+        names = ", ".join(h.decode() if isinstance(h, bytes) else str(h) for h in hosts if h)
+        return TLSFailure(f"TLS: the server's certificate is not valid for {names or 'the host asked for'}")
+    if module.startswith("OpenSSL"):
+        parts = error.args[0] if error.args and isinstance(error.args[0], list) else []
+        detail = "; ".join(str(p[-1]) for p in parts if p and p[-1]) or str(error)
+        return TLSFailure(f"TLS handshake failed: {detail}")
+    return ConnectionClosed("the connection closed before the answer arrived")
 
 
 class AppClient(_Closable, FramedProtocol):
@@ -217,11 +234,12 @@ class AppClient(_Closable, FramedProtocol):
         # that closes with our next request unread makes its kernel send a
         # reset, so a reset here is as ordinary as a close.)
         between_answers = not self._decoder.in_frame
+        error = _loss_error(reason)
         if self.on_lost is not None:
-            self.on_lost(unanswered, self.answered, between_answers)
+            self.on_lost(unanswered, self.answered, between_answers and not isinstance(error, TLSFailure), error)
         else:
             for pending in unanswered:
-                pending.settle(ConnectionClosed("the connection closed before the answer arrived"))
+                pending.settle(error)
         self._notify_closed()
 
 
@@ -294,7 +312,9 @@ class Client:
         for waiter in waiters:
             waiter.callback(result)
 
-    def _lost(self, unanswered: list[_Pending], answered: int, between_answers: bool) -> None:
+    def _lost(
+        self, unanswered: list[_Pending], answered: int, between_answers: bool, error: ConnectionClosed
+    ) -> None:
         if between_answers and answered and unanswered and not self._closed:
             self.resent += len(unanswered)
             self._protocol = None
@@ -302,7 +322,7 @@ class Client:
                 self._dispatch(pending)
             return
         for pending in unanswered:
-            pending.settle(ConnectionClosed("the connection closed before the answer arrived"))
+            pending.settle(error)
 
     def _dispatch(self, pending: _Pending) -> None:
         if self._protocol is not None and self._protocol.usable:

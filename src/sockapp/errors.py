@@ -66,6 +66,10 @@ class ConnectionClosed(SockappError):
     """The peer closed the connection before a complete answer arrived."""
 
 
+class TLSFailure(ConnectionClosed):
+    """The TLS handshake failed, e.g. the server's certificate was refused."""
+
+
 class ConnectTimeout(SockappError, TimeoutError):
     """No connection could be made within the connect timeout."""
 

@@ -1,0 +1,161 @@
+"""Every transport through endpoint strings, from the command line: TLS, UNIX sockets, IPv6.
+
+The TLS tests make a throw-away CA and server certificate at run time.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import start_twistd, tool
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+TIMEOUT = 60
+SEARCH_ANSWER = "Follow the white rabbit. \U0001f430\n"
+ECHO_MESSAGE = "hello over a new transport"
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _pem_key(key) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory) -> dict[str, Path]:
+    """A private CA (its certificate alone in trust/) and a server certificate for localhost, signed by it."""
+    folder = tmp_path_factory.mktemp("tls")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("sockapp test CA"))
+        .issuer_name(_name("sockapp test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("localhost"))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    trust = folder / "trust"
+    trust.mkdir()
+    (trust / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "server.key").write_bytes(_pem_key(key))
+    (folder / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return {"trust": trust, "key": folder / "server.key", "cert": folder / "server.pem"}
+
+
+def sockapp(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([tool("sockapp"), *args], capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def tls_client(host: str, port: int, trust: Path) -> str:
+    # Check the certificate against `host`, but connect to 127.0.0.1 whatever `host` resolves to.
+    return f"tls:{host}:{port}:trustRoots={trust}:endpoint=tcp\\:127.0.0.1\\:{port}"
+
+
+def tls_server(files: dict[str, Path]) -> str:
+    return f"ssl:0:interface=127.0.0.1:privateKey={files['key']}:certKey={files['cert']}"
+
+
+def test_search_and_echo_over_tls(server_processes, tls_files):
+    app = start_twistd(server_processes, "sockapp", "--port", tls_server(tls_files))
+    echo = start_twistd(server_processes, "echo", "--port", tls_server(tls_files))
+    result = sockapp("request", "--connect", tls_client("localhost", app, tls_files["trust"]), "search", "morpheus")
+    assert (result.returncode, result.stdout) == (0, SEARCH_ANSWER), result.stderr
+    result = sockapp("echo", "--connect", tls_client("localhost", echo, tls_files["trust"]), ECHO_MESSAGE)
+    assert (result.returncode, result.stdout) == (0, ECHO_MESSAGE + "\n"), result.stderr
+    result = sockapp("multiconn", "-n", "20", "--connect", tls_client("localhost", echo, tls_files["trust"]))
+    assert result.returncode == 0, result.stderr
+
+
+def test_tls_client_refuses_a_certificate_for_another_host(server_processes, tls_files):
+    app = start_twistd(server_processes, "sockapp", "--port", tls_server(tls_files))
+    result = sockapp("request", "--connect", tls_client("wrong.example", app, tls_files["trust"]), "search", "morpheus")
+    assert result.returncode == 1 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert "TLS" in lines[0] and "wrong.example" in lines[0], lines[0]
+
+
+def test_tls_client_refuses_a_certificate_from_an_unknown_ca(server_processes, tls_files, tmp_path):
+    app = start_twistd(server_processes, "sockapp", "--port", tls_server(tls_files))
+    empty = tmp_path / "no-roots"
+    empty.mkdir()
+    other = tmp_path / "other-ca.pem"
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    other.write_bytes(
+        x509.CertificateBuilder()
+        .subject_name(_name("another CA"))
+        .issuer_name(_name("another CA"))
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+    )
+    (empty / "other.pem").write_bytes(other.read_bytes())
+    result = sockapp("request", "--connect", tls_client("localhost", app, empty), "search", "morpheus")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "TLS handshake failed: certificate verify failed" in result.stderr
+
+
+def test_search_and_echo_over_unix_sockets(server_processes, tmp_path):
+    app_path, echo_path = tmp_path / "app.sock", tmp_path / "echo.sock"
+    start_twistd(server_processes, "sockapp", "--port", f"unix:{app_path}")
+    start_twistd(server_processes, "echo", "--port", f"unix:{echo_path}")
+    result = sockapp("request", "--connect", f"unix:path={app_path}", "search", "morpheus")
+    assert (result.returncode, result.stdout) == (0, SEARCH_ANSWER), result.stderr
+    result = sockapp("echo", "--connect", f"unix:path={echo_path}", ECHO_MESSAGE)
+    assert (result.returncode, result.stdout) == (0, ECHO_MESSAGE + "\n"), result.stderr
+
+
+def ipv6_loopback_missing() -> str | None:
+    if not socket.has_ipv6:
+        return "this Python has no IPv6 support"
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError as e:
+        return f"no IPv6 on loopback here: cannot bind [::1]: {e.strerror}"
+    return None
+
+
+@pytest.mark.skipif(ipv6_loopback_missing() is not None, reason=str(ipv6_loopback_missing()))
+def test_search_and_echo_over_ipv6(server_processes):
+    app = start_twistd(server_processes, "sockapp", "--port", "tcp6:0:interface=\\:\\:1")
+    echo = start_twistd(server_processes, "echo", "--port", "tcp6:0:interface=\\:\\:1")
+    result = sockapp("request", "--connect", f"tcp:host=\\:\\:1:port={app}", "search", "morpheus")
+    assert (result.returncode, result.stdout) == (0, SEARCH_ANSWER), result.stderr
+    result = sockapp("echo", "--connect", f"tcp:host=\\:\\:1:port={echo}", ECHO_MESSAGE)
+    assert (result.returncode, result.stdout) == (0, ECHO_MESSAGE + "\n"), result.stderr

@@ -18,8 +18,10 @@ from twisted.internet import defer, task
 from twisted.internet import error as neterror
 
 from sockapp import __version__
+from sockapp.bench import Bench, BenchConfig
 from sockapp.client import DEFAULT_ENDPOINT, Response, connect, connect_echo
 from sockapp.errors import SockappError
+from sockapp.progress import live_progress
 
 DEFAULT_TIMEOUT = 30.0
 TUTORIAL_ECHO_MESSAGE = "hello, universe.\nHi, friend."
@@ -95,6 +97,30 @@ async def run_multiconn(reactor: Any, args: argparse.Namespace) -> int:
     return 0 if good == args.connections else 1
 
 
+async def run_bench(reactor: Any, args: argparse.Namespace) -> int:
+    config = BenchConfig(
+        endpoint=args.connect,
+        protocol=args.protocol,
+        connections=args.connections,
+        duration=args.duration if args.duration or args.requests else 10.0,
+        requests=args.requests,
+        pipeline=args.pipeline,
+        rate=args.rate,
+        size=args.size,
+        query=args.query,
+        expect=args.expect,
+        request_timeout=args.request_timeout,
+    )
+    bench = Bench(reactor, config)
+    with live_progress(reactor, bench):
+        summary = await bench.run()
+    if args.json:
+        print(json.dumps(summary.as_dict(), ensure_ascii=False))
+    else:
+        print("\n".join(summary.lines()))
+    return 1 if summary.error_count or not summary.requests else 0
+
+
 def describe_error(error: BaseException) -> str:
     """One line for the user about ``error``."""
     if isinstance(error, neterror.ConnectionRefusedError):
@@ -114,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sockapp {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, help: str) -> argparse.ArgumentParser:
+    def command(name: str, help: str, timeout: float = DEFAULT_TIMEOUT) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help)
         sub.add_argument(
             "--connect",
@@ -125,9 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--timeout",
             type=_seconds,
-            default=DEFAULT_TIMEOUT,
+            default=timeout,
             metavar="SECONDS",
-            help=f"give up if the whole command takes longer (default: {DEFAULT_TIMEOUT:g}; 0 waits forever)",
+            help=f"give up if the whole command takes longer (default: {timeout:g}; 0 waits forever)",
         )
         return sub
 
@@ -149,6 +175,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--message", action="append", metavar="TEXT", help="a message each connection sends (repeatable)"
     )
     multiconn.set_defaults(run=run_multiconn)
+
+    bench = command("bench", "load generator: many connections, throughput and latency percentiles", timeout=0)
+    bench.add_argument("--protocol", choices=["app", "echo"], default="app", help="app (search server) or echo")
+    bench.add_argument("--connections", "-c", type=_count, default=10, metavar="N", help="concurrent connections")
+    bound = bench.add_mutually_exclusive_group()
+    bound.add_argument("--duration", "-d", type=_positive_seconds, metavar="SECONDS", help="run this long (default 10)")
+    bound.add_argument("--requests", "-n", type=_count, metavar="N", help="send this many requests in all")
+    bench.add_argument(
+        "--pipeline", "-p", type=_count, default=1, metavar="D", help="requests in flight per connection"
+    )
+    bench.add_argument(
+        "--rate", type=_positive_seconds, metavar="R", help="start at most R requests per second overall"
+    )
+    bench.add_argument(
+        "--size",
+        type=_size,
+        metavar="BYTES",
+        help="app: send binary requests of this size instead of searches; echo: block size (default 64)",
+    )
+    bench.add_argument("--query", default="morpheus", help="the search query sent (default: morpheus)")
+    bench.add_argument(
+        "--expect", metavar="ANSWER", help="the answer to expect (default: the tutorial's, or its 'No match')"
+    )
+    bench.add_argument(
+        "--request-timeout", type=_positive_seconds, default=30.0, metavar="SECONDS", help="per request (default 30)"
+    )
+    bench.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    bench.set_defaults(run=run_bench)
     return parser
 
 
@@ -158,6 +212,23 @@ def _seconds(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not value >= 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+def _size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of bytes") from None
+    if value < 0:
         raise argparse.ArgumentTypeError("must be 0 or more")
     return value
 

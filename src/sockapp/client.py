@@ -312,9 +312,7 @@ class Client:
         for waiter in waiters:
             waiter.callback(result)
 
-    def _lost(
-        self, unanswered: list[_Pending], answered: int, between_answers: bool, error: ConnectionClosed
-    ) -> None:
+    def _lost(self, unanswered: list[_Pending], answered: int, between_answers: bool, error: ConnectionClosed) -> None:
         if between_answers and answered and unanswered and not self._closed:
             self.resent += len(unanswered)
             self._protocol = None
@@ -414,9 +412,7 @@ class EchoClient(_Closable, Protocol):
         waiting, self._waiting = self._waiting, deque()
         got = len(self._received)
         for length, echoed in waiting:
-            echoed.errback(
-                ConnectionClosed(f"the server closed the connection after echoing {got} of {length} bytes")
-            )
+            echoed.errback(ConnectionClosed(f"the server closed the connection after echoing {got} of {length} bytes"))
             got = 0
         self._notify_closed()
 

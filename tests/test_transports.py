@@ -88,7 +88,8 @@ def tls_server(files: dict[str, Path]) -> str:
 def test_search_and_echo_over_tls(server_processes, tls_files):
     app = start_twistd(server_processes, "sockapp", "--port", tls_server(tls_files))
     echo = start_twistd(server_processes, "echo", "--port", tls_server(tls_files))
-    result = sockapp("request", "--connect", tls_client("localhost", app, tls_files["trust"]), "search", "morpheus")
+    readme_form = f"tls:localhost:{app}:trustRoots={tls_files['trust']}"  # as the README shows it
+    result = sockapp("request", "--connect", readme_form, "search", "morpheus")
     assert (result.returncode, result.stdout) == (0, SEARCH_ANSWER), result.stderr
     result = sockapp("echo", "--connect", tls_client("localhost", echo, tls_files["trust"]), ECHO_MESSAGE)
     assert (result.returncode, result.stdout) == (0, ECHO_MESSAGE + "\n"), result.stderr

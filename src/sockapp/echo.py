@@ -9,12 +9,14 @@ byte back before the connection closes.
 from __future__ import annotations
 
 from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from sockapp.lifecycle import ServerFactory
 from sockapp.protocol import (
+    abort_if_peer_not_reading,
     close_after_flush,
     describe_address,
     read_only_as_fast_as_peer_reads,
@@ -32,11 +34,14 @@ class EchoProtocol(Protocol):
         read_only_as_fast_as_peer_reads(self.transport)
         self.peer = describe_address(self.transport.getPeer())
         self.received = 0
+        self.deadlines = self.factory.deadlines_for(self, frame_timeout=False)
+        self.factory.opened(self)
         self.log.info("echo connection from {peer}", peer=self.peer)
 
     def dataReceived(self, data: bytes) -> None:
         self.received += len(data)
         self.transport.write(data)
+        self.deadlines.activity(False)
 
     def readConnectionLost(self) -> None:
         close_after_flush(self.transport)
@@ -44,18 +49,29 @@ class EchoProtocol(Protocol):
     def writeConnectionLost(self) -> None:
         close_after_flush(self.transport)
 
+    def idleTimedOut(self) -> None:
+        self.log.info(
+            "{peer}: no traffic for {t:g} s (--idle-timeout); closing", peer=self.peer, t=self.factory.idle_timeout
+        )
+        abort_if_peer_not_reading(self.transport)
+
+    def frameTimedOut(self) -> None:  # echo has no frames; never armed
+        pass
+
+    def drain(self) -> None:
+        """Graceful shutdown: everything read has been written back; close once it is sent."""
+        close_after_flush(self.transport)
+
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.deadlines.cancel()
+        self.factory.closed(self)
         if self.factory.verbose:
             self.log.info("echo connection from {peer} closed after {n} bytes", peer=self.peer, n=self.received)
         else:
-            self.log.info("echo connection from {peer} closed", peer=getattr(self, "peer", "?"))
+            self.log.info("echo connection from {peer} closed", peer=self.peer)
 
 
-class EchoFactory(Factory):
+class EchoFactory(ServerFactory):
     """Builds ``EchoProtocol`` connections."""
 
     protocol = EchoProtocol
-    noisy = False
-
-    def __init__(self, verbose: bool = False) -> None:
-        self.verbose = verbose

@@ -27,6 +27,7 @@ class ErrorCode(enum.StrEnum):
     CONTENT_NOT_JSON = "content-not-json"
     REQUEST_NOT_OBJECT = "request-not-object"
     BAD_REQUEST = "bad-request"
+    FRAME_TIMEOUT = "frame-timeout"
     UNEXPECTED_RESPONSE = "unexpected-response"
 
 

@@ -52,6 +52,18 @@ def close_after_flush(transport: ITransport) -> None:
     transport.loseConnection()
 
 
+def abort_if_peer_not_reading(transport: ITransport) -> None:
+    """Close now; drop unsent output only if the peer has stopped reading it.
+
+    A peer that reads gets what was written before the close; one that does
+    not would hold a graceful close open for ever.
+    """
+    if getattr(transport, "producerPaused", False):
+        transport.abortConnection()
+    else:
+        close_after_flush(transport)
+
+
 def describe_address(address: object) -> str:
     """A short text for a peer address in logs: host:port, or unix:path."""
     host, port = getattr(address, "host", None), getattr(address, "port", None)

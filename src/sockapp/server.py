@@ -1,20 +1,24 @@
 """The search server as a Twisted ``Protocol``/``Factory`` pair.
 
-The protocol only moves bytes: framing comes from ``FramedProtocol`` and
-answers from ``SearchIndex``. Unlike the tutorial's server, a connection
-stays open after an answer and serves further (also pipelined) requests.
+The protocol only moves bytes: framing comes from ``FramedProtocol``,
+answers from ``SearchIndex``, limits and shutdown from ``ServerFactory``.
+Unlike the tutorial's server, a connection stays open after an answer and
+serves further (also pipelined) requests.
 """
 
 from __future__ import annotations
 
-from twisted.internet.protocol import Factory
+from typing import Any
+
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sockapp.errors import RemoteProtocolError
+from sockapp.errors import ErrorCode, RemoteProtocolError
 from sockapp.framing import DEFAULT_MAX_CONTENT_LENGTH, Message
+from sockapp.lifecycle import ServerFactory
 from sockapp.protocol import (
     FramedProtocol,
+    abort_if_peer_not_reading,
     describe_address,
     read_only_as_fast_as_peer_reads,
 )
@@ -26,13 +30,25 @@ class SearchProtocol(FramedProtocol):
 
     factory: SearchFactory
     log = Logger()
+    draining = False
 
     def connectionMade(self) -> None:
-        self.max_content_length = self.factory.max_content_length
+        factory = self.factory
+        self.max_content_length = factory.max_content_length
         super().connectionMade()
         read_only_as_fast_as_peer_reads(self.transport)
         self.peer = describe_address(self.transport.getPeer())
+        self.deadlines = factory.deadlines_for(self)
+        factory.opened(self)
         self.log.info("connection from {peer}", peer=self.peer)
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        if not self.closing:
+            in_frame = self._decoder.in_frame
+            self.deadlines.activity(in_frame)
+            if self.draining and not in_frame:
+                self.closeAfterFlush()
 
     def messageReceived(self, message: Message) -> None:
         if self.factory.verbose:
@@ -55,22 +71,43 @@ class SearchProtocol(FramedProtocol):
         )
         super().protocolError(error)
 
+    def idleTimedOut(self) -> None:
+        self.log.info(
+            "{peer}: no traffic for {t:g} s (--idle-timeout); closing", peer=self.peer, t=self.factory.idle_timeout
+        )
+        self.closing = True
+        abort_if_peer_not_reading(self.transport)
+
+    def frameTimedOut(self) -> None:
+        timeout = self.factory.frame_timeout
+        self.protocolError(
+            RemoteProtocolError(ErrorCode.FRAME_TIMEOUT, f"a frame was started and not finished within {timeout:g} s")
+        )
+        abort_if_peer_not_reading(self.transport)
+
+    def drain(self) -> None:
+        """Graceful shutdown: close now if between requests, else once the current one is answered."""
+        self.draining = True
+        if not self.closing and not self._decoder.in_frame:
+            self.closeAfterFlush()
+
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.log.info("connection from {peer} closed", peer=getattr(self, "peer", "?"))
+        self.deadlines.cancel()
+        self.factory.closed(self)
+        self.log.info("connection from {peer} closed", peer=self.peer)
 
 
-class SearchFactory(Factory):
+class SearchFactory(ServerFactory):
     """Builds ``SearchProtocol`` connections sharing one ``SearchIndex``."""
 
     protocol = SearchProtocol
-    noisy = False
 
     def __init__(
         self,
         index: SearchIndex | None = None,
         max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH,
-        verbose: bool = False,
+        **limits: Any,
     ) -> None:
+        super().__init__(**limits)
         self.index = index if index is not None else SearchIndex()
         self.max_content_length = max_content_length
-        self.verbose = verbose

@@ -11,6 +11,8 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.python import usage
 
+from sockapp.lifecycle import DEFAULT_IDLE_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT
+
 DEFAULT_PORT = "5634"
 
 
@@ -25,8 +27,30 @@ def endpoint_description(port: str) -> str:
     return port
 
 
+def non_negative_int(text: str) -> int:
+    """usage.Options coercer for sizes and counts."""
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"{text} is negative")
+    return value
+
+
+non_negative_int.coerceDoc = "Must be a non-negative integer."  # type: ignore[attr-defined]
+
+
+def non_negative_seconds(text: str) -> float:
+    """usage.Options coercer for timeouts; 0 turns the timeout off."""
+    value = float(text)
+    if not value >= 0:
+        raise ValueError(f"{text} is not 0 or more seconds")
+    return value
+
+
+non_negative_seconds.coerceDoc = "In seconds."  # type: ignore[attr-defined]
+
+
 class ListenOptions(usage.Options):
-    """``--port`` and ``--verbose``, validated when parsed."""
+    """Where to listen and the limits every server shares, validated when parsed."""
 
     optParameters = [
         [
@@ -36,6 +60,27 @@ class ListenOptions(usage.Options):
             "Where to listen: a port number (TCP on 127.0.0.1) or a Twisted endpoint "
             "description, e.g. tcp:5634:interface=0.0.0.0, tcp6:5634:interface=\\:\\:1, "
             "unix:/tmp/sockapp.sock, ssl:5634:privateKey=key.pem:certKey=cert.pem.",
+        ],
+        [
+            "max-connections",
+            None,
+            0,
+            "Refuse connections beyond this many open at once (closed at once, logged); 0 means no limit.",
+            non_negative_int,
+        ],
+        [
+            "idle-timeout",
+            None,
+            DEFAULT_IDLE_TIMEOUT,
+            "Close a connection after this many seconds without a byte from the peer; 0 never does.",
+            non_negative_seconds,
+        ],
+        [
+            "shutdown-timeout",
+            None,
+            DEFAULT_SHUTDOWN_TIMEOUT,
+            "On SIGTERM/SIGINT, give open connections this long to finish before they are cut.",
+            non_negative_seconds,
         ],
     ]
     optFlags = [["verbose", "v", "Log every request, not only connections and errors."]]
@@ -65,6 +110,15 @@ class ListenOptions(usage.Options):
         self["endpoint"] = description
 
 
+def limits(options: ListenOptions) -> dict[str, Any]:
+    """The ``ServerFactory`` keyword arguments the options ask for."""
+    return {
+        "idle_timeout": options["idle-timeout"] or None,
+        "max_connections": options["max-connections"] or None,
+        "verbose": options["verbose"],
+    }
+
+
 class CannotListen(SystemExit, Exception):
     """Listening failed: exits with one line instead of a traceback.
 
@@ -81,10 +135,11 @@ class ListeningService(StreamServerEndpointService):
     (or, raising synchronously, end twistd with a traceback).
     """
 
-    def __init__(self, endpoint: Any, factory: IProtocolFactory, description: str) -> None:
+    def __init__(self, endpoint: Any, factory: IProtocolFactory, description: str, shutdown_timeout: float) -> None:
         super().__init__(endpoint, factory)
         self._raiseSynchronously = True
         self.description = description
+        self.shutdown_timeout = shutdown_timeout
 
     def privilegedStartService(self) -> None:
         try:
@@ -93,22 +148,16 @@ class ListeningService(StreamServerEndpointService):
             reason = getattr(e.socketError, "strerror", None) or e.socketError
             raise CannotListen(f"sockapp: cannot listen on {self.description}: {reason}") from None
 
+    def stopService(self) -> Any:
+        """Stop listening, then let open connections finish (``ServerFactory.shutdown``)."""
+        stopped = super().stopService()
+        return stopped.addCallback(lambda _: self.factory.shutdown(self.shutdown_timeout))
+
 
 def listen_service(options: ListenOptions, factory: IProtocolFactory, reactor: Any = None) -> IService:
     """A service that listens on ``options['endpoint']`` when started."""
     endpoint = serverFromString(reactor if reactor is not None else _reactor(), options["endpoint"])
-    return ListeningService(endpoint, factory, options["endpoint"])
-
-
-def positive_int(text: str) -> int:
-    """usage.Options coercer for sizes and counts."""
-    value = int(text)
-    if value < 0:
-        raise ValueError(f"{text} is negative")
-    return value
-
-
-positive_int.coerceDoc = "Must be a non-negative integer."  # type: ignore[attr-defined]
+    return ListeningService(endpoint, factory, options["endpoint"], options["shutdown-timeout"])
 
 
 def _reactor() -> Any:

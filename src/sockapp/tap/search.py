@@ -8,14 +8,15 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from sockapp.framing import DEFAULT_MAX_CONTENT_LENGTH
+from sockapp.lifecycle import DEFAULT_FRAME_TIMEOUT
 from sockapp.search import DataFileError, SearchIndex, load_answers
 from sockapp.server import SearchFactory
-from sockapp.tap._listen import ListenOptions, listen_service, positive_int
+from sockapp.tap._listen import ListenOptions, limits, listen_service, non_negative_int, non_negative_seconds
 
 
 class Options(ListenOptions):
     tapname = "sockapp"
-    synopsis = "[--port PORT] [--data FILE] [--max-content-length BYTES] [--verbose]"
+    synopsis = "[--port PORT] [--data FILE] [--max-content-length BYTES] [--verbose] [limits]"
     longdesc = (
         "Serve the socket tutorial's search protocol: framed JSON search requests "
         "and binary requests, answered byte for byte as the tutorial's server does, "
@@ -29,7 +30,14 @@ class Options(ListenOptions):
             DEFAULT_MAX_CONTENT_LENGTH,
             "Largest request content accepted, in bytes; a larger content-length is refused "
             "as soon as its header arrives.",
-            positive_int,
+            non_negative_int,
+        ],
+        [
+            "frame-timeout",
+            None,
+            DEFAULT_FRAME_TIMEOUT,
+            "Close a connection that started a frame and did not finish it within this many seconds; 0 never does.",
+            non_negative_seconds,
         ],
     ]
 
@@ -46,6 +54,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     factory = SearchFactory(
         index=options["index"],
         max_content_length=options["max-content-length"],
-        verbose=options["verbose"],
+        frame_timeout=options["frame-timeout"] or None,
+        reactor=reactor,
+        **limits(options),
     )
     return listen_service(options, factory, reactor)

@@ -1,0 +1,195 @@
+"""What every sockapp server does with its connections, apart from the protocol.
+
+``ServerFactory`` holds the limits (``max_connections``, the idle and frame
+timeouts), keeps the set of open connections and shuts them down
+gracefully. ``Deadlines`` is the per-connection timer behind the timeouts.
+The reactor is passed in (the global one by default), so tests drive time
+with ``twisted.internet.task.Clock``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from typing import Protocol as TypingProtocol
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IAddress, IDelayedCall
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from sockapp.protocol import describe_address
+
+DEFAULT_IDLE_TIMEOUT = 300.0
+DEFAULT_FRAME_TIMEOUT = 30.0
+DEFAULT_SHUTDOWN_TIMEOUT = 10.0
+
+
+class ServerConnection(TypingProtocol):
+    """What ``ServerFactory`` needs of a connection's protocol."""
+
+    transport: Any
+    peer: str
+
+    def drain(self) -> None:
+        """Stop taking requests: answer what has arrived, then close."""
+
+
+class Deadlines:
+    """An idle deadline and a frame deadline for one connection, on one timer.
+
+    ``activity(in_frame)`` is called on every read. It only records the
+    time: the single timer is re-armed when it fires early, not on every
+    read, so the hot path costs one clock read.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        idle_timeout: float | None,
+        frame_timeout: float | None,
+        on_idle: Any,
+        on_frame_timeout: Any,
+    ) -> None:
+        self.reactor = reactor
+        self.idle_timeout = idle_timeout or None
+        self.frame_timeout = frame_timeout or None
+        self.on_idle = on_idle
+        self.on_frame_timeout = on_frame_timeout
+        self.last_activity = reactor.seconds()
+        self.frame_started: float | None = None
+        self._call: IDelayedCall | None = None
+        self._arm()
+
+    def activity(self, in_frame: bool) -> None:
+        now = self.reactor.seconds()
+        self.last_activity = now
+        if not in_frame:
+            self.frame_started = None
+        elif self.frame_started is None:
+            self.frame_started = now
+            self._arm()
+
+    def _due(self) -> float | None:
+        due = []
+        if self.idle_timeout is not None:
+            due.append(self.last_activity + self.idle_timeout)
+        if self.frame_timeout is not None and self.frame_started is not None:
+            due.append(self.frame_started + self.frame_timeout)
+        return min(due) if due else None
+
+    def _arm(self) -> None:
+        due = self._due()
+        if due is None:
+            return
+        delay = max(0.0, due - self.reactor.seconds())
+        if self._call is None or not self._call.active():
+            self._call = self.reactor.callLater(delay, self._fire)
+        elif self._call.getTime() > due:
+            self._call.reset(delay)
+
+    def _fire(self) -> None:
+        self._call = None
+        now = self.reactor.seconds()
+        if self.frame_timeout is not None and self.frame_started is not None:
+            if now >= self.frame_started + self.frame_timeout:
+                self.on_frame_timeout()
+                return
+        if self.idle_timeout is not None and now >= self.last_activity + self.idle_timeout:
+            self.on_idle()
+            return
+        self._arm()
+
+    def cancel(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        self.idle_timeout = self.frame_timeout = None
+
+
+class ServerFactory(Factory):
+    """Connection limits, timeouts and graceful shutdown shared by the servers."""
+
+    noisy = False
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any = None,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+        frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT,
+        max_connections: int | None = None,
+        verbose: bool = False,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        self.reactor = reactor
+        self.idle_timeout = idle_timeout
+        self.frame_timeout = frame_timeout
+        self.max_connections = max_connections
+        self.verbose = verbose
+        self.connections: set[ServerConnection] = set()
+        self.refused = 0
+        self.shutting_down = False
+        self._all_closed: list[Deferred[None]] = []
+
+    def buildProtocol(self, addr: IAddress) -> Any:
+        if self.shutting_down:
+            return None
+        if self.max_connections is not None and len(self.connections) >= self.max_connections:
+            self.refused += 1
+            self.log.warn(
+                "refused connection from {peer}: {open} connections open, the limit (--max-connections)",
+                peer=describe_address(addr),
+                open=len(self.connections),
+            )
+            return None  # Twisted closes the new socket at once
+        return super().buildProtocol(addr)
+
+    def deadlines_for(self, protocol: Any, frame_timeout: bool = True) -> Deadlines:  # noqa: FBT001
+        """The idle (and optionally frame) deadlines of a new connection."""
+        return Deadlines(
+            self.reactor,
+            self.idle_timeout,
+            self.frame_timeout if frame_timeout else None,
+            protocol.idleTimedOut,
+            protocol.frameTimedOut,
+        )
+
+    def opened(self, protocol: ServerConnection) -> None:
+        self.connections.add(protocol)
+
+    def closed(self, protocol: ServerConnection) -> None:
+        self.connections.discard(protocol)
+        if not self.connections and self._all_closed:
+            waiters, self._all_closed = self._all_closed, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def shutdown(self, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> Deferred[None]:
+        """Drain every connection; abort whatever is still open after ``timeout`` seconds.
+
+        Fires once every connection is closed.
+        """
+        self.shutting_down = True
+        if not self.connections:
+            return succeed(None)
+        done: Deferred[None] = Deferred()
+        self._all_closed.append(done)
+        self.log.info(
+            "shutting down: draining {n} connections (at most {timeout:g} s)", n=len(self.connections), timeout=timeout
+        )
+        for protocol in list(self.connections):
+            protocol.drain()
+        if self.connections:
+            overdue = self.reactor.callLater(timeout, self._abort_remaining, timeout)
+            done.addBoth(lambda result: (overdue.cancel() if overdue.active() else None, result)[1])
+        return done
+
+    def _abort_remaining(self, timeout: float) -> None:
+        for protocol in list(self.connections):
+            self.log.warn(
+                "{peer}: still open {timeout:g} s into shutdown; aborting", peer=protocol.peer, timeout=timeout
+            )
+            protocol.transport.abortConnection()

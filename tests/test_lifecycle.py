@@ -1,0 +1,181 @@
+"""Timeouts, connection limits and graceful shutdown, with time driven by a Clock."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
+
+from conftest import json_request, split_frames
+from sockapp.echo import EchoFactory
+from sockapp.lifecycle import Deadlines
+from sockapp.server import SearchFactory
+
+ADDRESS = IPv4Address("TCP", "127.0.0.1", 40000)
+
+
+class Recorder:
+    def __init__(self):
+        self.fired = []
+
+    def idle(self):
+        self.fired.append("idle")
+
+    def frame(self):
+        self.fired.append("frame")
+
+
+def deadlines(clock, idle=300.0, frame=30.0):
+    recorder = Recorder()
+    return Deadlines(clock, idle, frame, recorder.idle, recorder.frame), recorder
+
+
+def test_idle_deadline_moves_with_activity():
+    clock = Clock()
+    timer, recorder = deadlines(clock)
+    clock.advance(299)
+    timer.activity(in_frame=False)
+    clock.advance(299)
+    assert recorder.fired == []
+    clock.advance(1)
+    assert recorder.fired == ["idle"]
+
+
+def test_frame_deadline_is_not_moved_by_trickling_bytes():
+    clock = Clock()
+    timer, recorder = deadlines(clock)
+    for _ in range(29):
+        timer.activity(in_frame=True)  # a slowloris: a byte a second, never a whole frame
+        clock.advance(1)
+    assert recorder.fired == []
+    timer.activity(in_frame=True)
+    clock.advance(1)
+    assert recorder.fired == ["frame"]
+
+
+def test_finishing_the_frame_clears_its_deadline():
+    clock = Clock()
+    timer, recorder = deadlines(clock)
+    timer.activity(in_frame=True)
+    clock.advance(20)
+    timer.activity(in_frame=False)
+    clock.advance(200)
+    assert recorder.fired == []
+    clock.advance(100)
+    assert recorder.fired == ["idle"]
+
+
+def test_zero_or_none_turns_timeouts_off():
+    clock = Clock()
+    timer, recorder = deadlines(clock, idle=0, frame=None)
+    timer.activity(in_frame=True)
+    clock.advance(10_000)
+    assert recorder.fired == [] and not clock.getDelayedCalls()
+
+
+def test_cancel_leaves_no_timer():
+    clock = Clock()
+    timer, _ = deadlines(clock)
+    timer.cancel()
+    assert not clock.getDelayedCalls()
+
+
+def connect(factory):
+    protocol = factory.buildProtocol(ADDRESS)
+    if protocol is None:
+        return None, None
+    transport = StringTransport(peerAddress=ADDRESS)
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def lose(protocol, transport):
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    protocol.connectionLost(Failure(ConnectionDone()))
+
+
+def test_idle_connection_is_closed_and_logged():
+    clock = Clock()
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        protocol, transport = connect(SearchFactory(reactor=clock, idle_timeout=5))
+        clock.advance(5)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert transport.disconnecting
+    assert any("idle-timeout" in e.get("log_format", "") for e in events)
+
+
+def test_slowloris_gets_a_frame_timeout_error_frame():
+    clock = Clock()
+    protocol, transport = connect(SearchFactory(reactor=clock, frame_timeout=30))
+    request = json_request({"action": "search", "value": "ring"})
+    for byte in request[:20]:
+        protocol.dataReceived(bytes([byte]))
+        clock.advance(2)
+    assert transport.disconnecting
+    ((_, content),) = split_frames(transport.value())
+    assert json.loads(content)["error"]["code"] == "frame-timeout"
+
+
+def test_max_connections_refuses_the_extra_and_counts_it():
+    factory = SearchFactory(reactor=Clock(), max_connections=2)
+    first, first_transport = connect(factory)
+    second, _ = connect(factory)
+    third, _ = connect(factory)
+    assert third is None and factory.refused == 1  # Twisted closes a connection whose protocol is None
+    lose(first, first_transport)
+    fourth, _ = connect(factory)
+    assert fourth is not None and len(factory.connections) == 2
+
+
+def test_shutdown_closes_idle_connections_and_lets_a_started_request_finish():
+    clock = Clock()
+    factory = SearchFactory(reactor=clock)
+    idle, idle_transport = connect(factory)
+    busy, busy_transport = connect(factory)
+    request = json_request({"action": "search", "value": "morpheus"})
+    busy.dataReceived(request[:10])
+    done = []
+    factory.shutdown(timeout=10).addCallback(done.append)
+    assert idle_transport.disconnecting and not busy_transport.disconnecting
+    assert connect(factory) == (None, None)  # no new connections while shutting down
+    lose(idle, idle_transport)
+    busy.dataReceived(request[10:])
+    assert busy_transport.disconnecting
+    ((_, content),) = split_frames(busy_transport.value())
+    assert json.loads(content) == {"result": "Follow the white rabbit. \U0001f430"}
+    assert done == []
+    lose(busy, busy_transport)
+    assert done == [None]
+    assert clock.getDelayedCalls() == []  # the abort timer and every deadline are gone
+
+
+def test_shutdown_aborts_what_is_left_after_the_timeout():
+    clock = Clock()
+    factory = EchoFactory(reactor=clock, idle_timeout=None)
+    protocol, transport = connect(factory)
+    transport.abortConnection = lambda: lose(protocol, transport)  # StringTransport cannot abort
+    transport.loseConnection = lambda: None  # a close that never completes (peer not reading)
+    done = []
+    factory.shutdown(timeout=10).addCallback(done.append)
+    clock.advance(9.9)
+    assert done == []
+    clock.advance(0.1)
+    assert done == [None]
+
+
+@pytest.mark.parametrize("factory_class", [SearchFactory, EchoFactory])
+def test_connections_are_tracked(factory_class):
+    factory = factory_class(reactor=Clock())
+    protocol, transport = connect(factory)
+    assert factory.connections == {protocol}
+    lose(protocol, transport)
+    assert factory.connections == set()

@@ -10,9 +10,9 @@ import subprocess
 
 import pytest
 import pytest_twisted
+from conftest import start_twistd, tool
 from twisted.internet import reactor
 
-from conftest import start_twistd, tool
 from sockapp.bench import Bench, BenchConfig, Latencies, RateLimiter
 from sockapp.echo import EchoFactory
 from sockapp.search import SearchIndex

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import json_request, split_frames
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 
-from conftest import json_request, split_frames
 from sockapp.echo import EchoFactory
 from sockapp.lifecycle import Deadlines
 from sockapp.server import SearchFactory

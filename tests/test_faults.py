@@ -1,0 +1,145 @@
+"""Faults against real twistd processes on loopback: connection limits, graceful shutdown,
+and a peer that sends without reading (server memory measured while it pushes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+
+import pytest
+from conftest import json_request, split_frames, start_twistd
+
+LOOPBACK = "tcp:0:interface=127.0.0.1"
+TIMEOUT = 30
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def ask(sock: socket.socket, request: bytes) -> list:
+    sock.sendall(request)
+    received = b""
+    while True:
+        chunk = sock.recv(65536)
+        assert chunk, "closed before the answer"
+        received += chunk
+        try:
+            return split_frames(received)
+        except (ValueError, KeyError, json.JSONDecodeError, UnicodeDecodeError):
+            continue
+
+
+def is_complete(data: bytes) -> bool:
+    try:
+        split_frames(data)
+        return True
+    except Exception:
+        return False
+
+
+def test_connections_beyond_the_limit_are_closed_at_once(server_processes):
+    port = start_twistd(server_processes, "sockapp", "--port", LOOPBACK, "--max-connections", "2")
+    request = json_request({"action": "search", "value": "ring"})
+    inside = [socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) for _ in range(2)]
+    try:
+        for sock in inside:
+            ask(sock, request)
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as extra:
+            assert extra.recv(100) == b""  # closed at once, without a word
+        for sock in inside:  # the ones inside keep working
+            ((_, content),) = ask(sock, request)
+            assert json.loads(content)["result"].startswith("In the caves")
+    finally:
+        for sock in inside:
+            sock.close()
+
+
+def test_sigterm_drains_gracefully(server_processes):
+    server = server_processes(
+        [os.path.join(os.path.dirname(os.sys.executable), "twistd"), "-n", "--pidfile=", "sockapp", "--port", LOOPBACK]
+    )
+    port = int(server.wait_for_log(r"starting on (\d+)").group(1))
+    idle = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    busy = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    request = json_request({"action": "search", "value": "morpheus"})
+    # A whole request and the start of the next in one send: once the first is
+    # answered, the server has read the partial one too.
+    ((_, first),) = ask(busy, request + request[:12])
+    assert json.loads(first)["result"].startswith("Follow")
+    ask(idle, request)
+    server.proc.send_signal(signal.SIGTERM)
+    assert idle.recv(100) == b""  # the idle connection is closed
+    busy.sendall(request[12:])  # the started request is finished, answered, then closed
+    received = b""
+    while chunk := busy.recv(65536):
+        received += chunk
+    ((_, content),) = split_frames(received)
+    assert json.loads(content) == {"result": "Follow the white rabbit. \U0001f430"}
+    assert server.proc.wait(TIMEOUT) in (0, -signal.SIGTERM)  # twistd re-raises the signal it stopped on
+    assert "shutting down: draining 2 connections" in server.log()
+    idle.close()
+    busy.close()
+
+
+def test_shutdown_timeout_cuts_a_frame_that_never_ends(server_processes):
+    server = server_processes(
+        [
+            os.path.join(os.path.dirname(os.sys.executable), "twistd"),
+            "-n",
+            "--pidfile=",
+            "sockapp",
+            "--port",
+            LOOPBACK,
+            "--shutdown-timeout",
+            "1",
+        ]
+    )
+    port = int(server.wait_for_log(r"starting on (\d+)").group(1))
+    stuck = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    request = json_request({"action": "search", "value": "x"})
+    ask(stuck, request + request[:5])  # answered, so the partial frame behind it was read too
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(TIMEOUT) in (0, -signal.SIGTERM)  # twistd re-raises the signal it stopped on
+    assert "still open 1 s into shutdown; aborting" in server.log()
+    stuck.close()
+
+
+@pytest.mark.parametrize("service", ["sockapp", "echo"])
+def test_server_memory_stays_bounded_while_a_peer_pushes_without_reading(server_processes, service):
+    server = server_processes(
+        [os.path.join(os.path.dirname(os.sys.executable), "twistd"), "-n", "--pidfile=", service, "--port", LOOPBACK]
+    )
+    port = int(server.wait_for_log(r"starting on (\d+)").group(1))
+    before = rss_bytes(server.proc.pid)
+    block = json_request({"action": "search", "value": "morpheus"}) * 1000  # ~70 KB of pipelined requests
+    goal = 1024**3  # the peer tries to push 1 GiB and never reads a byte
+    pushed = 0
+    peak = before
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as peer:
+        peer.setblocking(False)
+        deadline = time.monotonic() + 8
+        stalled_since = None
+        while pushed < goal and time.monotonic() < deadline:
+            try:
+                pushed += peer.send(block)
+                stalled_since = None
+            except BlockingIOError:
+                stalled_since = stalled_since or time.monotonic()
+                if time.monotonic() - stalled_since > 2:  # the server stopped reading: stays stopped
+                    break
+                time.sleep(0.01)
+            peak = max(peak, rss_bytes(server.proc.pid))
+        peak = max(peak, rss_bytes(server.proc.pid))
+    growth = peak - before
+    print(f"{service}: peer pushed {pushed / 2**20:.1f} MiB of {goal / 2**20:.0f} MiB before the server "
+          f"stopped reading; server RSS {before / 2**20:.1f} -> peak {peak / 2**20:.1f} MiB (+{growth / 2**20:.1f} MiB)")
+    assert pushed < goal
+    assert growth < 64 * 2**20

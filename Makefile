@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # (and never logs "Unable to write to plugin cache").
 REFRESH_PLUGIN_CACHE = $(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 
-.PHONY: run test install clean
+.PHONY: run test install clean fuzz soak
 
 run: $(VENV)/.installed
 	$(BIN)/twistd -n --pidfile= sockapp --port $(PORT)
@@ -18,6 +18,21 @@ test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 install: $(VENV)/.installed
+
+# Thousands of connections of every kind against one server, on loopback; not part of `make test`.
+soak: $(VENV)/.installed-test
+	$(BIN)/python soak/soak.py $(SOAK_ARGS)
+
+# Coverage-guided fuzzing of the decoder (atheris); not part of `make test`.
+FUZZ_SECONDS ?= 60
+fuzz: $(VENV)/.installed-fuzz
+	mkdir -p fuzz/corpus
+	$(BIN)/python fuzz/fuzz_decoder.py -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 fuzz/corpus fuzz/seeds
+
+$(VENV)/.installed-fuzz: pyproject.toml $(VENV)/.python
+	$(BIN)/python -m pip install --quiet -e '.[test,fuzz]'
+	$(REFRESH_PLUGIN_CACHE)
+	touch $@ $(VENV)/.installed $(VENV)/.installed-test
 
 $(VENV)/.python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "sockapp needs Python 3.11 or newer: set PYTHON=python3.11")'

@@ -88,6 +88,23 @@ class Raw(Protocol):
         self.closed.callback(self.received)
 
 
+def cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+async def until_idle(reactor, pid: int, limit: float = 30.0) -> None:
+    """Wait until the server has used no CPU for a second: done with what it had read."""
+    quiet, last, waited = 0, cpu_ticks(pid), 0.0
+    while quiet < 4 and waited < limit:
+        await task.deferLater(reactor, 0.25, lambda: None)
+        waited += 0.25
+        now = cpu_ticks(pid)
+        quiet = quiet + 1 if now == last else 0
+        last = now
+
+
 def frame_length(data: bytes) -> int:
     length = int.from_bytes(data[:2], "big")
     return 2 + length + json.loads(data[2 : 2 + length])["content-length"]
@@ -201,12 +218,13 @@ async def soak(reactor, args: argparse.Namespace, port: int, pid: int) -> dict:
     after_each_wave = []
     for number in range(args.waves):
         await run.wave(args.per_wave)
+        await until_idle(reactor, pid)
         after_each_wave.append(round(rss(pid) / 2**20, 1))
         if number == 0:
-            await task.deferLater(reactor, 1.0, lambda: None)
             warm = rss(pid)  # Python keeps freed memory in its arenas: compare later waves with this
     elapsed = time.monotonic() - started
-    await task.deferLater(reactor, 2.0, lambda: None)  # let the server settle
+    await task.deferLater(reactor, 2.0, lambda: None)  # past the server's idle memory release
+    await until_idle(reactor, pid)
     sampler.stop()
     after = rss(pid)
     connections = sum(n for k, n in run.counts.items() if k.endswith("connections"))

@@ -179,3 +179,25 @@ def test_connections_are_tracked(factory_class):
     assert factory.connections == {protocol}
     lose(protocol, transport)
     assert factory.connections == set()
+
+
+def test_freed_memory_is_released_once_the_server_has_been_idle_a_moment(monkeypatch):
+    from sockapp import lifecycle
+
+    calls = []
+    monkeypatch.setattr(lifecycle, "_malloc_trim", calls.append)
+    clock = Clock()
+    factory = SearchFactory(reactor=clock)
+    first, first_transport = connect(factory)
+    second, second_transport = connect(factory)
+    lose(first, first_transport)
+    clock.advance(lifecycle.RELEASE_MEMORY_DELAY)
+    assert calls == []  # a connection is still open
+    lose(second, second_transport)
+    clock.advance(lifecycle.RELEASE_MEMORY_DELAY / 2)
+    third, third_transport = connect(factory)  # busy again before the moment passed
+    clock.advance(lifecycle.RELEASE_MEMORY_DELAY)
+    assert calls == []
+    lose(third, third_transport)
+    clock.advance(lifecycle.RELEASE_MEMORY_DELAY)
+    assert calls == [0]

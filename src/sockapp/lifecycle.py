@@ -22,6 +22,30 @@ from sockapp.protocol import describe_address
 DEFAULT_IDLE_TIMEOUT = 300.0
 DEFAULT_FRAME_TIMEOUT = 30.0
 DEFAULT_SHUTDOWN_TIMEOUT = 10.0
+RELEASE_MEMORY_DELAY = 1.0
+
+
+def _find_malloc_trim() -> Any:
+    try:
+        import ctypes
+        import ctypes.util
+
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        return None
+
+
+_malloc_trim = _find_malloc_trim()
+
+
+def release_free_memory() -> None:
+    """Hand memory freed by Python back to the operating system (glibc only).
+
+    After a burst of connections, glibc keeps the freed heap for reuse, so a
+    server's resident size would stay at its high-water mark.
+    """
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 class ServerConnection(TypingProtocol):
@@ -133,6 +157,7 @@ class ServerFactory(Factory):
         self.refused = 0
         self.shutting_down = False
         self._all_closed: list[Deferred[None]] = []
+        self._release_call: IDelayedCall | None = None
 
     def buildProtocol(self, addr: IAddress) -> Any:
         if self.shutting_down:
@@ -162,10 +187,20 @@ class ServerFactory(Factory):
 
     def closed(self, protocol: ServerConnection) -> None:
         self.connections.discard(protocol)
-        if not self.connections and self._all_closed:
+        if self.connections:
+            return
+        if self._all_closed:
             waiters, self._all_closed = self._all_closed, []
             for waiter in waiters:
                 waiter.callback(None)
+        elif not self.shutting_down and (self._release_call is None or not self._release_call.active()):
+            # No connections left: once that has lasted a moment, return freed memory.
+            self._release_call = self.reactor.callLater(RELEASE_MEMORY_DELAY, self._release_if_idle)
+
+    def _release_if_idle(self) -> None:
+        self._release_call = None
+        if not self.connections:
+            release_free_memory()
 
     def shutdown(self, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> Deferred[None]:
         """Drain every connection; abort whatever is still open after ``timeout`` seconds.

@@ -90,6 +90,7 @@ class FramedProtocol(Protocol):
     log = Logger()
 
     _decoder: FrameDecoder
+    _batch: list[bytes] | None = None
     closing: bool = False
 
     def connectionMade(self) -> None:
@@ -101,15 +102,36 @@ class FramedProtocol(Protocol):
             return
         decoder = self._decoder
         decoder.receive_data(data)
-        while not self.closing:
-            try:
-                message = decoder.next_message()
-            except RemoteProtocolError as error:
-                self.protocolError(error)
-                return
-            if message is NEED_DATA:
-                return
-            self.messageReceived(message)  # type: ignore[arg-type]
+        self._batch = []
+        try:
+            while not self.closing:
+                try:
+                    message = decoder.next_message()
+                except RemoteProtocolError as error:
+                    self.protocolError(error)
+                    return
+                if message is NEED_DATA:
+                    return
+                self.messageReceived(message)  # type: ignore[arg-type]
+        finally:
+            self._flush()
+
+    def writeFrame(self, frame: bytes) -> None:
+        """Write an encoded frame.
+
+        Frames written while one read is being handled are joined and given
+        to the transport as one write at its end: pipelined answers cost one
+        write (and one buffer entry) per read, not one per answer.
+        """
+        if self._batch is None:
+            self.transport.write(frame)
+        else:
+            self._batch.append(frame)
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, None
+        if batch:
+            self.transport.write(batch[0] if len(batch) == 1 else b"".join(batch))
 
     def messageReceived(self, message: Message) -> None:
         """Override: called once for each complete frame, in arrival order."""
@@ -122,15 +144,16 @@ class FramedProtocol(Protocol):
 
     def sendMessage(self, content: bytes, content_type: str, content_encoding: str) -> None:
         """Write one frame carrying ``content``."""
-        self.transport.write(encode_frame(content, content_type, content_encoding))
+        self.writeFrame(encode_frame(content, content_type, content_encoding))
 
     def sendJSON(self, document: Any, content_encoding: str = "utf-8") -> None:
         """Write one ``text/json`` frame carrying ``document``."""
-        self.transport.write(encode_json(document, content_encoding))
+        self.writeFrame(encode_json(document, content_encoding))
 
     def closeAfterFlush(self) -> None:
         """Stop handling input and close once everything written has been sent."""
         self.closing = True
+        self._flush()
         close_after_flush(self.transport)
 
     def readConnectionLost(self) -> None:

@@ -63,7 +63,7 @@ class SearchProtocol(FramedProtocol):
         except RemoteProtocolError as error:
             self.protocolError(error)
             return
-        self.transport.write(response)
+        self.writeFrame(response)
 
     def protocolError(self, error: RemoteProtocolError) -> None:
         self.log.warn(

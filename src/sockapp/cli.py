@@ -206,41 +206,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
+def _number(kind: type, what: str, minimum: float, above: bool = False) -> Any:
+    """An argparse type: a ``kind`` (int or float) of at least ``minimum`` (more, if ``above``)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not (value > minimum if above else value >= minimum):
+            raise argparse.ArgumentTypeError(f"must be {'more than' if above else 'at least'} {minimum:g}")
+        return value
+
+    return parse
 
 
-def _positive_seconds(text: str) -> float:
-    value = _seconds(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be more than 0")
-    return value
-
-
-def _size(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of bytes") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
+_seconds = _number(float, "a number of seconds", 0)
+_positive_seconds = _number(float, "a number of seconds", 0, above=True)
+_positive_number = _number(float, "a number", 0, above=True)
+_size = _number(int, "a whole number of bytes", 0)
+_count = _number(int, "a whole number", 1)
 
 
 async def _guarded(reactor: Any, args: argparse.Namespace) -> None:

@@ -103,7 +103,12 @@ def test_answer_to_no_request_is_a_protocol_error():
 def test_request_frame_is_the_tutorial_clients():
     assert split_frames(request_frame("search", "a")) == [
         (
-            {"byteorder": sys.byteorder, "content-type": "text/json", "content-encoding": "utf-8", "content-length": 34},
+            {
+                "byteorder": sys.byteorder,
+                "content-type": "text/json",
+                "content-encoding": "utf-8",
+                "content-length": 34,
+            },
             b'{"action": "search", "value": "a"}',
         )
     ]

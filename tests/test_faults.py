@@ -139,7 +139,9 @@ def test_server_memory_stays_bounded_while_a_peer_pushes_without_reading(server_
             peak = max(peak, rss_bytes(server.proc.pid))
         peak = max(peak, rss_bytes(server.proc.pid))
     growth = peak - before
-    print(f"{service}: peer pushed {pushed / 2**20:.1f} MiB of {goal / 2**20:.0f} MiB before the server "
-          f"stopped reading; server RSS {before / 2**20:.1f} -> peak {peak / 2**20:.1f} MiB (+{growth / 2**20:.1f} MiB)")
+    print(
+        f"{service}: peer pushed {pushed / 2**20:.1f} MiB of {goal / 2**20:.0f} MiB before the server "
+        f"stopped reading; server RSS {before / 2**20:.1f} -> peak {peak / 2**20:.1f} MiB (+{growth / 2**20:.1f} MiB)"
+    )
     assert pushed < goal
     assert growth < 64 * 2**20

@@ -323,3 +323,40 @@ def test_random_bytes_give_messages_or_a_typed_error_never_anything_else(data, p
 def test_error_messages_quote_the_bad_value():
     error, _ = decode_error(raw_frame(dict(HEADER, **{"content-length": "4"})))
     assert json.dumps("4") in error.message
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.text(max_size=30), st.text(max_size=30), st.sampled_from(["little", "big", 'we"ird\\']), st.binary(max_size=50)
+)
+def test_encoded_header_is_exactly_json_dumps_of_the_tutorials_dict(content_type, content_encoding, byteorder, content):
+    frame = encode_frame(content, content_type, content_encoding, byteorder)
+    expected = json.dumps(
+        {
+            "byteorder": byteorder,
+            "content-type": content_type,
+            "content-encoding": content_encoding,
+            "content-length": len(content),
+        },
+        ensure_ascii=False,
+    ).encode("utf-8")
+    assert frame == len(expected).to_bytes(2, "big") + expected + content
+
+
+def test_repeated_headers_are_parsed_once_and_limits_still_apply():
+    frame = binary_request(b"x" * 50)
+    first, _ = decode_all(frame)
+    second, _ = decode_all(frame)
+    assert first[0].header is second[0].header  # the same immutable Header, from the cache
+    error, _ = decode_error(frame, max_content_length=49)  # a remembered header is still held to the limit
+    assert error.code is ErrorCode.CONTENT_TOO_LARGE
+
+
+@pytest.mark.parametrize("field", ["content_type", "content_encoding", "byteorder"])
+def test_encode_refuses_header_fields_that_are_not_strings(field):
+    kwargs = {"content_type": "binary/x", "content_encoding": "binary", "byteorder": "little", field: 5}
+    with pytest.raises(LocalProtocolError):
+        encode_frame(b"", **kwargs)
+    kwargs[field] = ["unhashable"]
+    with pytest.raises(LocalProtocolError):
+        encode_frame(b"", **kwargs)

@@ -59,10 +59,15 @@ def feed(data: bytes, cuts: list[int]) -> tuple[StringTransport, bool]:
 
 def check_frames(output: bytes) -> list[tuple[dict, bytes]]:
     frames = split_frames(output)  # raises on anything but back-to-back well-formed frames
-    assert b"".join(
-        len(json.dumps(h, ensure_ascii=False).encode()).to_bytes(2, "big") + json.dumps(h, ensure_ascii=False).encode() + c
-        for h, c in frames
-    ) == output
+    assert (
+        b"".join(
+            len(json.dumps(h, ensure_ascii=False).encode()).to_bytes(2, "big")
+            + json.dumps(h, ensure_ascii=False).encode()
+            + c
+            for h, c in frames
+        )
+        == output
+    )
     for header, content in frames:
         assert list(header) == ["byteorder", "content-type", "content-encoding", "content-length"]
         assert header["content-length"] == len(content)

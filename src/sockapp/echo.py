@@ -36,7 +36,8 @@ class EchoProtocol(Protocol):
         self.received = 0
         self.deadlines = self.factory.deadlines_for(self, frame_timeout=False)
         self.factory.opened(self)
-        self.log.info("echo connection from {peer}", peer=self.peer)
+        if self.factory.verbose:
+            self.log.info("echo connection from {peer}", peer=self.peer)
 
     def dataReceived(self, data: bytes) -> None:
         self.received += len(data)
@@ -67,8 +68,6 @@ class EchoProtocol(Protocol):
         self.factory.closed(self)
         if self.factory.verbose:
             self.log.info("echo connection from {peer} closed after {n} bytes", peer=self.peer, n=self.received)
-        else:
-            self.log.info("echo connection from {peer} closed", peer=self.peer)
 
 
 class EchoFactory(ServerFactory):

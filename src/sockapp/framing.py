@@ -14,6 +14,7 @@ anything is buffered for them.
 from __future__ import annotations
 
 import codecs
+import functools
 import json
 import sys
 from typing import Any, Final
@@ -65,15 +66,8 @@ class Header:
 
     def to_json_bytes(self) -> bytes:
         """The header as the tutorial writes it: same key order, UTF-8, no ASCII escaping."""
-        return json.dumps(
-            {
-                "byteorder": self.byteorder,
-                "content-type": self.content_type,
-                "content-encoding": self.content_encoding,
-                "content-length": self.content_length,
-            },
-            ensure_ascii=False,
-        ).encode("utf-8")
+        prefix = _header_prefix(self.content_type, self.content_encoding, self.byteorder)
+        return prefix + str(self.content_length).encode("ascii") + b"}"
 
     def as_dict(self) -> dict[str, object]:
         """The header's fields under their wire names, in wire order."""
@@ -99,6 +93,24 @@ class Message:
         return self.header.content_type == JSON_CONTENT_TYPE
 
 
+@functools.lru_cache(maxsize=256)
+def _header_prefix(content_type: str, content_encoding: str, byteorder: str) -> bytes:
+    """A header's bytes up to its length value, exactly as ``json.dumps`` of the
+    tutorial's header dict writes them; computed once per set of fields."""
+    for name, value in (
+        ("content_type", content_type),
+        ("content_encoding", content_encoding),
+        ("byteorder", byteorder),
+    ):
+        if type(value) is not str:
+            raise LocalProtocolError(f"{name} must be a str, not {type(value).__name__}")
+    dumps = functools.partial(json.dumps, ensure_ascii=False)
+    return (
+        f'{{"byteorder": {dumps(byteorder)}, "content-type": {dumps(content_type)}, '
+        f'"content-encoding": {dumps(content_encoding)}, "content-length": '
+    ).encode("utf-8")
+
+
 def encode_frame(
     content: bytes,
     content_type: str,
@@ -108,12 +120,11 @@ def encode_frame(
     """Frame ``content`` under a header built from the given fields."""
     if not isinstance(content, (bytes, bytearray, memoryview)):
         raise LocalProtocolError(f"content must be bytes, not {type(content).__name__}")
-    header = Header(
-        content_type=content_type,
-        content_encoding=content_encoding,
-        content_length=len(content),
-        byteorder=byteorder,
-    ).to_json_bytes()
+    try:
+        prefix = _header_prefix(content_type, content_encoding, byteorder)
+    except TypeError:  # unhashable field: not a str
+        raise LocalProtocolError("header fields must be strings") from None
+    header = prefix + str(len(content)).encode("ascii") + b"}"
     if len(header) > MAX_HEADER_LENGTH:
         raise LocalProtocolError(f"header is {len(header)} bytes; the 2-byte prefix allows at most {MAX_HEADER_LENGTH}")
     return len(header).to_bytes(PREFIX_LENGTH, "big") + header + bytes(content)
@@ -125,8 +136,31 @@ def encode_json(document: object, content_encoding: str = "utf-8") -> bytes:
     return encode_frame(content, JSON_CONTENT_TYPE, content_encoding)
 
 
+_PARSED_HEADERS: dict[bytes, Header] = {}
+_PARSED_HEADERS_LIMIT = 512
+
+
 def parse_header(raw: bytes, max_content_length: int) -> Header:
-    """Validate a header's bytes; raise ``RemoteProtocolError`` naming the fault."""
+    """Validate a header's bytes; raise ``RemoteProtocolError`` naming the fault.
+
+    Peers send the same header bytes again and again (same request shape,
+    same length), so valid headers are remembered, a few hundred at most.
+    """
+    header = _PARSED_HEADERS.get(raw)
+    if header is None:
+        header = _parse_header(raw)
+        if len(_PARSED_HEADERS) >= _PARSED_HEADERS_LIMIT:
+            _PARSED_HEADERS.clear()
+        _PARSED_HEADERS[raw] = header
+    if header.content_length > max_content_length:
+        raise RemoteProtocolError(
+            ErrorCode.CONTENT_TOO_LARGE,
+            f"content-length {header.content_length} is over this server's limit of {max_content_length} bytes",
+        )
+    return header
+
+
+def _parse_header(raw: bytes) -> Header:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -150,11 +184,6 @@ def parse_header(raw: bytes, max_content_length: int) -> Header:
             ErrorCode.BAD_CONTENT_LENGTH,
             f"content-length must be a non-negative integer, not {json.dumps(length, ensure_ascii=False)}",
         )
-    if length > max_content_length:
-        raise RemoteProtocolError(
-            ErrorCode.CONTENT_TOO_LARGE,
-            f"content-length {length} is over this server's limit of {max_content_length} bytes",
-        )
     for key in ("byteorder", "content-type", "content-encoding"):
         if not isinstance(fields[key], str):
             raise RemoteProtocolError(
@@ -168,16 +197,23 @@ def parse_header(raw: bytes, max_content_length: int) -> Header:
     )
 
 
-def parse_json_content(content: bytes, encoding: str) -> Any:
-    """Decode ``text/json`` content with its declared encoding and parse it."""
+@functools.lru_cache(maxsize=64)
+def _text_codec(encoding: str) -> str | None:
+    """The codec name for a declared text encoding, or None if Python has no such text encoding."""
     try:
         info = codecs.lookup(encoding)
     except (LookupError, ValueError, TypeError):
-        info = None
-    if info is None or not getattr(info, "_is_text_encoding", True):
+        return None
+    return info.name if getattr(info, "_is_text_encoding", True) else None
+
+
+def parse_json_content(content: bytes, encoding: str) -> Any:
+    """Decode ``text/json`` content with its declared encoding and parse it."""
+    codec = _text_codec(encoding)
+    if codec is None:
         raise RemoteProtocolError(ErrorCode.UNKNOWN_ENCODING, f"unknown content-encoding '{encoding}'")
     try:
-        text = content.decode(info.name)
+        text = content.decode(codec)
     except UnicodeDecodeError as e:
         raise RemoteProtocolError(
             ErrorCode.CONTENT_NOT_DECODABLE, f"content is not valid {encoding}: {e.reason} at byte {e.start}"

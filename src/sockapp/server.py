@@ -40,7 +40,8 @@ class SearchProtocol(FramedProtocol):
         self.peer = describe_address(self.transport.getPeer())
         self.deadlines = factory.deadlines_for(self)
         factory.opened(self)
-        self.log.info("connection from {peer}", peer=self.peer)
+        if factory.verbose:
+            self.log.info("connection from {peer}", peer=self.peer)
 
     def dataReceived(self, data: bytes) -> None:
         super().dataReceived(data)
@@ -94,7 +95,8 @@ class SearchProtocol(FramedProtocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.deadlines.cancel()
         self.factory.closed(self)
-        self.log.info("connection from {peer} closed", peer=self.peer)
+        if self.factory.verbose:
+            self.log.info("connection from {peer} closed", peer=self.peer)
 
 
 class SearchFactory(ServerFactory):

@@ -83,7 +83,7 @@ class ListenOptions(usage.Options):
             non_negative_seconds,
         ],
     ]
-    optFlags = [["verbose", "v", "Log every request, not only connections and errors."]]
+    optFlags = [["verbose", "v", "Log every connection and request, not only errors, refusals and timeouts."]]
 
     _failed = False
 

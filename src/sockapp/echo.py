@@ -20,6 +20,7 @@ from sockapp.protocol import (
     close_after_flush,
     describe_address,
     read_only_as_fast_as_peer_reads,
+    write_now,
 )
 
 
@@ -41,7 +42,7 @@ class EchoProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.received += len(data)
-        self.transport.write(data)
+        write_now(self.transport, data)
         self.deadlines.activity(False)
 
     def readConnectionLost(self) -> None:

@@ -41,6 +41,44 @@ def read_only_as_fast_as_peer_reads(transport: ITransport) -> None:
     transport.registerProducer(transport, True)
 
 
+def _plain_socket_transports() -> tuple[type, ...]:
+    from twisted.internet import tcp, unix
+
+    return (tcp.Server, unix.Server)
+
+
+_PLAIN_TRANSPORTS = _plain_socket_transports()
+
+
+def write_now(transport: ITransport, data: bytes) -> None:
+    """Write ``data``, sending it at once if nothing is queued before it.
+
+    Twisted's ``write`` only queues, and sends on the next reactor turn (two
+    more epoll calls per answer). On a plain TCP or UNIX transport with an
+    empty queue this sends straight away and queues only what the kernel did
+    not take; anything else (TLS, a queue already there, an error) goes
+    through ``transport.write`` as usual, so ordering, backpressure and error
+    handling stay Twisted's.
+    """
+    if (
+        type(transport) not in _PLAIN_TRANSPORTS
+        or transport.dataBuffer  # type: ignore[attr-defined]
+        or transport._tempDataLen  # type: ignore[attr-defined]
+        or transport.disconnecting  # type: ignore[attr-defined]
+    ):
+        transport.write(data)
+        return
+    try:
+        sent = transport.socket.send(data)  # type: ignore[attr-defined]
+    except BlockingIOError:
+        sent = 0
+    except OSError:
+        transport.write(data)  # let the transport meet the error its own way
+        return
+    if sent < len(data):
+        transport.write(data[sent:])
+
+
 def close_after_flush(transport: ITransport) -> None:
     """Close once buffered output is written.
 
@@ -124,14 +162,14 @@ class FramedProtocol(Protocol):
         write (and one buffer entry) per read, not one per answer.
         """
         if self._batch is None:
-            self.transport.write(frame)
+            write_now(self.transport, frame)
         else:
             self._batch.append(frame)
 
     def _flush(self) -> None:
         batch, self._batch = self._batch, None
         if batch:
-            self.transport.write(batch[0] if len(batch) == 1 else b"".join(batch))
+            write_now(self.transport, batch[0] if len(batch) == 1 else b"".join(batch))
 
     def messageReceived(self, message: Message) -> None:
         """Override: called once for each complete frame, in arrival order."""

@@ -24,6 +24,9 @@ from sockapp.protocol import (
 )
 
 
+READ_SIZE = 256 * 1024
+
+
 @implementer(IHalfCloseableProtocol)
 class EchoProtocol(Protocol):
     """Writes back everything it reads."""
@@ -32,6 +35,8 @@ class EchoProtocol(Protocol):
     log = Logger()
 
     def connectionMade(self) -> None:
+        if hasattr(self.transport, "bufferSize"):
+            self.transport.bufferSize = READ_SIZE
         read_only_as_fast_as_peer_reads(self.transport)
         self.peer = describe_address(self.transport.getPeer())
         self.received = 0

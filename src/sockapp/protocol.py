@@ -62,8 +62,8 @@ def write_now(transport: ITransport, data: bytes) -> None:
     """
     if (
         type(transport) not in _PLAIN_TRANSPORTS
-        or transport.dataBuffer  # type: ignore[attr-defined]
-        or transport._tempDataLen  # type: ignore[attr-defined]
+        or getattr(transport, "dataBuffer", True)
+        or getattr(transport, "_tempDataLen", True)  # Twisted's queue; if it is ever renamed, just queue
         or transport.disconnecting  # type: ignore[attr-defined]
     ):
         transport.write(data)

@@ -97,6 +97,10 @@ async def test_bad_input_gets_its_error_code_and_only_its_connection_closes(list
     assert answer_header["content-type"] == "text/json"
     assert error_code(content) == code
     assert json.loads(content)["error"]["message"]
+    await good_peer_completes(good, request)
+
+
+async def good_peer_completes(good: Peer, request: bytes) -> None:
     good.transport.write(request[9:])
     good.transport.loseWriteConnection()
     ((_, answer),) = split_frames(await good.closed.addTimeout(TIMEOUT, reactor))
@@ -106,7 +110,9 @@ async def test_bad_input_gets_its_error_code_and_only_its_connection_closes(list
 @pytest_twisted.ensureDeferred
 async def test_frames_before_a_broken_one_are_answered(listen):
     endpoint = await listen(SearchFactory())
-    peer = await open_peer(endpoint)
+    good, peer = await open_peer(endpoint), await open_peer(endpoint)
+    request = json_request({"action": "search", "value": "morpheus"})
+    good.transport.write(request[:9])
     peer.transport.write(
         json_request({"action": "search", "value": "ring"}) + binary_request(b"0123456789AB") + b"\x00\x00garbage"
     )
@@ -116,16 +122,20 @@ async def test_frames_before_a_broken_one_are_answered(listen):
         b"First 10 bytes of request: 0123456789",
         {"error": {"code": "empty-header", "message": "header length is 0; a header is required"}},
     ]
+    await good_peer_completes(good, request)
 
 
 @pytest_twisted.ensureDeferred
 async def test_half_close_after_a_request_still_gets_the_answer(listen):
     endpoint = await listen(SearchFactory())
-    peer = await open_peer(endpoint)
+    good, peer = await open_peer(endpoint), await open_peer(endpoint)
+    request = json_request({"action": "search", "value": "morpheus"})
+    good.transport.write(request[:9])
     peer.transport.write(json_request({"action": "search", "value": "\U0001f436"}))
     peer.transport.loseWriteConnection()
     ((_, content),) = split_frames(await peer.closed.addTimeout(TIMEOUT, reactor))
     assert json.loads(content) == {"result": "\U0001f43e Playing ball! \U0001f3d0"}
+    await good_peer_completes(good, request)
 
 
 @pytest_twisted.ensureDeferred

@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # (and never logs "Unable to write to plugin cache").
 REFRESH_PLUGIN_CACHE = $(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 
-.PHONY: run test install clean fuzz soak
+.PHONY: run test install clean fuzz soak microbench
 
 run: $(VENV)/.installed
 	$(BIN)/twistd -n --pidfile= sockapp --port $(PORT)
@@ -22,6 +22,15 @@ install: $(VENV)/.installed
 # Thousands of connections of every kind against one server, on loopback; not part of `make test`.
 soak: $(VENV)/.installed-test
 	$(BIN)/python soak/soak.py $(SOAK_ARGS)
+
+# Codec micro-benchmarks (pytest-benchmark), a few seconds; not part of `make test`.
+microbench: $(VENV)/.installed-bench
+	$(BIN)/python -m pytest benchmarks/test_codec_bench.py --benchmark-only --benchmark-columns=min,median,ops -p no:cacheprovider
+
+$(VENV)/.installed-bench: pyproject.toml $(VENV)/.python
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(REFRESH_PLUGIN_CACHE)
+	touch $@ $(VENV)/.installed $(VENV)/.installed-test
 
 # Coverage-guided fuzzing of the decoder (atheris); not part of `make test`.
 FUZZ_SECONDS ?= 60

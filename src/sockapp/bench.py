@@ -21,8 +21,15 @@ from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.python.failure import Failure
 
-from sockapp.client import BINARY_REQUEST_ENCODING, BINARY_REQUEST_TYPE, Client, EchoClient, Response, connect_echo
-from sockapp.client import _endpoint as endpoint_from
+from sockapp.client import (
+    BINARY_REQUEST_ENCODING,
+    BINARY_REQUEST_TYPE,
+    Client,
+    EchoClient,
+    Response,
+    as_endpoint,
+    connect_echo,
+)
 from sockapp.errors import ConnectionClosed, RemoteProtocolError, RequestTimeout, ServerError
 from sockapp.framing import encode_frame, encode_json
 from sockapp.search import BINARY_RESPONSE_PREFIX, TUTORIAL_ANSWERS
@@ -237,7 +244,7 @@ class Bench:
         if config.protocol == "echo":
             return _EchoWorker(await connect_echo(self.reactor, config.endpoint), config, number)
         client = Client(
-            self.reactor, endpoint_from(self.reactor, config.endpoint), request_timeout=config.request_timeout
+            self.reactor, as_endpoint(self.reactor, config.endpoint), request_timeout=config.request_timeout
         )
         await client.connection()
         return _AppWorker(client, config)

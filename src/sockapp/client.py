@@ -417,7 +417,8 @@ class EchoClient(_Closable, Protocol):
         self._notify_closed()
 
 
-def _endpoint(reactor: Any, endpoint: str | IStreamClientEndpoint) -> IStreamClientEndpoint:
+def as_endpoint(reactor: Any, endpoint: str | IStreamClientEndpoint) -> IStreamClientEndpoint:
+    """A client endpoint object from an endpoint string (or the object itself); ``BadEndpoint`` if unparsable."""
     if not isinstance(endpoint, str):
         return endpoint
     try:
@@ -435,7 +436,7 @@ def connect(
 ) -> Deferred[Client]:
     """A ``Client`` for ``endpoint`` (a client endpoint string or object), once it is connected."""
     try:
-        client = Client(reactor, _endpoint(reactor, endpoint), connect_timeout, request_timeout)
+        client = Client(reactor, as_endpoint(reactor, endpoint), connect_timeout, request_timeout)
     except BadEndpoint as e:  # reported through the Deferred, like a refused connection
         return fail(e)
     return client.connection().addCallback(lambda _: client)
@@ -446,7 +447,7 @@ def connect_echo(
 ) -> Deferred[EchoClient]:
     """Connect an ``EchoClient`` to ``endpoint``."""
     try:
-        ep = _endpoint(reactor, endpoint)
+        ep = as_endpoint(reactor, endpoint)
     except BadEndpoint as e:
         return fail(e)
     attempt = ep.connect(Factory.forProtocol(EchoClient))

@@ -23,7 +23,6 @@ from sockapp.protocol import (
     write_now,
 )
 
-
 READ_SIZE = 256 * 1024
 
 

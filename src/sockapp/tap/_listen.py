@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService
+from twisted.application.service import IService, Service
+from twisted.internet.defer import maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.protocol import Protocol
+from twisted.internet.stdio import StandardIO
+from twisted.logger import Logger
 from twisted.python import usage
 
 from sockapp.lifecycle import DEFAULT_IDLE_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT
@@ -76,6 +82,15 @@ class ListenOptions(usage.Options):
             non_negative_seconds,
         ],
         [
+            "workers",
+            None,
+            1,
+            "Serve the port from this many processes (tcp:, tcp6: or unix: ports); a worker that dies is "
+            "started again. --max-connections then applies to each worker.",
+            non_negative_int,
+        ],
+        ["listen-fd", None, None, "Used by --workers: adopt this inherited listening socket.", non_negative_int],
+        [
             "shutdown-timeout",
             None,
             DEFAULT_SHUTDOWN_TIMEOUT,
@@ -103,11 +118,31 @@ class ListenOptions(usage.Options):
 
     def postOptions(self) -> None:
         description = endpoint_description(self["port"])
+        if self["workers"] < 1:
+            raise usage.UsageError("--workers must be at least 1")
+        if self["workers"] > 1 and description.split(":", 1)[0] not in ("tcp", "tcp6", "unix"):
+            # A worker adopts the bare socket: a TLS port would be served in the clear.
+            raise usage.UsageError(f"--workers needs a tcp:, tcp6: or unix: port, not {description}")
         try:
             serverFromString(_reactor(), description)
         except (ValueError, TypeError, KeyError, OSError, ImportError) as e:
             raise usage.UsageError(f"--port {self['port']}: not a usable endpoint description ({e})") from None
         self["endpoint"] = description
+
+    def worker_args(self) -> list[str]:
+        """These options as a worker's command line: all but where and how many."""
+        args = []
+        for option in self.longOpt:
+            name = option.rstrip("=")
+            if name in ("port", "workers", "listen-fd") or name not in self.opts:
+                continue
+            value = self.opts[name]
+            if option.endswith("="):
+                if value is not None:
+                    args.append(f"--{name}={value}")
+            elif value:
+                args.append(f"--{name}")
+        return args
 
 
 def limits(options: ListenOptions) -> dict[str, Any]:
@@ -154,9 +189,62 @@ class ListeningService(StreamServerEndpointService):
         return stopped.addCallback(lambda _: self.factory.shutdown(self.shutdown_timeout))
 
 
+class AdoptedPortService(Service):
+    """A worker's side of ``--workers``: serves a listening socket it inherited."""
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, fd: int, factory: Any, shutdown_timeout: float) -> None:
+        self.reactor = reactor
+        self.fd = fd
+        self.factory = factory
+        self.shutdown_timeout = shutdown_timeout
+        self.port: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        inherited = socket.socket(fileno=self.fd)
+        family = inherited.family
+        self.port = self.reactor.adoptStreamPort(inherited.fileno(), family, self.factory)
+        inherited.close()  # the reactor holds its own copy
+        self.log.info("worker pid {pid} accepting on the inherited socket", pid=os.getpid())
+        StandardIO(_StopWhenParentGoes(self.reactor), reactor=self.reactor)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        stopped = maybeDeferred(self.port.stopListening) if self.port is not None else succeed(None)
+        return stopped.addCallback(lambda _: self.factory.shutdown(self.shutdown_timeout))
+
+
+class _StopWhenParentGoes(Protocol):
+    """A worker's stdin is a pipe from its parent: when it closes, the parent is gone."""
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.reactor.running:
+            self.reactor.stop()
+
+
 def listen_service(options: ListenOptions, factory: IProtocolFactory, reactor: Any = None) -> IService:
-    """A service that listens on ``options['endpoint']`` when started."""
-    endpoint = serverFromString(reactor if reactor is not None else _reactor(), options["endpoint"])
+    """The service ``options`` ask for: listen on ``options['endpoint']``, or run
+    ``--workers`` processes on it, or (in a worker) serve an inherited socket."""
+    reactor = reactor if reactor is not None else _reactor()
+    if options["listen-fd"] is not None:
+        return AdoptedPortService(reactor, options["listen-fd"], factory, options["shutdown-timeout"])
+    if options["workers"] > 1:
+        from sockapp.workers import WorkerPool
+
+        return WorkerPool(
+            reactor,
+            options["endpoint"],
+            options.tapname,
+            options.worker_args(),
+            options["workers"],
+            options["shutdown-timeout"],
+        )
+    endpoint = serverFromString(reactor, options["endpoint"])
     return ListeningService(endpoint, factory, options["endpoint"], options["shutdown-timeout"])
 
 

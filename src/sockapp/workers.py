@@ -1,0 +1,158 @@
+"""``--workers N``: one listening socket, N worker processes accepting on it.
+
+The parent listens (so a bad port fails once, at start), stops accepting on
+its own copy, and starts N ``twistd -n`` workers of the same service that
+adopt the socket (``--listen-fd``). A worker that dies is started again; on
+SIGTERM/SIGINT the parent stops listening, passes SIGTERM on, and waits for
+every worker to drain (killing any that outlive ``--shutdown-timeout``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError, ProcessExitedAlready
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+RESTART_DELAY = 1.0
+WORKER_FD = 3
+# A worker leads its own process group, so a signal sent to the parent's group
+# (Ctrl-C, a supervisor) reaches the parent alone, which passes it on once.
+TWISTD = "import os, sys; os.setsid(); from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+
+
+class Workers(Factory):
+    """The parent's factory: the parent never accepts, its workers do."""
+
+    noisy = False
+    protocol = Protocol
+
+
+class _Worker(ProcessProtocol):
+    """One worker process: its log lines are passed on to the parent's log."""
+
+    def __init__(self, pool: WorkerPool, index: int) -> None:
+        self.pool = pool
+        self.index = index
+        self.ended: Deferred[None] = Deferred()
+        self._partial = b""
+
+    def outReceived(self, data: bytes) -> None:
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        for line in lines:
+            if line.strip():
+                self.pool.log.info(
+                    "worker {index}: {line}", index=self.index, line=line.decode("utf-8", "replace").rstrip()
+                )
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Failure) -> None:
+        self.pool.worker_ended(self, reason)
+        self.ended.callback(None)
+
+
+class WorkerPool(Service):
+    """Runs ``count`` worker processes sharing the parent's listening socket."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        description: str,
+        tapname: str,
+        worker_args: list[str],
+        count: int,
+        shutdown_timeout: float,
+    ) -> None:
+        self.reactor = reactor
+        self.description = description
+        self.tapname = tapname
+        self.worker_args = worker_args
+        self.count = count
+        self.shutdown_timeout = shutdown_timeout
+        self.workers: dict[int, _Worker] = {}
+        self.port: Any = None
+        self.stopping = False
+
+    def privilegedStartService(self) -> None:
+        from sockapp.tap._listen import CannotListen
+
+        listening = serverFromString(self.reactor, self.description).listen(Workers())
+        result: list[Any] = []
+        listening.addBoth(result.append)
+        if isinstance(result[0], Failure):
+            error = result[0].value
+            reason = getattr(getattr(error, "socketError", None), "strerror", None) or error
+            if isinstance(error, CannotListenError):
+                raise CannotListen(f"sockapp: cannot listen on {self.description}: {reason}")
+            result[0].raiseException()
+        self.port = result[0]
+        self.port.stopReading()  # the workers accept; the parent only holds the socket
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        super().startService()
+        for index in range(self.count):
+            self._spawn(index)
+
+    def _spawn(self, index: int) -> None:
+        if self.stopping:
+            return
+        worker = _Worker(self, index)
+        argv = [sys.executable, "-c", TWISTD, "-n", "--pidfile=", self.tapname, *self.worker_args]
+        argv += ["--listen-fd", str(WORKER_FD)]
+        self.reactor.spawnProcess(
+            worker,
+            sys.executable,
+            argv,
+            env=os.environ.copy(),
+            # stdin: a pipe the worker watches, so it stops if the parent dies.
+            childFDs={0: "w", 1: "r", 2: "r", WORKER_FD: self.port.fileno()},
+        )
+        self.workers[index] = worker
+        self.log.info("worker {index} started: pid {pid}", index=index, pid=worker.transport.pid)
+
+    def worker_ended(self, worker: _Worker, reason: Failure) -> None:
+        if self.workers.get(worker.index) is worker:
+            del self.workers[worker.index]
+        if self.stopping:
+            return
+        self.log.warn(
+            "worker {index} ended ({reason}); starting another in {delay:g} s",
+            index=worker.index,
+            reason=reason.getErrorMessage(),
+            delay=RESTART_DELAY,
+        )
+        self.reactor.callLater(RESTART_DELAY, self._spawn, worker.index)
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        self.stopping = True
+        if self.port is not None:
+            self.port.stopListening()
+        workers = list(self.workers.values())
+        for worker in workers:
+            _signal(worker, "TERM")
+        overdue = self.reactor.callLater(self.shutdown_timeout + 5, self._kill, workers)
+        done = DeferredList([w.ended for w in workers], consumeErrors=True)
+        return done.addBoth(lambda result: (overdue.cancel() if overdue.active() else None, result)[1])
+
+    def _kill(self, workers: list[_Worker]) -> None:
+        for worker in workers:
+            _signal(worker, "KILL")
+
+
+def _signal(worker: _Worker, name: str) -> None:
+    try:
+        worker.transport.signalProcess(name)
+    except (ProcessExitedAlready, OSError):
+        pass

@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # (and never logs "Unable to write to plugin cache").
 REFRESH_PLUGIN_CACHE = $(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 
-.PHONY: run test install clean fuzz soak microbench
+.PHONY: run test install clean fuzz soak microbench bench
 
 run: $(VENV)/.installed
 	$(BIN)/twistd -n --pidfile= sockapp --port $(PORT)
@@ -22,6 +22,10 @@ install: $(VENV)/.installed
 # Thousands of connections of every kind against one server, on loopback; not part of `make test`.
 soak: $(VENV)/.installed-test
 	$(BIN)/python soak/soak.py $(SOAK_ARGS)
+
+# sockapp against the same protocol on asyncio and uvloop: table and plot in benchmarks/results/.
+bench: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 # Codec micro-benchmarks (pytest-benchmark), a few seconds; not part of `make test`.
 microbench: $(VENV)/.installed-bench

@@ -1,0 +1,167 @@
+"""`make bench`: sockapp against the same protocol on asyncio (and uvloop), on this machine.
+
+    make bench                               # or, with the venv active:
+    python benchmarks/run.py [--rounds 3] [--seconds 5] [--clients 2]
+
+Starts `twistd -n sockapp`, `twistd -n echo` and the peers in
+benchmarks/asyncio_peer.py (plain asyncio, and uvloop when it is installed)
+on 127.0.0.1, drives each with the same load from `sockapp bench` (in
+--clients processes at once, since one Python client cannot saturate a
+server), alternating servers round by round, and writes the medians as a
+markdown table and a bar chart (PNG) to benchmarks/results/. Loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+LOADS = {
+    "keep": ("app", ["--connections", "50"], "req/s"),
+    "pipe": ("app", ["--connections", "50", "--pipeline", "16"], "req/s"),
+    "echo": ("echo", ["--protocol", "echo", "--connections", "10", "--size", "65536"], "MB/s"),
+}
+
+
+def start(argv: list[str], pattern: str, folder: Path, name: str) -> tuple[subprocess.Popen, int]:
+    log_path = folder / f"{name}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = re.search(pattern.encode(), log_path.read_bytes())
+        if found:
+            return proc, int(found.group(1))
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    raise SystemExit(f"bench: {name} did not start:\n{log_path.read_text(errors='replace')}")
+
+
+def servers(folder: Path) -> dict[str, dict[str, tuple[subprocess.Popen, int]]]:
+    twistd = [str(BIN / "twistd"), "-n", "--pidfile="]
+    port = ["--port", "tcp:0:interface=127.0.0.1:backlog=1024"]
+    found = {
+        "sockapp": {
+            "app": start([*twistd, "sockapp", *port], r"starting on (\d+)", folder, "sockapp-app"),
+            "echo": start([*twistd, "echo", *port], r"starting on (\d+)", folder, "sockapp-echo"),
+        }
+    }
+    peer = [sys.executable, str(HERE / "asyncio_peer.py")]
+    flavours = {"asyncio": []}
+    try:
+        import uvloop  # noqa: F401
+
+        flavours["uvloop"] = ["--uvloop"]
+    except ImportError:
+        print("bench: uvloop is not installed; comparing with plain asyncio only", file=sys.stderr)
+    for name, extra in flavours.items():
+        found[name] = {
+            service: start([*peer, "--service", service, *extra], r"listening on (\d+)", folder, f"{name}-{service}")
+            for service in ("app", "echo")
+        }
+    return found
+
+
+def drive(load: str, port: int, seconds: float, clients: int) -> float:
+    """Run `sockapp bench` in `clients` processes at once; return their summed throughput."""
+    _, args, unit = LOADS[load]
+    argv = [str(BIN / "sockapp"), "bench", "--connect", f"tcp:host=127.0.0.1:port={port}", *args]
+    argv += ["--duration", str(seconds), "--json"]
+    runs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(clients)]
+    total = 0.0
+    for run in runs:
+        out, err = run.communicate(timeout=seconds + 60)
+        summary = json.loads(out)
+        if summary["errors"]:
+            raise SystemExit(f"bench: {load} had errors: {summary['errors_by_kind']}")
+        rate = summary["throughput_per_s"]
+        if unit == "MB/s":
+            rate = rate * 65536 / 1e6
+        total += rate
+    return total
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"
+
+
+def write_results(medians: dict, order: list[str], args: argparse.Namespace) -> None:
+    results = HERE / "results"
+    results.mkdir(exist_ok=True)
+    date = datetime.date.today().isoformat()
+    lines = [
+        f"Measured {date} on {machine()}: `python benchmarks/run.py --rounds {args.rounds} --seconds {args.seconds:g}"
+        f" --clients {args.clients}` (medians; load from `sockapp bench` in {args.clients} processes).",
+        "",
+        "| load | unit | " + " | ".join(order) + " | sockapp / asyncio |",
+        "|---|---|" + "---|" * len(order) + "---|",
+    ]
+    for load, per_server in medians.items():
+        ratio = per_server["sockapp"] / per_server["asyncio"] if per_server.get("asyncio") else float("nan")
+        values = " | ".join(f"{per_server[s]:,.0f}" for s in order)
+        lines.append(f"| {load} | {LOADS[load][2]} | {values} | {ratio:.2f} |")
+    table = "\n".join(lines) + "\n"
+    (results / "latest.md").write_text(table)
+    print(table)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(medians), figsize=(4 * len(medians), 4))
+    for axis, (load, per_server) in zip(axes, medians.items(), strict=True):
+        axis.bar(order, [per_server[s] for s in order], color=["#2a6f97" if s == "sockapp" else "#999999" for s in order])
+        axis.set_title(f"{load} ({LOADS[load][2]})")
+    figure.suptitle(f"sockapp vs asyncio peers, {date}, {machine()}", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(results / "latest.png", dpi=100)
+    print(f"bench: wrote {results / 'latest.md'} and {results / 'latest.png'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--clients", type=int, default=2)
+    parser.add_argument("--loads", default=",".join(LOADS))
+    args = parser.parse_args()
+    loads = args.loads.split(",")
+    with tempfile.TemporaryDirectory() as folder:
+        running = servers(Path(folder))
+        order = list(running)
+        samples: dict[str, dict[str, list[float]]] = {load: {s: [] for s in order} for load in loads}
+        try:
+            for number in range(args.rounds):
+                turn = order[number % len(order) :] + order[: number % len(order)]  # alternate who goes first
+                for load in loads:
+                    service = LOADS[load][0]
+                    for name in turn:
+                        rate = drive(load, running[name][service][1], args.seconds, args.clients)
+                        samples[load][name].append(rate)
+                        print(f"round {number + 1} {load:5} {name:8} {rate:12,.0f} {LOADS[load][2]}", flush=True)
+        finally:
+            for per_service in running.values():
+                for proc, _ in per_service.values():
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    proc.wait(30)
+    medians = {load: {s: statistics.median(v) for s, v in per.items()} for load, per in samples.items()}
+    write_results(medians, order, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -120,3 +120,9 @@ async def test_silent_server_times_out_with_one_line(listen):
 async def test_bad_arguments_are_usage_errors():
     _, err, code = await sockapp("multiconn", "--connections", "zero")
     assert code == 2 and "Traceback" not in err and "error:" in err
+
+
+@pytest_twisted.ensureDeferred
+async def test_ping(listen):
+    endpoint = await listen(SearchFactory())
+    assert await sockapp("ping", "--connect", endpoint) == ("pong\n", "", 0)

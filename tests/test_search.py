@@ -126,3 +126,8 @@ def test_load_answers_errors_are_one_line(tmp_path, content, fragment):
         load_answers(str(path))
     assert fragment in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_ping_is_answered_pong():
+    header, content = answer_of(SearchIndex().respond(json_message({"action": "ping"})))
+    assert header["content-type"] == "text/json" and json.loads(content) == {"result": "pong"}

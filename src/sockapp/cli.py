@@ -59,6 +59,16 @@ async def run_request(reactor: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+async def run_ping(reactor: Any, args: argparse.Namespace) -> int:
+    client = await connect(reactor, args.connect)
+    try:
+        response = await client.ping()
+    finally:
+        await client.close()
+    print(response.result)
+    return 0 if response.result == "pong" else 1
+
+
 async def run_echo(reactor: Any, args: argparse.Namespace) -> int:
     data = args.message.encode("utf-8")
     client = await connect_echo(reactor, args.connect)
@@ -162,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     request.add_argument("value", help="the search query, or the rest of the binary request")
     request.add_argument("--json", action="store_true", help="print the whole response (header and content) as JSON")
     request.set_defaults(run=run_request)
+
+    ping = command("ping", 'health check: send {"action": "ping"}; prints pong, exit 0 if the server answers')
+    ping.set_defaults(run=run_ping)
 
     echo = command("echo", "send a message to an echo server and print the complete echo")
     echo.add_argument(

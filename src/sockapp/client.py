@@ -359,6 +359,10 @@ class Client:
         """Send what the tutorial's client sends for ``action``/``value``."""
         return self.sendFrame(request_frame(action, value), timeout)
 
+    def ping(self, timeout: float | None = None) -> Deferred[Response]:
+        """A health check: the server answers ``{"result": "pong"}``."""
+        return self.sendDocument({"action": "ping"}, timeout=timeout)
+
     def close(self) -> Deferred[None]:
         """Close the connection; outstanding requests fail with ``ConnectionClosed``."""
         self._closed = True

@@ -28,6 +28,8 @@ TUTORIAL_ANSWERS: Final[Mapping[str, str]] = types.MappingProxyType(
 BINARY_RESPONSE_TYPE: Final = "binary/custom-server-binary-type"
 BINARY_RESPONSE_ENCODING: Final = "binary"
 BINARY_RESPONSE_PREFIX: Final = b"First 10 bytes of request: "
+# Beyond the tutorial: a health check for load balancers ({"action": "ping"}).
+PONG: Final = encode_json({"result": "pong"})
 
 
 class DataFileError(Exception):
@@ -59,7 +61,7 @@ class SearchIndex:
 
         A ``text/json`` request must be an object with a string ``action``
         (and a string ``value`` for ``search``); anything else raises
-        ``RemoteProtocolError``. Every other content type is a binary
+        ``RemoteProtocolError``. ``ping`` is answered ``{"result": "pong"}``. Every other content type is a binary
         request, answered with the first 10 bytes of its content.
         """
         if not message.is_json:
@@ -72,6 +74,8 @@ class SearchIndex:
         action = request.get("action")
         if not isinstance(action, str):
             raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "request needs an 'action' that is a string")
+        if action == "ping":
+            return PONG
         if action != "search":
             return encode_json({"result": f"Error: invalid action '{action}'."})
         query = request.get("value")

@@ -172,7 +172,7 @@ class ServerFactory(Factory):
             return None  # Twisted closes the new socket at once
         return super().buildProtocol(addr)
 
-    def deadlines_for(self, protocol: Any, frame_timeout: bool = True) -> Deadlines:  # noqa: FBT001
+    def deadlines_for(self, protocol: Any, frame_timeout: bool = True) -> Deadlines:
         """The idle (and optionally frame) deadlines of a new connection."""
         return Deadlines(
             self.reactor,

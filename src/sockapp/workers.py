@@ -10,14 +10,16 @@ every worker to drain (killing any that outlive ``--shutdown-timeout``).
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError, ProcessExitedAlready
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.stdio import StandardIO
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -156,3 +158,44 @@ def _signal(worker: _Worker, name: str) -> None:
         worker.transport.signalProcess(name)
     except (ProcessExitedAlready, OSError):
         pass
+
+
+# -- the worker's side ---------------------------------------------------------
+
+
+class AdoptedPortService(Service):
+    """A worker's side of ``--workers``: serves a listening socket it inherited."""
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, fd: int, factory: Any, shutdown_timeout: float) -> None:
+        self.reactor = reactor
+        self.fd = fd
+        self.factory = factory
+        self.shutdown_timeout = shutdown_timeout
+        self.port: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        inherited = socket.socket(fileno=self.fd)
+        family = inherited.family
+        self.port = self.reactor.adoptStreamPort(inherited.fileno(), family, self.factory)
+        inherited.close()  # the reactor holds its own copy
+        self.log.info("worker pid {pid} accepting on the inherited socket", pid=os.getpid())
+        StandardIO(_StopWhenParentGoes(self.reactor), reactor=self.reactor)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        stopped = maybeDeferred(self.port.stopListening) if self.port is not None else succeed(None)
+        return stopped.addCallback(lambda _: self.factory.shutdown(self.shutdown_timeout))
+
+
+class _StopWhenParentGoes(Protocol):
+    """A worker's stdin is a pipe from its parent: when it closes, the parent is gone."""
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.reactor.running:
+            self.reactor.stop()

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, Service
-from twisted.internet.defer import maybeDeferred, succeed
+from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IProtocolFactory
-from twisted.internet.protocol import Protocol
-from twisted.internet.stdio import StandardIO
-from twisted.logger import Logger
 from twisted.python import usage
 
 from sockapp.lifecycle import DEFAULT_IDLE_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT
@@ -189,49 +183,13 @@ class ListeningService(StreamServerEndpointService):
         return stopped.addCallback(lambda _: self.factory.shutdown(self.shutdown_timeout))
 
 
-class AdoptedPortService(Service):
-    """A worker's side of ``--workers``: serves a listening socket it inherited."""
-
-    log = Logger()
-
-    def __init__(self, reactor: Any, fd: int, factory: Any, shutdown_timeout: float) -> None:
-        self.reactor = reactor
-        self.fd = fd
-        self.factory = factory
-        self.shutdown_timeout = shutdown_timeout
-        self.port: Any = None
-
-    def startService(self) -> None:
-        super().startService()
-        inherited = socket.socket(fileno=self.fd)
-        family = inherited.family
-        self.port = self.reactor.adoptStreamPort(inherited.fileno(), family, self.factory)
-        inherited.close()  # the reactor holds its own copy
-        self.log.info("worker pid {pid} accepting on the inherited socket", pid=os.getpid())
-        StandardIO(_StopWhenParentGoes(self.reactor), reactor=self.reactor)
-
-    def stopService(self) -> Any:
-        super().stopService()
-        stopped = maybeDeferred(self.port.stopListening) if self.port is not None else succeed(None)
-        return stopped.addCallback(lambda _: self.factory.shutdown(self.shutdown_timeout))
-
-
-class _StopWhenParentGoes(Protocol):
-    """A worker's stdin is a pipe from its parent: when it closes, the parent is gone."""
-
-    def __init__(self, reactor: Any) -> None:
-        self.reactor = reactor
-
-    def connectionLost(self, reason: Any = None) -> None:
-        if self.reactor.running:
-            self.reactor.stop()
-
-
 def listen_service(options: ListenOptions, factory: IProtocolFactory, reactor: Any = None) -> IService:
     """The service ``options`` ask for: listen on ``options['endpoint']``, or run
     ``--workers`` processes on it, or (in a worker) serve an inherited socket."""
     reactor = reactor if reactor is not None else _reactor()
     if options["listen-fd"] is not None:
+        from sockapp.workers import AdoptedPortService
+
         return AdoptedPortService(reactor, options["listen-fd"], factory, options["shutdown-timeout"])
     if options["workers"] > 1:
         from sockapp.workers import WorkerPool

@@ -100,6 +100,46 @@ async def test_duration_bounds_the_run(listen):
     assert summary.elapsed >= 0.3
 
 
+class DyingBackend(SearchFactory):
+    """Cuts the connection (no answer) at given request numbers, like a backend dying behind a balancer."""
+
+    def __init__(self, cut_at):
+        super().__init__()
+        self.cut_at = set(cut_at)
+        self.seen = 0
+
+    def buildProtocol(self, addr):
+        protocol = super().buildProtocol(addr)
+        answer = protocol.messageReceived
+
+        def messageReceived(message):
+            self.seen += 1
+            if self.seen in self.cut_at:
+                protocol.closing = True
+                protocol.transport.abortConnection()
+            else:
+                answer(message)
+
+        protocol.messageReceived = messageReceived
+        return protocol
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_on_dropped_connections_are_retried(listen):
+    # Three cuts; a request can be caught by all three at most, so 3 retries always suffice.
+    summary = await run(listen, DyingBackend([20, 40, 60]), connections=5, requests=200, pipeline=2, retries=3)
+    assert (summary.requests, summary.errors) == (200, {})
+    assert 3 <= summary.retries <= 3 * 5 * 2  # each cut drops what its connection had in flight
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_retries_dropped_requests_are_errors(listen):
+    # Cut before that connection answered anything: only --retries could send it again.
+    summary = await run(listen, DyingBackend([1]), connections=1, requests=200, retries=0)
+    assert summary.retries == 0
+    assert summary.errors == {"connection-closed": 1} and summary.requests == 199
+
+
 def bench_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([tool("sockapp"), "bench", *args], capture_output=True, text=True, timeout=120)
 

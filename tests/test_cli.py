@@ -126,3 +126,28 @@ async def test_bad_arguments_are_usage_errors():
 async def test_ping(listen):
     endpoint = await listen(SearchFactory())
     assert await sockapp("ping", "--connect", endpoint) == ("pong\n", "", 0)
+
+
+class CutsFirstConnections(SearchFactory):
+    """Drops its first ``cuts`` connections without an answer, then serves."""
+
+    def __init__(self, cuts):
+        super().__init__()
+        self.cuts = cuts
+
+    def buildProtocol(self, addr):
+        if self.cuts:
+            self.cuts -= 1
+            return HangUp()
+        return super().buildProtocol(addr)
+
+
+@pytest_twisted.ensureDeferred
+async def test_retries_survive_dropped_connections(listen):
+    endpoint = await listen(CutsFirstConnections(2))
+    assert await sockapp("ping", "--connect", endpoint) == ("pong\n", "", 0)  # default: 2 retries
+    endpoint = await listen(CutsFirstConnections(1))
+    _, err, code = await sockapp("request", "--retries", "0", "--connect", endpoint, "search", "ring")
+    assert code == 1 and "closed" in one_line_error(err)
+    _, err, code = await sockapp("ping", "--retries", "-1")
+    assert code == 2 and "Traceback" not in err and "--retries" in err

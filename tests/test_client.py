@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+import pytest
 from conftest import split_frames
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
@@ -204,17 +205,55 @@ def test_client_reconnects_when_the_server_closes_after_each_answer():
     assert client.connections_made == 3 and client.resent == 3  # 2 after the first close, 1 after the second
 
 
-def test_client_does_not_resend_when_the_server_closes_without_answering():
+def drop(protocol):
+    """The connection ends with no answer to what is outstanding (a backend died)."""
+    protocol.connectionLost(Failure(ConnectionDone()))
+
+
+def test_a_request_dropped_before_its_answer_is_retried_on_a_new_connection():
     endpoint = StringEndpoint()
     client = Client(Clock(), endpoint)
     result = collect(client.request("search", "ring"))
-    protocol, _ = endpoint.connections[0]
-    protocol.connectionLost(Failure(ConnectionDone()))
+    drop(endpoint.connections[0][0])
+    assert result == [] and len(endpoint.connections) == 2
+    answer_all(*endpoint.connections[1])
+    assert result[0].result == SearchIndex().answer("ring")
+    assert client.retried == 1 and client.resent == 0
+
+
+def test_retries_are_bounded_and_then_the_request_fails():
+    endpoint = StringEndpoint()
+    client = Client(Clock(), endpoint, retries=2)
+    result = collect(client.ping())
+    for number in range(3):
+        drop(endpoint.connections[number][0])
+    assert result[0].check(ConnectionClosed)
+    assert "after 2 retries" in str(result[0].value)
+    assert len(endpoint.connections) == 3 and client.retried == 2
+
+
+def test_no_retries_fails_at_the_first_drop():
+    endpoint = StringEndpoint()
+    client = Client(Clock(), endpoint, retries=0)
+    result = collect(client.request("search", "ring"))
+    drop(endpoint.connections[0][0])
     assert result[0].check(ConnectionClosed)
     assert len(endpoint.connections) == 1
 
 
-def test_client_does_not_resend_after_a_close_mid_answer():
+def test_a_request_that_is_not_idempotent_is_never_sent_twice():
+    endpoint = StringEndpoint()
+    client = Client(Clock(), endpoint)
+    once = collect(client.sendDocument({"action": "search", "value": "ring"}, idempotent=False))
+    again = collect(client.request("search", "ring"))
+    drop(endpoint.connections[0][0])
+    assert once[0].check(ConnectionClosed)
+    assert again == []  # the idempotent one goes again on a new connection
+    _, transport = endpoint.connections[1]
+    assert len(split_frames(transport.value())) == 1
+
+
+def test_a_close_mid_answer_retries_the_cut_request_only():
     endpoint = StringEndpoint()
     client = Client(Clock(), endpoint)
     done = collect(client.request("search", "ring"))
@@ -222,10 +261,28 @@ def test_client_does_not_resend_after_a_close_mid_answer():
     protocol, _ = endpoint.connections[0]
     protocol.dataReceived(encode_json({"result": "one"}))
     protocol.dataReceived(encode_json({"result": "two"})[:5])
-    protocol.connectionLost(Failure(ConnectionDone()))
-    assert done[0].result == "one"
-    assert cut[0].check(ConnectionClosed)
+    drop(protocol)
+    assert done[0].result == "one" and cut == []
+    protocol, transport = endpoint.connections[1]
+    ((_, content),) = split_frames(transport.value())
+    assert json.loads(content) == {"action": "search", "value": "morpheus"}
+    protocol.dataReceived(encode_json({"result": "two"}))
+    assert cut[0].result == "two" and client.retried == 1
+
+
+def test_a_closed_client_does_not_retry():
+    endpoint = StringEndpoint()
+    client = Client(Clock(), endpoint)
+    result = collect(client.request("search", "ring"))
+    client.close()
+    drop(endpoint.connections[0][0])
+    assert result[0].check(ConnectionClosed)
     assert len(endpoint.connections) == 1
+
+
+def test_negative_retries_are_refused():
+    with pytest.raises(ValueError):
+        Client(Clock(), StringEndpoint(), retries=-1)
 
 
 def test_connect_timeout_is_typed():

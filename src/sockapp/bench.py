@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from sockapp.client import (
     BINARY_REQUEST_ENCODING,
     BINARY_REQUEST_TYPE,
+    DEFAULT_RETRIES,
     Client,
     EchoClient,
     Response,
@@ -57,6 +58,7 @@ class BenchConfig:
     query: str = "morpheus"
     expect: str | None = None
     request_timeout: float = field(default=30.0, validator=_positive)
+    retries: int = field(default=DEFAULT_RETRIES, validator=validators.ge(0))
 
     def __attrs_post_init__(self) -> None:
         if (self.duration is None) == (self.requests is None):
@@ -89,6 +91,7 @@ class Summary:
     errors: dict[str, int]
     elapsed: float
     latencies: dict[str, float]
+    retries: int = 0
 
     @property
     def error_count(self) -> int:
@@ -104,6 +107,7 @@ class Summary:
             "requests": self.requests,
             "errors": self.error_count,
             "errors_by_kind": dict(self.errors),
+            "retries": self.retries,
             "elapsed_s": round(self.elapsed, 6),
             "throughput_per_s": round(self.throughput, 3),
             "latency_ms": {k: round(v * 1000, 4) for k, v in self.latencies.items()},
@@ -115,6 +119,7 @@ class Summary:
         return [
             f"bench:      {self.description}",
             f"requests:   {self.requests} answered correctly, {self.error_count} errors ({errors})",
+            f"retries:    {self.retries} requests sent again after a dropped connection",
             f"elapsed:    {self.elapsed:.3f} s",
             f"throughput: {self.throughput:.1f} requests/s",
             f"latency:    {latency}",
@@ -174,6 +179,11 @@ class _AppWorker:
     def send(self) -> Deferred[str | None]:
         return self.client.sendFrame(self.frame).addCallback(lambda r: None if self.check(r) else "wrong-answer")
 
+    @property
+    def retries(self) -> int:
+        """Requests sent again because their connection closed before their answer."""
+        return self.client.retried + self.client.resent
+
     def close(self) -> Deferred[None]:
         return self.client.close()
 
@@ -185,6 +195,8 @@ class _EchoWorker:
         self.client = client
         size = config.size if config.size is not None else 64
         self.block = bytes((i + number) % 256 for i in range(size))
+
+    retries = 0  # an echo stream cannot be replayed safely
 
     def send(self) -> Deferred[str | None]:
         return self.client.roundTrip(self.block).addCallback(
@@ -244,7 +256,10 @@ class Bench:
         if config.protocol == "echo":
             return _EchoWorker(await connect_echo(self.reactor, config.endpoint), config, number)
         client = Client(
-            self.reactor, as_endpoint(self.reactor, config.endpoint), request_timeout=config.request_timeout
+            self.reactor,
+            as_endpoint(self.reactor, config.endpoint),
+            request_timeout=config.request_timeout,
+            retries=config.retries,
         )
         await client.connection()
         return _AppWorker(client, config)
@@ -275,6 +290,7 @@ class Bench:
             errors=dict(self.errors),
             elapsed=self.elapsed(),
             latencies=self.latencies.summary(),
+            retries=sum(worker.retries for worker in workers),
         )
 
     def stop(self) -> None:

@@ -19,7 +19,7 @@ from twisted.internet import error as neterror
 
 from sockapp import __version__
 from sockapp.bench import Bench, BenchConfig
-from sockapp.client import DEFAULT_ENDPOINT, Response, connect, connect_echo
+from sockapp.client import DEFAULT_ENDPOINT, DEFAULT_RETRIES, Response, connect, connect_echo
 from sockapp.errors import SockappError
 from sockapp.progress import live_progress
 
@@ -47,7 +47,7 @@ def _response_text(response: Response) -> str:
 
 
 async def run_request(reactor: Any, args: argparse.Namespace) -> int:
-    client = await connect(reactor, args.connect)
+    client = await connect(reactor, args.connect, retries=args.retries)
     try:
         response = await client.request(args.action, args.value)
     finally:
@@ -60,7 +60,7 @@ async def run_request(reactor: Any, args: argparse.Namespace) -> int:
 
 
 async def run_ping(reactor: Any, args: argparse.Namespace) -> int:
-    client = await connect(reactor, args.connect)
+    client = await connect(reactor, args.connect, retries=args.retries)
     try:
         response = await client.ping()
     finally:
@@ -120,6 +120,7 @@ async def run_bench(reactor: Any, args: argparse.Namespace) -> int:
         query=args.query,
         expect=args.expect,
         request_timeout=args.request_timeout,
+        retries=args.retries,
     )
     bench = Bench(reactor, config)
     with live_progress(reactor, bench):
@@ -167,13 +168,25 @@ def build_parser() -> argparse.ArgumentParser:
         )
         return sub
 
+    def retries(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--retries",
+            type=_retries,
+            default=DEFAULT_RETRIES,
+            metavar="N",
+            help="send a request again, on a new connection, at most N times if its connection drops "
+            f"before the answer (default: {DEFAULT_RETRIES})",
+        )
+
     request = command("request", "send one request, as the tutorial's app client does, and print the answer")
     request.add_argument("action", help="'search' sends a JSON search request; any other action a binary request")
     request.add_argument("value", help="the search query, or the rest of the binary request")
     request.add_argument("--json", action="store_true", help="print the whole response (header and content) as JSON")
+    retries(request)
     request.set_defaults(run=run_request)
 
     ping = command("ping", 'health check: send {"action": "ping"}; prints pong, exit 0 if the server answers')
+    retries(ping)
     ping.set_defaults(run=run_ping)
 
     echo = command("echo", "send a message to an echo server and print the complete echo")
@@ -212,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--request-timeout", type=_positive_seconds, default=30.0, metavar="SECONDS", help="per request (default 30)"
     )
+    retries(bench)
     bench.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     bench.set_defaults(run=run_bench)
     return parser
@@ -237,6 +251,7 @@ _positive_seconds = _number(float, "a number of seconds", 0, above=True)
 _positive_number = _number(float, "a number", 0, above=True)
 _size = _number(int, "a whole number of bytes", 0)
 _count = _number(int, "a whole number", 1)
+_retries = _number(int, "a whole number", 0)
 
 
 async def _guarded(reactor: Any, args: argparse.Namespace) -> None:

@@ -3,11 +3,12 @@
 ``connect(reactor, endpoint)`` gives a ``Client`` whose ``request`` and
 ``send`` return Deferreds firing with a frozen ``Response``. Requests may be
 pipelined; answers are matched to them in order. If the connection ends
-before an answer, the outstanding Deferreds fail with ``ConnectionClosed``,
-except in one case: a server that closes between answers after answering
-(as the tutorial's does after every answer) gets the requests it left
-unanswered again, on a new connection. Every request here is idempotent (the server
-keeps no state), which is what makes that safe.
+before an answer, an idempotent request is sent again on a new connection:
+without limit when the server closed between answers after answering (as
+the tutorial's does after every answer), else up to ``retries`` times (a
+server or balancer dropped the connection). Requests that are not
+idempotent, or have no retries left, fail with ``ConnectionClosed``. The
+sockapp servers keep no state, so every request to them is idempotent.
 
 ``AppClient`` and ``EchoClient`` are the protocols underneath, usable on
 their own over any transport.
@@ -40,6 +41,7 @@ from sockapp.framing import Header, Message, encode_frame, encode_json
 from sockapp.protocol import FramedProtocol
 
 DEFAULT_ENDPOINT: Final = "tcp:host=127.0.0.1:port=5634"
+DEFAULT_RETRIES: Final = 2
 BINARY_REQUEST_TYPE: Final = "binary/custom-client-binary-type"
 BINARY_REQUEST_ENCODING: Final = "binary"
 
@@ -88,15 +90,18 @@ def _server_error(message: Message) -> ServerError | None:
 
 
 class _Pending:
-    """A request on its way: its frame (kept for a re-send), its Deferred, its timer."""
+    """A request on its way: its frame (kept for a re-send), its Deferred, its timer,
+    whether it may be sent twice and how many more times after a dropped connection."""
 
-    __slots__ = ("frame", "answer", "timer", "abandoned")
+    __slots__ = ("frame", "answer", "timer", "abandoned", "idempotent", "retries_left")
 
-    def __init__(self, frame: bytes, answer: Deferred[Response]) -> None:
+    def __init__(self, frame: bytes, answer: Deferred[Response], idempotent: bool = True, retries: int = 0) -> None:
         self.frame = frame
         self.answer = answer
         self.timer: IDelayedCall | None = None
         self.abandoned = False
+        self.idempotent = idempotent
+        self.retries_left = retries
 
     def settle(self, outcome: Response | Exception) -> None:
         if self.timer is not None and self.timer.active():
@@ -247,11 +252,14 @@ class Client:
     """Requests to one server endpoint, over one connection made when needed.
 
     A connection is made on first use and again whenever the last one has
-    closed. When a connection that answered at least one request ends
-    between answers (closed or reset), the requests it left unanswered are
-    sent again on a new connection (each connection answers at least one,
-    so this ends); any other loss, such as a close in the middle of an
-    answer or before any answer, fails them with ``ConnectionClosed``.
+    closed. When a connection ends with requests unanswered, each idempotent
+    one is sent again on a new connection: always, if the connection had
+    answered at least one request and ended between answers (closed or
+    reset, as the tutorial's server does; each connection answers at least
+    one, so this ends); otherwise (dropped before any answer or in the
+    middle of one: a backend dying behind a balancer) at most ``retries``
+    times. A request that is not idempotent or is out of retries fails with
+    ``ConnectionClosed``. ``resent`` and ``retried`` count the two kinds.
 
     ``connect_timeout`` bounds each connection attempt (``ConnectTimeout``);
     ``request_timeout`` bounds each request from send to answer
@@ -264,13 +272,18 @@ class Client:
         endpoint: IStreamClientEndpoint,
         connect_timeout: float | None = None,
         request_timeout: float | None = None,
+        retries: int = DEFAULT_RETRIES,
     ) -> None:
+        if retries < 0:
+            raise ValueError(f"retries must be 0 or more, not {retries}")
         self.reactor = reactor
         self.endpoint = endpoint
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
+        self.retries = retries
         self.connections_made = 0
         self.resent = 0
+        self.retried = 0
         self._protocol: AppClient | None = None
         self._connecting: Deferred[AppClient] | None = None
         self._waiting: list[_Pending] = []
@@ -313,14 +326,25 @@ class Client:
             waiter.callback(result)
 
     def _lost(self, unanswered: list[_Pending], answered: int, between_answers: bool, error: ConnectionClosed) -> None:
-        if between_answers and answered and unanswered and not self._closed:
-            self.resent += len(unanswered)
-            self._protocol = None
-            for pending in unanswered:
-                self._dispatch(pending)
-            return
+        self._protocol = None
+        closed_by_tutorial_server = between_answers and answered > 0
         for pending in unanswered:
-            pending.settle(error)
+            if self._closed or not pending.idempotent or isinstance(error, TLSFailure):
+                pending.settle(error)
+            elif closed_by_tutorial_server:
+                self.resent += 1
+                self._dispatch(pending)
+            elif pending.retries_left > 0:
+                pending.retries_left -= 1
+                self.retried += 1
+                self._dispatch(pending)
+            else:
+                retries = self.retries
+                pending.settle(
+                    ConnectionClosed(f"{error} (after {retries} {'retry' if retries == 1 else 'retries'})")
+                    if retries
+                    else error
+                )
 
     def _dispatch(self, pending: _Pending) -> None:
         if self._protocol is not None and self._protocol.usable:
@@ -330,11 +354,15 @@ class Client:
         if self._connecting is None:
             self._start_connecting()
 
-    def sendFrame(self, frame: bytes, timeout: float | None = None) -> Deferred[Response]:
-        """Send an encoded request frame; the Deferred fires with its answer."""
+    def sendFrame(self, frame: bytes, timeout: float | None = None, idempotent: bool = True) -> Deferred[Response]:
+        """Send an encoded request frame; the Deferred fires with its answer.
+
+        ``idempotent=False`` for a request that must not reach a server twice:
+        it is then never sent again after a dropped connection.
+        """
         if self._closed:
             return fail(ConnectionClosed("the client is closed"))
-        pending = _Pending(frame, Deferred())
+        pending = _Pending(frame, Deferred(), idempotent, self.retries)
         timeout = self.request_timeout if timeout is None else timeout
         if timeout is not None:
             pending.timer = self.reactor.callLater(
@@ -344,16 +372,21 @@ class Client:
         return pending.answer
 
     def send(
-        self, content: bytes, content_type: str, content_encoding: str, timeout: float | None = None
+        self,
+        content: bytes,
+        content_type: str,
+        content_encoding: str,
+        timeout: float | None = None,
+        idempotent: bool = True,
     ) -> Deferred[Response]:
         """Send one request carrying ``content`` under the given header fields."""
-        return self.sendFrame(encode_frame(content, content_type, content_encoding), timeout)
+        return self.sendFrame(encode_frame(content, content_type, content_encoding), timeout, idempotent)
 
     def sendDocument(
-        self, document: Any, content_encoding: str = "utf-8", timeout: float | None = None
+        self, document: Any, content_encoding: str = "utf-8", timeout: float | None = None, idempotent: bool = True
     ) -> Deferred[Response]:
         """Send a ``text/json`` request carrying ``document``."""
-        return self.sendFrame(encode_json(document, content_encoding), timeout)
+        return self.sendFrame(encode_json(document, content_encoding), timeout, idempotent)
 
     def request(self, action: str, value: str, timeout: float | None = None) -> Deferred[Response]:
         """Send what the tutorial's client sends for ``action``/``value``."""
@@ -437,10 +470,11 @@ def connect(
     *,
     connect_timeout: float | None = None,
     request_timeout: float | None = None,
+    retries: int = DEFAULT_RETRIES,
 ) -> Deferred[Client]:
     """A ``Client`` for ``endpoint`` (a client endpoint string or object), once it is connected."""
     try:
-        client = Client(reactor, as_endpoint(reactor, endpoint), connect_timeout, request_timeout)
+        client = Client(reactor, as_endpoint(reactor, endpoint), connect_timeout, request_timeout, retries)
     except BadEndpoint as e:  # reported through the Deferred, like a refused connection
         return fail(e)
     return client.connection().addCallback(lambda _: client)

@@ -125,3 +125,38 @@ def test_twistd_help_explains_every_option(name, tmp_path):
     assert "--port" in result.stdout and "--verbose" in result.stdout
     if name == "sockapp":
         assert "--data" in result.stdout and "--max-content-length" in result.stdout
+
+
+def scrape(port: int) -> dict[tuple[str, tuple], float]:
+    """GET /metrics as Prometheus would; samples by (name, sorted labels)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+        body = response.read().decode("utf-8")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+    }
+
+
+def test_metrics_endpoint_counts_a_running_server(server_processes):
+    server = server_processes(
+        [tool("twistd"), "-n", "--pidfile=", "sockapp", "--port", LOOPBACK_ANY_PORT, "--metrics", LOOPBACK_ANY_PORT]
+    )
+    port = int(server.wait_for_log(r"SearchFactory starting on (\d+)").group(1))
+    metrics_port = int(server.wait_for_log(r"MetricsSite starting on (\d+)").group(1))
+    hits = ("sockapp_requests_total", (("action", "search"), ("outcome", "hit")))
+    before = scrape(metrics_port)
+    assert before[hits] == 0 and before[("sockapp_connections_total", ())] == 0
+    for _ in range(3):
+        check_search(port)  # a hit and a binary request per connection
+    after = scrape(metrics_port)
+    assert after[hits] == 3
+    assert after[("sockapp_requests_total", (("action", "binary"), ("outcome", "ok")))] == 3
+    assert after[("sockapp_connections_total", ())] == 3
+    assert after[("sockapp_received_bytes_total", ())] > 0 and after[("sockapp_sent_bytes_total", ())] > 0
+    assert after[("sockapp_request_duration_seconds_count", ())] == 6
+    assert after[("process_resident_memory_bytes", ())] > 0

@@ -48,6 +48,10 @@ class EchoProtocol(Protocol):
         self.received += len(data)
         write_now(self.transport, data)
         self.deadlines.activity(False)
+        metrics = self.factory.metrics
+        if metrics is not None:
+            metrics.received(len(data))
+            metrics.sent(len(data))
 
     def readConnectionLost(self) -> None:
         close_after_flush(self.transport)

@@ -9,7 +9,7 @@ with ``twisted.internet.task.Clock``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, succeed
@@ -18,6 +18,9 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from sockapp.protocol import describe_address
+
+if TYPE_CHECKING:
+    from sockapp.metrics import ServerMetrics
 
 DEFAULT_IDLE_TIMEOUT = 300.0
 DEFAULT_FRAME_TIMEOUT = 30.0
@@ -143,6 +146,7 @@ class ServerFactory(Factory):
         frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT,
         max_connections: int | None = None,
         verbose: bool = False,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -153,6 +157,7 @@ class ServerFactory(Factory):
         self.frame_timeout = frame_timeout
         self.max_connections = max_connections
         self.verbose = verbose
+        self.metrics = metrics
         self.connections: set[ServerConnection] = set()
         self.refused = 0
         self.shutting_down = False
@@ -164,6 +169,8 @@ class ServerFactory(Factory):
             return None
         if self.max_connections is not None and len(self.connections) >= self.max_connections:
             self.refused += 1
+            if self.metrics is not None:
+                self.metrics.connection_refused()
             self.log.warn(
                 "refused connection from {peer}: {open} connections open, the limit (--max-connections)",
                 peer=describe_address(addr),
@@ -184,8 +191,12 @@ class ServerFactory(Factory):
 
     def opened(self, protocol: ServerConnection) -> None:
         self.connections.add(protocol)
+        if self.metrics is not None:
+            self.metrics.connection_opened()
 
     def closed(self, protocol: ServerConnection) -> None:
+        if protocol in self.connections and self.metrics is not None:
+            self.metrics.connection_closed()
         self.connections.discard(protocol)
         if self.connections:
             return

@@ -7,6 +7,7 @@ frames go down with ``sendMessage``. All parsing lives in ``framing``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import IHalfCloseableProtocol, ITransport
@@ -130,6 +131,8 @@ class FramedProtocol(Protocol):
     _decoder: FrameDecoder
     _batch: list[bytes] | None = None
     closing: bool = False
+    # Told the length of everything written (for metrics); None costs nothing.
+    count_sent: Callable[[int], None] | None = None
 
     def connectionMade(self) -> None:
         self._decoder = FrameDecoder(self.max_content_length)
@@ -162,6 +165,8 @@ class FramedProtocol(Protocol):
         write (and one buffer entry) per read, not one per answer.
         """
         if self._batch is None:
+            if self.count_sent is not None:
+                self.count_sent(len(frame))
             write_now(self.transport, frame)
         else:
             self._batch.append(frame)
@@ -169,7 +174,10 @@ class FramedProtocol(Protocol):
     def _flush(self) -> None:
         batch, self._batch = self._batch, None
         if batch:
-            write_now(self.transport, batch[0] if len(batch) == 1 else b"".join(batch))
+            data = batch[0] if len(batch) == 1 else b"".join(batch)
+            if self.count_sent is not None:
+                self.count_sent(len(data))
+            write_now(self.transport, data)
 
     def messageReceived(self, message: Message) -> None:
         """Override: called once for each complete frame, in arrival order."""

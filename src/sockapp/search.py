@@ -31,6 +31,18 @@ BINARY_RESPONSE_PREFIX: Final = b"First 10 bytes of request: "
 # Beyond the tutorial: a health check for load balancers ({"action": "ping"}).
 PONG: Final = encode_json({"result": "pong"})
 
+# What an answered request was (SearchIndex.handle): an action and an outcome,
+# from these fixed sets whatever the peer sent, so they can label metrics.
+SEARCH: Final = "search"
+PING: Final = "ping"
+BINARY: Final = "binary"
+OTHER: Final = "other"  # a text/json request whose action the server does not know
+HIT: Final = "hit"
+MISS: Final = "miss"
+OK: Final = "ok"
+INVALID_ACTION: Final = "invalid-action"
+OUTCOMES: Final = ((SEARCH, HIT), (SEARCH, MISS), (PING, OK), (BINARY, OK), (OTHER, INVALID_ACTION))
+
 
 class DataFileError(Exception):
     """A ``--data`` file could not be used; the message is one line for the user."""
@@ -57,17 +69,23 @@ class SearchIndex:
         return self.answers.get(query) or f"No match for '{query}'."
 
     def respond(self, message: Message) -> bytes:
-        """The response frame for one request.
+        """The response frame for one request (see ``handle``)."""
+        return self.handle(message)[0]
+
+    def handle(self, message: Message) -> tuple[bytes, str, str]:
+        """The response frame for one request, with its action and outcome (from ``OUTCOMES``).
 
         A ``text/json`` request must be an object with a string ``action``
         (and a string ``value`` for ``search``); anything else raises
-        ``RemoteProtocolError``. ``ping`` is answered ``{"result": "pong"}``. Every other content type is a binary
-        request, answered with the first 10 bytes of its content.
+        ``RemoteProtocolError``. ``ping`` is answered ``{"result": "pong"}``.
+        Every other content type is a binary request, answered with the
+        first 10 bytes of its content.
         """
         if not message.is_json:
-            return encode_frame(
+            frame = encode_frame(
                 BINARY_RESPONSE_PREFIX + message.content[:10], BINARY_RESPONSE_TYPE, BINARY_RESPONSE_ENCODING
             )
+            return frame, BINARY, OK
         request = message.document
         if not isinstance(request, dict):
             raise RemoteProtocolError(ErrorCode.REQUEST_NOT_OBJECT, "a text/json request must be a JSON object")
@@ -75,13 +93,16 @@ class SearchIndex:
         if not isinstance(action, str):
             raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "request needs an 'action' that is a string")
         if action == "ping":
-            return PONG
+            return PONG, PING, OK
         if action != "search":
-            return encode_json({"result": f"Error: invalid action '{action}'."})
+            return encode_json({"result": f"Error: invalid action '{action}'."}), OTHER, INVALID_ACTION
         query = request.get("value")
         if not isinstance(query, str):
             raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "a search request needs a 'value' that is a string")
-        return self._frames.get(query) or encode_json({"result": self.answer(query)})
+        stored = self._frames.get(query)
+        if stored is not None:
+            return stored, SEARCH, HIT
+        return encode_json({"result": self.answer(query)}), SEARCH, MISS
 
 
 def load_answers(path: str) -> Mapping[str, str]:

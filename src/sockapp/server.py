@@ -8,7 +8,8 @@ serves further (also pipelined) requests.
 
 from __future__ import annotations
 
-from typing import Any
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -24,6 +25,9 @@ from sockapp.protocol import (
 )
 from sockapp.search import SearchIndex
 
+if TYPE_CHECKING:
+    from sockapp.metrics import ServerMetrics
+
 
 class SearchProtocol(FramedProtocol):
     """Answers each request frame with the tutorial's response frame."""
@@ -31,10 +35,15 @@ class SearchProtocol(FramedProtocol):
     factory: SearchFactory
     log = Logger()
     draining = False
+    metrics: ServerMetrics | None = None
+    answered_in_read = 0
 
     def connectionMade(self) -> None:
         factory = self.factory
         self.max_content_length = factory.max_content_length
+        self.metrics = factory.metrics
+        if self.metrics is not None:
+            self.count_sent = self.metrics.sent
         super().connectionMade()
         read_only_as_fast_as_peer_reads(self.transport)
         self.peer = describe_address(self.transport.getPeer())
@@ -44,7 +53,15 @@ class SearchProtocol(FramedProtocol):
             self.log.info("connection from {peer}", peer=self.peer)
 
     def dataReceived(self, data: bytes) -> None:
-        super().dataReceived(data)
+        metrics = self.metrics
+        if metrics is None:
+            super().dataReceived(data)
+        else:
+            started = perf_counter()
+            self.answered_in_read = 0
+            super().dataReceived(data)
+            metrics.received(len(data))
+            metrics.latency(perf_counter() - started, self.answered_in_read)
         if not self.closing:
             in_frame = self._decoder.in_frame
             self.deadlines.activity(in_frame)
@@ -60,16 +77,21 @@ class SearchProtocol(FramedProtocol):
                 length=message.header.content_length,
             )
         try:
-            response = self.factory.index.respond(message)
+            response, action, outcome = self.factory.index.handle(message)
         except RemoteProtocolError as error:
             self.protocolError(error)
             return
         self.writeFrame(response)
+        if self.metrics is not None:
+            self.metrics.answered(action, outcome)
+            self.answered_in_read += 1
 
     def protocolError(self, error: RemoteProtocolError) -> None:
         self.log.warn(
             "{peer}: {code}: {message}; closing", peer=self.peer, code=error.code.value, message=error.message
         )
+        if self.metrics is not None:
+            self.metrics.error_frame(error.code)
         super().protocolError(error)
 
     def idleTimedOut(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService
+from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IProtocolFactory
@@ -85,6 +85,13 @@ class ListenOptions(usage.Options):
         ],
         ["listen-fd", None, None, "Used by --workers: adopt this inherited listening socket.", non_negative_int],
         [
+            "metrics",
+            None,
+            None,
+            "Serve Prometheus metrics at /metrics (HTTP) on this endpoint: a port number (127.0.0.1) or an "
+            "endpoint description, e.g. tcp:9100:interface=0.0.0.0. Off by default.",
+        ],
+        [
             "shutdown-timeout",
             None,
             DEFAULT_SHUTDOWN_TIMEOUT,
@@ -117,11 +124,12 @@ class ListenOptions(usage.Options):
         if self["workers"] > 1 and description.split(":", 1)[0] not in ("tcp", "tcp6", "unix"):
             # A worker adopts the bare socket: a TLS port would be served in the clear.
             raise usage.UsageError(f"--workers needs a tcp:, tcp6: or unix: port, not {description}")
-        try:
-            serverFromString(_reactor(), description)
-        except (ValueError, TypeError, KeyError, OSError, ImportError) as e:
-            raise usage.UsageError(f"--port {self['port']}: not a usable endpoint description ({e})") from None
-        self["endpoint"] = description
+        self["endpoint"] = _checked_endpoint("--port", self["port"])
+        self["metrics-endpoint"] = None
+        if self["metrics"] is not None:
+            if self["workers"] > 1:
+                raise usage.UsageError("--metrics counts one process: it cannot be used with --workers")
+            self["metrics-endpoint"] = _checked_endpoint("--metrics", self["metrics"])
 
     def worker_args(self) -> list[str]:
         """These options as a worker's command line: all but where and how many."""
@@ -139,12 +147,28 @@ class ListenOptions(usage.Options):
         return args
 
 
+def _checked_endpoint(option: str, value: str) -> str:
+    """The server endpoint description ``value`` stands for, or a usage error naming ``option``."""
+    description = endpoint_description(value)
+    try:
+        serverFromString(_reactor(), description)
+    except (ValueError, TypeError, KeyError, OSError, ImportError) as e:
+        raise usage.UsageError(f"{option} {value}: not a usable endpoint description ({e})") from None
+    return description
+
+
 def limits(options: ListenOptions) -> dict[str, Any]:
     """The ``ServerFactory`` keyword arguments the options ask for."""
+    metrics = None
+    if options["metrics-endpoint"] is not None:
+        from sockapp.metrics import ServerMetrics  # only servers that export metrics load prometheus_client
+
+        metrics = ServerMetrics()
     return {
         "idle_timeout": options["idle-timeout"] or None,
         "max_connections": options["max-connections"] or None,
         "verbose": options["verbose"],
+        "metrics": metrics,
     }
 
 
@@ -164,7 +188,9 @@ class ListeningService(StreamServerEndpointService):
     (or, raising synchronously, end twistd with a traceback).
     """
 
-    def __init__(self, endpoint: Any, factory: IProtocolFactory, description: str, shutdown_timeout: float) -> None:
+    def __init__(
+        self, endpoint: Any, factory: IProtocolFactory, description: str, shutdown_timeout: float | None = None
+    ) -> None:
         super().__init__(endpoint, factory)
         self._raiseSynchronously = True
         self.description = description
@@ -178,9 +204,12 @@ class ListeningService(StreamServerEndpointService):
             raise CannotListen(f"sockapp: cannot listen on {self.description}: {reason}") from None
 
     def stopService(self) -> Any:
-        """Stop listening, then let open connections finish (``ServerFactory.shutdown``)."""
+        """Stop listening, then let open connections finish (``ServerFactory.shutdown``, if it has one)."""
         stopped = super().stopService()
-        return stopped.addCallback(lambda _: self.factory.shutdown(self.shutdown_timeout))
+        shutdown = getattr(self.factory, "shutdown", None)
+        if shutdown is None:
+            return stopped
+        return stopped.addCallback(lambda _: shutdown(self.shutdown_timeout))
 
 
 def listen_service(options: ListenOptions, factory: IProtocolFactory, reactor: Any = None) -> IService:
@@ -203,7 +232,18 @@ def listen_service(options: ListenOptions, factory: IProtocolFactory, reactor: A
             options["shutdown-timeout"],
         )
     endpoint = serverFromString(reactor, options["endpoint"])
-    return ListeningService(endpoint, factory, options["endpoint"], options["shutdown-timeout"])
+    service = ListeningService(endpoint, factory, options["endpoint"], options["shutdown-timeout"])
+    metrics = getattr(factory, "metrics", None)
+    if options["metrics-endpoint"] is None or metrics is None:
+        return service
+    from sockapp.metrics import MetricsSite
+
+    both = MultiService()
+    service.setServiceParent(both)
+    description = options["metrics-endpoint"]
+    site = MetricsSite(metrics.registry, verbose=options["verbose"])
+    ListeningService(serverFromString(reactor, description), site, f"{description} (--metrics)").setServiceParent(both)
+    return both
 
 
 def _reactor() -> Any:

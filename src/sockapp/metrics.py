@@ -1,0 +1,173 @@
+"""Prometheus metrics of one server process (``--metrics``), and the page serving them.
+
+The server counts in plain integers on the hot path; ``ServerMetrics`` is a
+``prometheus_client`` custom collector that turns them into metric families
+when scraped. Measured with the C load generator (``app-keep``, 50
+connections), the library's own ``Counter``/``Histogram`` objects, which
+take a lock on every update, cost the server 38% of its requests per
+second; plain counters read at scrape time cost 7% (``app-pipe``: 27% and
+9%). Scrapes run in the reactor thread, like the counting, so nothing
+needs a lock.
+
+Each server has its own registry (not the library's global one), so several
+servers in one process (tests) never collide. Label values come from fixed
+sets, never from what a peer sent: a client cannot create series.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterator
+from itertools import accumulate
+from typing import Any, Final
+
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.utils import floatToGoString
+from twisted.web import pages
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from sockapp.errors import ErrorCode
+from sockapp.search import OUTCOMES
+
+# From a cached answer on loopback (tens of microseconds) to a 64 MiB frame (tenths of a second).
+LATENCY_BUCKETS: Final = (
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    float("inf"),
+)
+# Codes only a client raises never appear in a server's error frames.
+SERVER_ERROR_CODES: Final = tuple(code for code in ErrorCode if code is not ErrorCode.UNEXPECTED_RESPONSE)
+
+
+class ServerMetrics:
+    """The ``sockapp_`` metrics of one server: one cheap method per event, families when scraped."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, process: bool = True) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.connections_open = 0
+        self.connections_accepted = 0
+        self.connections_refused = 0
+        self.requests = dict.fromkeys(OUTCOMES, 0)
+        self.error_frames = dict.fromkeys(SERVER_ERROR_CODES, 0)
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self._latency_buckets = [0] * len(LATENCY_BUCKETS)  # per bucket, not yet cumulative
+        self._latency_sum = 0.0
+        self.registry.register(self)
+        if process:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
+
+    def connection_opened(self) -> None:
+        self.connections_accepted += 1
+        self.connections_open += 1
+
+    def connection_closed(self) -> None:
+        self.connections_open -= 1
+
+    def connection_refused(self) -> None:
+        self.connections_refused += 1
+
+    def received(self, length: int) -> None:
+        self.bytes_received += length
+
+    def sent(self, length: int) -> None:
+        self.bytes_sent += length
+
+    def answered(self, action: str, outcome: str) -> None:
+        self.requests[action, outcome] += 1
+
+    def error_frame(self, code: ErrorCode) -> None:
+        self.error_frames[code] += 1
+
+    def latency(self, seconds: float, requests: int = 1) -> None:
+        """``requests`` answered ``seconds`` after the read that completed them began."""
+        if requests:
+            self._latency_buckets[bisect_left(LATENCY_BUCKETS, seconds)] += requests
+            self._latency_sum += seconds * requests
+
+    def collect(self) -> Iterator[Metric]:
+        """The metric families, as ``prometheus_client`` asks a custom collector for them."""
+        yield GaugeMetricFamily("sockapp_connections_open", "Connections open now.", value=self.connections_open)
+        yield CounterMetricFamily("sockapp_connections", "Connections accepted.", value=self.connections_accepted)
+        yield CounterMetricFamily(
+            "sockapp_connections_refused",
+            "Connections refused because --max-connections were open.",
+            value=self.connections_refused,
+        )
+        requests = CounterMetricFamily(
+            "sockapp_requests", "Requests answered, by action and outcome.", labels=["action", "outcome"]
+        )
+        for (action, outcome), count in self.requests.items():
+            requests.add_metric([action, outcome], count)
+        yield requests
+        errors = CounterMetricFamily("sockapp_error_frames", "Error frames sent, by error code.", labels=["code"])
+        for code, count in self.error_frames.items():
+            errors.add_metric([code.value], count)
+        yield errors
+        yield CounterMetricFamily("sockapp_received_bytes", "Bytes read from clients.", value=self.bytes_received)
+        yield CounterMetricFamily("sockapp_sent_bytes", "Bytes written to clients.", value=self.bytes_sent)
+        cumulative = accumulate(self._latency_buckets)
+        yield HistogramMetricFamily(
+            "sockapp_request_duration_seconds",
+            "From the read that completed a request to its answer being handed to the socket.",
+            buckets=[(floatToGoString(bound), count) for bound, count in zip(LATENCY_BUCKETS, cumulative)],
+            sum_value=self._latency_sum,
+        )
+
+
+class MetricsPage(Resource):
+    """``/metrics``: the registry in the format the scraper asks for."""
+
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self.registry = registry
+
+    def render_GET(self, request: Request) -> bytes:
+        accept = request.getHeader("accept") or ""
+        encoder, content_type = choose_encoder(accept)
+        request.setHeader("content-type", content_type)
+        return encoder(self.registry)
+
+
+class _Root(Resource):
+    """Only ``/metrics`` is here; anything else is a plain 404."""
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        return pages.notFound()
+
+
+class MetricsSite(Site):
+    """The metrics web site; a scrape every few seconds would fill the log, so
+    requests are logged only with ``--verbose``."""
+
+    noisy = False
+
+    def __init__(self, registry: CollectorRegistry, verbose: bool = False) -> None:
+        root = _Root()
+        root.putChild(b"metrics", MetricsPage(registry))
+        super().__init__(root)
+        self.verbose = verbose
+
+    def log(self, request: Any) -> None:
+        if self.verbose:
+            super().log(request)

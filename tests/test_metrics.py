@@ -1,0 +1,232 @@
+"""--metrics: counters of the servers over StringTransport, the /metrics page over HTTP, the options."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from conftest import binary_request, json_request, raw_frame
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.python import usage
+from twisted.web.client import Agent, readBody
+
+from sockapp.echo import EchoFactory
+from sockapp.errors import ErrorCode
+from sockapp.metrics import MetricsSite, ServerMetrics
+from sockapp.search import OUTCOMES
+from sockapp.server import SearchFactory
+from sockapp.tap import echo, search
+
+
+def value(metrics: ServerMetrics, name: str, **labels: str) -> float:
+    found = metrics.registry.get_sample_value(name, labels)
+    assert found is not None, f"no sample {name}{labels}"
+    return found
+
+
+def open_connection(factory):
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def feed_bytewise(protocol, data: bytes) -> None:
+    for i in range(len(data)):
+        protocol.dataReceived(data[i : i + 1])
+
+
+def test_every_series_exists_at_zero_from_the_start():
+    metrics = ServerMetrics(process=False)
+    for action, outcome in OUTCOMES:
+        assert value(metrics, "sockapp_requests_total", action=action, outcome=outcome) == 0
+    for code in ErrorCode:
+        if code is not ErrorCode.UNEXPECTED_RESPONSE:  # a client's error, never in a server's frames
+            assert value(metrics, "sockapp_error_frames_total", code=code.value) == 0
+    assert value(metrics, "sockapp_connections_open") == 0
+    assert value(metrics, "sockapp_request_duration_seconds_count") == 0
+
+
+def test_requests_are_counted_by_action_and_outcome():
+    metrics = ServerMetrics(process=False)
+    protocol, transport = open_connection(SearchFactory(metrics=metrics, reactor=Clock()))
+    stream = b"".join(
+        [
+            json_request({"action": "search", "value": "morpheus"}),
+            json_request({"action": "search", "value": "ring"}),
+            json_request({"action": "search", "value": "nobody"}),
+            json_request({"action": "ping"}),
+            json_request({"action": "dance", "value": "x"}),
+            binary_request(b"0123456789abc"),
+        ]
+    )
+    feed_bytewise(protocol, stream)
+    counts = {o: value(metrics, "sockapp_requests_total", action=o[0], outcome=o[1]) for o in OUTCOMES}
+    assert counts == {
+        ("search", "hit"): 2,
+        ("search", "miss"): 1,
+        ("ping", "ok"): 1,
+        ("binary", "ok"): 1,
+        ("other", "invalid-action"): 1,
+    }
+    assert value(metrics, "sockapp_received_bytes_total") == len(stream)
+    assert value(metrics, "sockapp_sent_bytes_total") == len(transport.value())
+    assert value(metrics, "sockapp_request_duration_seconds_count") == 6
+    assert value(metrics, "sockapp_request_duration_seconds_bucket", le="+Inf") == 6
+
+
+def test_latency_buckets_are_cumulative_and_inclusive():
+    metrics = ServerMetrics(process=False)
+    metrics.latency(0.001)  # exactly on a bound: counted in that bucket (le means <=)
+    metrics.latency(0.003, requests=2)  # two requests answered by one read
+    metrics.latency(10.0)
+    metrics.latency(0.5, requests=0)  # a read that answered nothing
+    bucket = {
+        le: value(metrics, "sockapp_request_duration_seconds_bucket", le=le)
+        for le in ("0.0005", "0.001", "0.0025", "0.005", "2.5", "+Inf")
+    }
+    assert bucket == {"0.0005": 0, "0.001": 1, "0.0025": 1, "0.005": 3, "2.5": 3, "+Inf": 4}
+    assert value(metrics, "sockapp_request_duration_seconds_count") == 4
+    assert value(metrics, "sockapp_request_duration_seconds_sum") == pytest.approx(0.001 + 0.006 + 10.0)
+
+
+def test_error_frames_are_counted_by_code_and_their_bytes_sent():
+    metrics = ServerMetrics(process=False)
+    factory = SearchFactory(metrics=metrics, reactor=Clock(), max_content_length=10)
+    protocol, transport = open_connection(factory)
+    header = {"byteorder": "little", "content-type": "binary", "content-encoding": "binary", "content-length": 11}
+    protocol.dataReceived(raw_frame(header, b"x" * 11))
+    assert value(metrics, "sockapp_error_frames_total", code="content-too-large") == 1
+    assert value(metrics, "sockapp_sent_bytes_total") == len(transport.value()) > 0
+    other, _ = open_connection(SearchFactory(metrics=metrics, reactor=Clock()))
+    other.dataReceived(json_request({"value": "no action"}))
+    assert value(metrics, "sockapp_error_frames_total", code="bad-request") == 1
+    assert value(metrics, "sockapp_requests_total", action="search", outcome="hit") == 0
+
+
+def test_connections_open_total_and_refused():
+    metrics = ServerMetrics(process=False)
+    factory = SearchFactory(metrics=metrics, reactor=Clock(), max_connections=2)
+    first, first_transport = open_connection(factory)
+    open_connection(factory)
+    assert factory.buildProtocol(None) is None  # the third is refused
+    assert (value(metrics, "sockapp_connections_open"), value(metrics, "sockapp_connections_total")) == (2, 2)
+    assert value(metrics, "sockapp_connections_refused_total") == 1
+    first.connectionLost(None)
+    first.connectionLost(None)  # told twice, counted once
+    assert value(metrics, "sockapp_connections_open") == 1
+    assert value(metrics, "sockapp_connections_total") == 2
+
+
+def test_echo_counts_bytes_both_ways():
+    metrics = ServerMetrics(process=False)
+    protocol, transport = open_connection(EchoFactory(metrics=metrics, reactor=Clock()))
+    feed_bytewise(protocol, b"hello, universe")
+    assert value(metrics, "sockapp_received_bytes_total") == 15 == value(metrics, "sockapp_sent_bytes_total")
+    assert transport.value() == b"hello, universe"
+    assert value(metrics, "sockapp_connections_open") == 1
+
+
+def test_without_metrics_nothing_is_counted_and_answers_are_the_same():
+    with_metrics, t1 = open_connection(SearchFactory(metrics=ServerMetrics(process=False), reactor=Clock()))
+    without, t2 = open_connection(SearchFactory(reactor=Clock()))
+    request = json_request({"action": "search", "value": "ring"}) + binary_request(b"abc")
+    with_metrics.dataReceived(request)
+    without.dataReceived(request)
+    assert t1.value() == t2.value()
+
+
+def test_process_metrics_are_included_by_default():
+    metrics = ServerMetrics()
+    names = {family.name for family in metrics.registry.collect()}
+    assert "process_resident_memory_bytes" in names or "process_cpu_seconds" in names  # Linux only
+    assert "python_info" in names
+
+
+@pytest.mark.filterwarnings("ignore:Using readBody:DeprecationWarning")
+@pytest_twisted.ensureDeferred
+async def test_metrics_page_over_http():
+    metrics = ServerMetrics(process=False)
+    factory = SearchFactory(metrics=metrics)
+    protocol, _ = open_connection(factory)
+    protocol.dataReceived(json_request({"action": "ping"}))
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(MetricsSite(metrics.registry))
+    try:
+        base = f"http://127.0.0.1:{port.getHost().port}".encode()
+        response = await Agent(reactor).request(b"GET", base + b"/metrics").addTimeout(30, reactor)
+        body = (await readBody(response)).decode()
+        assert response.code == 200
+        assert response.headers.getRawHeaders(b"content-type")[0].startswith(b"text/plain")
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(body)
+            for s in family.samples
+        }
+        assert samples[("sockapp_requests_total", (("action", "ping"), ("outcome", "ok")))] == 1
+        assert samples[("sockapp_connections_open", ())] == 1
+        missing = await Agent(reactor).request(b"GET", base + b"/").addTimeout(30, reactor)
+        await readBody(missing)
+        assert missing.code == 404
+    finally:
+        await port.stopListening()
+        protocol.connectionLost(None)
+
+
+def parse(module, *argv):
+    options = module.Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+@pytest.mark.parametrize("module", [search, echo])
+def test_metrics_option_serves_the_factory_registry(module):
+    memory = MemoryReactor()
+    options = parse(module, "--port", "6000", "--metrics", "9100")
+    assert options["metrics-endpoint"] == "tcp:9100:interface=127.0.0.1"
+    service = module.makeService(options, memory)
+    service.privilegedStartService()
+    service.startService()
+    servers = {port: factory for port, factory, _backlog, _interface in memory.tcpServers}
+    assert set(servers) == {6000, 9100}
+    assert isinstance(servers[9100], MetricsSite)
+    assert servers[6000].metrics is not None
+
+
+def test_metrics_are_off_by_default():
+    memory = MemoryReactor()
+    service = search.makeService(parse(search, "--port", "6000"), memory)
+    service.startService()
+    ((_port, factory, _backlog, _interface),) = memory.tcpServers
+    assert factory.metrics is None
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--metrics", "nonsense:1"], "--metrics nonsense:1: not a usable endpoint description"),
+        (["--metrics", "9100", "--workers", "2"], "cannot be used with --workers"),
+    ],
+)
+def test_bad_metrics_option_is_a_usage_error(argv, fragment):
+    with pytest.raises(usage.UsageError, match=fragment):
+        parse(search, *argv)
+
+
+def test_the_readme_lists_every_metric():
+    import re
+
+    from conftest import ROOT
+
+    readme = set(re.findall(r"`(sockapp_[a-z_]+)", (ROOT / "README.md").read_text("utf-8")))
+    metrics = ServerMetrics(process=False)
+    exported = {
+        sample.name
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if not sample.name.endswith(("_created", "_bucket", "_count", "_sum"))
+    }
+    exported |= {family.name for family in metrics.registry.collect() if family.type == "histogram"}
+    assert exported == readme

@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # (and never logs "Unable to write to plugin cache").
 REFRESH_PLUGIN_CACHE = $(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 
-.PHONY: run test install clean fuzz soak microbench bench
+.PHONY: run test install clean fuzz soak microbench bench integration haproxy
 
 run: $(VENV)/.installed
 	$(BIN)/twistd -n --pidfile= sockapp --port $(PORT)
@@ -18,6 +18,16 @@ test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 install: $(VENV)/.installed
+
+# deploy/haproxy.cfg for real: HAProxy in front of 3 servers on loopback, one killed mid-load.
+integration: $(VENV)/.installed-test haproxy
+	$(BIN)/python -m pytest -m integration -s -p no:cacheprovider $(PYTEST_ARGS)
+
+# Debian's haproxy, installed if it is not there (needs root, as on CI).
+haproxy:
+	@command -v haproxy >/dev/null 2>&1 || test -x /usr/sbin/haproxy || { \
+		echo "installing Debian's haproxy"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends haproxy; }
 
 # Thousands of connections of every kind against one server, on loopback; not part of `make test`.
 soak: $(VENV)/.installed-test

@@ -1,0 +1,151 @@
+"""deploy/haproxy.cfg for real: HAProxy in front of 3 sockapp servers on loopback, one killed mid-load.
+
+Run by ``make integration`` (which installs Debian's haproxy when it is
+missing), not by the default ``pytest`` run: ``-m integration`` selects it.
+Prints a summary: the client's requests, errors and retries, HAProxy's view
+of each server, and each server's own metrics.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+from conftest import ROOT, tool
+from test_smoke import scrape
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+BACKENDS = 3
+KILLED = 2  # sockapp2, the second server in deploy/haproxy.cfg
+BENCH_SECONDS = 10
+KILL_AFTER = 3.0
+HITS = ("sockapp_requests_total", (("action", "search"), ("outcome", "hit")))
+PINGS = ("sockapp_requests_total", (("action", "ping"), ("outcome", "ok")))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def haproxy_stats(path: str) -> dict[str, dict[str, str]]:
+    """``show stat`` on HAProxy's admin socket: the rows of our backend's servers, by name."""
+    with socket.socket(socket.AF_UNIX) as admin:
+        admin.settimeout(10)
+        admin.connect(path)
+        admin.sendall(b"show stat\n")
+        data = b""
+        while chunk := admin.recv(65536):
+            data += chunk
+    rows = csv.DictReader(io.StringIO(data.decode().lstrip("# ")))
+    return {row["svname"]: row for row in rows if row["pxname"] == "sockapp_servers" and row["svname"] != "BACKEND"}
+
+
+def wait_until(condition, what: str, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: not within {timeout} s")
+
+
+@pytest.fixture
+def haproxy_binary() -> str:
+    found = shutil.which("haproxy") or (os.path.exists("/usr/sbin/haproxy") and "/usr/sbin/haproxy")
+    if not found:
+        pytest.fail("haproxy is not installed: run `make integration`, which installs Debian's haproxy")
+    return found
+
+
+def test_haproxy_spreads_load_and_routes_around_a_killed_backend(server_processes, haproxy_binary, tmp_path):
+    servers, ports, metrics_ports = [], [], []
+    for _ in range(BACKENDS):
+        server = server_processes(
+            [tool("twistd"), "-n", "--pidfile=", "sockapp", "--port", "tcp:0:interface=127.0.0.1:backlog=1024",
+             "--metrics", "tcp:0:interface=127.0.0.1"]
+        )
+        servers.append(server)
+        ports.append(int(server.wait_for_log(r"SearchFactory starting on (\d+)").group(1)))
+        metrics_ports.append(int(server.wait_for_log(r"MetricsSite starting on (\d+)").group(1)))
+
+    front = free_port()
+    stats_socket = str(tmp_path / "haproxy.sock")
+    env = {"SOCKAPP_LISTEN": f"127.0.0.1:{front}", "SOCKAPP_HAPROXY_STATS": stats_socket}
+    env.update({f"SOCKAPP_BACKEND_{n + 1}": f"127.0.0.1:{port}" for n, port in enumerate(ports)})
+    haproxy = server_processes([haproxy_binary, "-db", "-f", str(ROOT / "deploy" / "haproxy.cfg")], env)
+    names = [f"sockapp{n + 1}" for n in range(BACKENDS)]
+    wait_until(lambda: os.path.exists(stats_socket) or haproxy.proc.poll() is not None, "HAProxy's stats socket")
+    assert haproxy.proc.poll() is None, f"haproxy exited:\n{haproxy.log()}"
+    # Every server has passed a ping health check before load starts.
+    wait_until(
+        lambda: all(row["check_status"] == "L7OK" for row in haproxy_stats(stats_socket).values()),
+        "every backend passing the ping check",
+    )
+
+    bench = subprocess.Popen(
+        [tool("sockapp"), "bench", "--connect", f"tcp:host=127.0.0.1:port={front}", "--connections", "30",
+         "--duration", str(BENCH_SECONDS), "--request-timeout", "20", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(KILL_AFTER)
+        killed = servers[KILLED - 1]
+        hits_before_kill = scrape(metrics_ports[KILLED - 1])[HITS]
+        os.killpg(killed.proc.pid, signal.SIGKILL)
+        killed.proc.wait(10)
+        out, err = bench.communicate(timeout=BENCH_SECONDS + 60)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
+    assert bench.returncode == 0, f"sockapp bench failed:\n{out}\n{err}"
+    summary = json.loads(out)
+
+    down = wait_until(
+        lambda: (rows := haproxy_stats(stats_socket))[names[KILLED - 1]]["status"].startswith("DOWN") and rows,
+        "the killed backend marked DOWN by the health check",
+    )
+    live = [n for n in range(BACKENDS) if n != KILLED - 1]
+    scraped = {n: scrape(metrics_ports[n]) for n in live}
+    hits = {names[n]: scraped[n][HITS] for n in live}
+
+    report = {
+        "client": {k: summary[k] for k in ("requests", "errors", "errors_by_kind", "retries", "throughput_per_s")},
+        "haproxy": {
+            name: {"status": row["status"], "check": row["check_status"], "sessions_total": int(row["stot"])}
+            for name, row in down.items()
+        },
+        "backend_search_hits": {**hits, names[KILLED - 1]: f"{hits_before_kill:.0f} before it was killed"},
+        "backend_pings": {names[n]: scraped[n][PINGS] for n in live},
+    }
+    print("\nintegration summary:", json.dumps(report, indent=2))
+
+    # Zero failed requests from the client's point of view, though a backend died under it.
+    assert summary["errors"] == 0 and summary["requests"] > 0
+    assert summary["retries"] > 0, "the killed backend had requests in flight: some must have been sent again"
+    # HAProxy's health check saw it: DOWN, because nothing answers the ping any more.
+    assert down[names[KILLED - 1]]["check_status"] in ("L4CON", "L4TOUT", "L7TOUT", "L7RSP", "SOCKERR")
+    assert all(down[names[n]]["status"] == "UP" for n in live)
+    # Traffic was spread: every server took sessions, and each live one a fair share of the searches.
+    assert all(int(row["stot"]) > 0 for row in down.values())
+    assert all(count > summary["requests"] / (3 * BACKENDS) for count in hits.values()), hits
+    # Each live server's metrics count its share. Every answer the client got was counted by
+    # exactly one server, so the live ones counted no more than the client received, and at
+    # least what the killed one did not answer: all but its count at the last scrape and what
+    # it answered in the few milliseconds between that scrape and its death (under 1000).
+    assert sum(hits.values()) <= summary["requests"]
+    assert sum(hits.values()) >= summary["requests"] - hits_before_kill - 1000
+    assert all(scraped[n][PINGS] > 0 for n in live)  # the health checks reached them
+    assert haproxy.proc.poll() is None

@@ -13,7 +13,7 @@ CONFIG = ROOT / "deploy" / "haproxy.cfg"
 
 
 def check_frame() -> bytes:
-    (hexstring,) = re.findall(r"^\s*tcp-check send-binary ([0-9a-f]+)\s*$", CONFIG.read_text(), re.M)
+    (hexstring,) = re.findall(r"^\s*tcp-check send-binary ([0-9a-f]+)\s*$", CONFIG.read_text(), re.MULTILINE)
     return bytes.fromhex(hexstring)
 
 
@@ -28,7 +28,7 @@ def test_the_check_sends_exactly_a_ping_frame():
 
 
 def test_the_server_answers_the_check_with_what_it_expects():
-    (expected,) = re.findall(r"^\s*tcp-check expect string (\S+)\s*$", CONFIG.read_text(), re.M)
+    (expected,) = re.findall(r"^\s*tcp-check expect string (\S+)\s*$", CONFIG.read_text(), re.MULTILINE)
     decoder = FrameDecoder()
     decoder.receive_data(check_frame())
     answer = SearchIndex().respond(decoder.next_message())
@@ -42,5 +42,5 @@ def test_timeouts_outlast_the_servers_idle_timeout():
 
     text = CONFIG.read_text()
     for side in ("client", "server"):
-        (seconds,) = re.findall(rf"^\s*timeout {side} (\d+)s\s*$", text, re.M)
+        (seconds,) = re.findall(rf"^\s*timeout {side} (\d+)s\s*$", text, re.MULTILINE)
         assert int(seconds) > DEFAULT_IDLE_TIMEOUT

@@ -73,8 +73,18 @@ def test_haproxy_spreads_load_and_routes_around_a_killed_backend(server_processe
     servers, ports, metrics_ports = [], [], []
     for _ in range(BACKENDS):
         server = server_processes(
-            [tool("twistd"), "-n", "--pidfile=", "sockapp", "--port", "tcp:0:interface=127.0.0.1:backlog=1024",
-             "--metrics", "tcp:0:interface=127.0.0.1"]
+            [
+                tool("twistd"),
+                "-n",
+                "--pidfile=",
+                "sockapp",
+                "--port",
+                "tcp:0:interface=127.0.0.1:backlog=1024",
+                "--metrics",
+                "tcp:0:interface=127.0.0.1",
+                "--log-format",
+                "json",
+            ]
         )
         servers.append(server)
         ports.append(int(server.wait_for_log(r"SearchFactory starting on (\d+)").group(1)))
@@ -149,3 +159,6 @@ def test_haproxy_spreads_load_and_routes_around_a_killed_backend(server_processe
     assert sum(hits.values()) >= summary["requests"] - hits_before_kill - 1000
     assert all(scraped[n][PINGS] > 0 for n in live)  # the health checks reached them
     assert haproxy.proc.poll() is None
+    # The servers logged as a shipper would read them: one JSON object per line.
+    for n in live:
+        assert all(json.loads(line)["level"] for line in servers[n].log().splitlines() if line.strip())

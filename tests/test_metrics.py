@@ -110,7 +110,7 @@ def test_error_frames_are_counted_by_code_and_their_bytes_sent():
 def test_connections_open_total_and_refused():
     metrics = ServerMetrics(process=False)
     factory = SearchFactory(metrics=metrics, reactor=Clock(), max_connections=2)
-    first, first_transport = open_connection(factory)
+    first, _ = open_connection(factory)
     open_connection(factory)
     assert factory.buildProtocol(None) is None  # the third is refused
     assert (value(metrics, "sockapp_connections_open"), value(metrics, "sockapp_connections_total")) == (2, 2)

@@ -87,9 +87,7 @@ class SearchProtocol(FramedProtocol):
             self.answered_in_read += 1
 
     def protocolError(self, error: RemoteProtocolError) -> None:
-        self.log.warn(
-            "{peer}: {code}: {message}; closing", peer=self.peer, code=error.code.value, message=error.message
-        )
+        self.log.warn("{peer}: {code}: {reason}; closing", peer=self.peer, code=error.code.value, reason=error.message)
         if self.metrics is not None:
             self.metrics.error_frame(error.code)
         super().protocolError(error)

@@ -49,6 +49,19 @@ def non_negative_seconds(text: str) -> float:
 non_negative_seconds.coerceDoc = "In seconds."  # type: ignore[attr-defined]
 
 
+LOG_FORMATS = ("text", "json")
+
+
+def log_format(text: str) -> str:
+    """usage.Options coercer for --log-format."""
+    if text not in LOG_FORMATS:
+        raise ValueError(f"{text!r} is not one of {', '.join(LOG_FORMATS)}")
+    return text
+
+
+log_format.coerceDoc = "One of: text, json."  # type: ignore[attr-defined]
+
+
 class ListenOptions(usage.Options):
     """Where to listen and the limits every server shares, validated when parsed."""
 
@@ -100,6 +113,16 @@ class ListenOptions(usage.Options):
         ],
     ]
     optFlags = [["verbose", "v", "Log every connection and request, not only errors, refusals and timeouts."]]
+    optParameters += [
+        [
+            "log-format",
+            None,
+            "text",
+            "text: twistd's usual lines; json: one JSON object per event on standard output "
+            "(for log shippers; run with -n).",
+            log_format,
+        ],
+    ]
 
     _failed = False
 
@@ -136,7 +159,8 @@ class ListenOptions(usage.Options):
         args = []
         for option in self.longOpt:
             name = option.rstrip("=")
-            if name in ("port", "workers", "listen-fd") or name not in self.opts:
+            # Workers log text; the parent passes their lines on in its own format.
+            if name in ("port", "workers", "listen-fd", "log-format") or name not in self.opts:
                 continue
             value = self.opts[name]
             if option.endswith("="):
@@ -214,8 +238,19 @@ class ListeningService(StreamServerEndpointService):
 
 def listen_service(options: ListenOptions, factory: IProtocolFactory, reactor: Any = None) -> IService:
     """The service ``options`` ask for: listen on ``options['endpoint']``, or run
-    ``--workers`` processes on it, or (in a worker) serve an inherited socket."""
-    reactor = reactor if reactor is not None else _reactor()
+    ``--workers`` processes on it, or (in a worker) serve an inherited socket;
+    with ``--metrics`` also the metrics page, with ``--log-format json`` logging as JSON."""
+    service = _serving(options, factory, reactor if reactor is not None else _reactor())
+    if options["log-format"] != "json":
+        return service
+    from sockapp.logs import JSONLogging
+
+    logging = JSONLogging()
+    service.setServiceParent(logging)
+    return logging
+
+
+def _serving(options: ListenOptions, factory: IProtocolFactory, reactor: Any) -> IService:
     if options["listen-fd"] is not None:
         from sockapp.workers import AdoptedPortService
 

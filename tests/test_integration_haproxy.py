@@ -1,4 +1,5 @@
-"""deploy/haproxy.cfg for real: HAProxy in front of 3 sockapp servers on loopback, one killed mid-load.
+"""deploy/haproxy.cfg for real: HAProxy in front of 3 sockapp servers on loopback, one killed mid-load;
+then the two TLS setups deploy/README.md describes (TLS at HAProxy, TLS at each server).
 
 Run by ``make integration`` (which installs Debian's haproxy when it is
 missing), not by the default ``pytest`` run: ``-m integration`` selects it.
@@ -19,8 +20,10 @@ import subprocess
 import time
 
 import pytest
-from conftest import ROOT, tool
+from conftest import ROOT, send_and_read_all, tool
 from test_smoke import scrape
+
+from sockapp.framing import encode_json
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -69,40 +72,50 @@ def haproxy_binary() -> str:
     return found
 
 
-def test_haproxy_spreads_load_and_routes_around_a_killed_backend(server_processes, haproxy_binary, tmp_path):
-    servers, ports, metrics_ports = [], [], []
+def start_backends(start, port: str, *extra: str) -> list:
+    """``BACKENDS`` twistd sockapp servers listening on ``port`` (an endpoint description with port 0)."""
+    servers = []
     for _ in range(BACKENDS):
-        server = server_processes(
-            [
-                tool("twistd"),
-                "-n",
-                "--pidfile=",
-                "sockapp",
-                "--port",
-                "tcp:0:interface=127.0.0.1:backlog=1024",
-                "--metrics",
-                "tcp:0:interface=127.0.0.1",
-                "--log-format",
-                "json",
-            ]
-        )
+        server = start([tool("twistd"), "-n", "--pidfile=", "sockapp", "--port", port, *extra])
+        server.port = int(server.wait_for_log(r"SearchFactory (?:\(TLS\) )?starting on (\d+)").group(1))
         servers.append(server)
-        ports.append(int(server.wait_for_log(r"SearchFactory starting on (\d+)").group(1)))
-        metrics_ports.append(int(server.wait_for_log(r"MetricsSite starting on (\d+)").group(1)))
+    return servers
 
+
+def start_haproxy(start, binary: str, config, servers: list, tmp_path) -> tuple:
+    """HAProxy on ``config`` in front of ``servers``, once every server has passed the ping check.
+
+    Returns the process, the front port and the stats socket's path.
+    """
     front = free_port()
     stats_socket = str(tmp_path / "haproxy.sock")
     env = {"SOCKAPP_LISTEN": f"127.0.0.1:{front}", "SOCKAPP_HAPROXY_STATS": stats_socket}
-    env.update({f"SOCKAPP_BACKEND_{n + 1}": f"127.0.0.1:{port}" for n, port in enumerate(ports)})
-    haproxy = server_processes([haproxy_binary, "-db", "-f", str(ROOT / "deploy" / "haproxy.cfg")], env)
-    names = [f"sockapp{n + 1}" for n in range(BACKENDS)]
+    env.update({f"SOCKAPP_BACKEND_{n + 1}": f"127.0.0.1:{server.port}" for n, server in enumerate(servers)})
+    haproxy = start([binary, "-db", "-f", str(config)], env)
     wait_until(lambda: os.path.exists(stats_socket) or haproxy.proc.poll() is not None, "HAProxy's stats socket")
     assert haproxy.proc.poll() is None, f"haproxy exited:\n{haproxy.log()}"
-    # Every server has passed a ping health check before load starts.
-    wait_until(
-        lambda: all(row["check_status"] == "L7OK" for row in haproxy_stats(stats_socket).values()),
-        "every backend passing the ping check",
+    try:
+        wait_until(
+            lambda: all(row["check_status"] == "L7OK" for row in haproxy_stats(stats_socket).values()),
+            "every backend passing the ping check",
+        )
+    except AssertionError as e:
+        raise AssertionError(f"{e}; HAProxy's log:\n{haproxy.log()}") from None
+    return haproxy, front, stats_socket
+
+
+def test_haproxy_spreads_load_and_routes_around_a_killed_backend(server_processes, haproxy_binary, tmp_path):
+    servers = start_backends(
+        server_processes,
+        "tcp:0:interface=127.0.0.1:backlog=1024",
+        *("--metrics", "tcp:0:interface=127.0.0.1", "--log-format", "json"),
     )
+    metrics_ports = [int(server.wait_for_log(r"MetricsSite starting on (\d+)").group(1)) for server in servers]
+    # Every server has passed a ping health check before load starts.
+    haproxy, front, stats_socket = start_haproxy(
+        server_processes, haproxy_binary, ROOT / "deploy" / "haproxy.cfg", servers, tmp_path
+    )
+    names = [f"sockapp{n + 1}" for n in range(BACKENDS)]
 
     bench = subprocess.Popen(
         [tool("sockapp"), "bench", "--connect", f"tcp:host=127.0.0.1:port={front}", "--connections", "30",
@@ -162,3 +175,64 @@ def test_haproxy_spreads_load_and_routes_around_a_killed_backend(server_processe
     # The servers logged as a shipper would read them: one JSON object per line.
     for n in live:
         assert all(json.loads(line)["level"] for line in servers[n].log().splitlines() if line.strip())
+
+
+def edited_config(tmp_path, *edits: tuple[str, str]):
+    """deploy/haproxy.cfg with the changes deploy/README.md describes, each replacing one line exactly."""
+    text = (ROOT / "deploy" / "haproxy.cfg").read_text()
+    for old, new in edits:
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    path = tmp_path / "haproxy.cfg"
+    path.write_text(text)
+    return path
+
+
+def through_tls(front: int, trust) -> None:
+    """A request and a short bench with TLS to the front port, the certificate checked for localhost."""
+    endpoint = f"tls:localhost:{front}:trustRoots={trust}:endpoint=tcp\\:127.0.0.1\\:{front}"
+    result = subprocess.run(
+        [tool("sockapp"), "request", "--connect", endpoint, "search", "morpheus"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert (result.returncode, result.stdout) == (0, "Follow the white rabbit. \U0001f430\n"), result.stderr
+    result = subprocess.run(
+        [tool("sockapp"), "bench", "--connect", endpoint, "-c", "10", "-n", "2000", "--json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["requests"], summary["errors"]) == (2000, 0)
+
+
+def test_tls_at_haproxy(server_processes, haproxy_binary, tls_files, tmp_path):
+    # deploy/README.md: "Change the bind line to ... ssl crt /etc/haproxy/sockapp.pem".
+    config = edited_config(
+        tmp_path,
+        (
+            'bind "${SOCKAPP_LISTEN-*:5634}"\n',
+            f'bind "${{SOCKAPP_LISTEN-*:5634}}" ssl crt {tls_files["combined"]}\n',
+        ),
+    )
+    servers = start_backends(server_processes, "tcp:0:interface=127.0.0.1")
+    _, front, _ = start_haproxy(server_processes, haproxy_binary, config, servers, tmp_path)
+    through_tls(front, tls_files["trust"])
+    # A ping in the clear to the TLS port is not answered: HAProxy closes without a byte of the protocol.
+    assert b"pong" not in send_and_read_all(("127.0.0.1", front), encode_json({"action": "ping"}))
+
+
+def test_tls_at_each_server(server_processes, haproxy_binary, tls_files, tmp_path):
+    # deploy/README.md: servers on ssl: ports; checks with check-ssl and tcp-check connect ssl.
+    config = edited_config(
+        tmp_path,
+        ("    tcp-check connect\n", "    tcp-check connect ssl\n"),
+        (
+            "default-server check inter 2s",
+            f"default-server check-ssl verify required ca-file {tls_files['ca']} check inter 2s",
+        ),
+    )
+    servers = start_backends(
+        server_processes, f"ssl:0:interface=127.0.0.1:privateKey={tls_files['key']}:certKey={tls_files['cert']}"
+    )
+    _, front, _ = start_haproxy(server_processes, haproxy_binary, config, servers, tmp_path)
+    through_tls(front, tls_files["trust"])

@@ -6,72 +6,19 @@ The TLS tests make a throw-away CA and server certificate at run time.
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import socket
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import start_twistd, tool
+from conftest import _name, start_twistd, tool
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 TIMEOUT = 60
 SEARCH_ANSWER = "Follow the white rabbit. \U0001f430\n"
 ECHO_MESSAGE = "hello over a new transport"
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _pem_key(key) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory) -> dict[str, Path]:
-    """A private CA (its certificate alone in trust/) and a server certificate for localhost, signed by it."""
-    folder = tmp_path_factory.mktemp("tls")
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("sockapp test CA"))
-        .issuer_name(_name("sockapp test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("localhost"))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    trust = folder / "trust"
-    trust.mkdir()
-    (trust / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    (folder / "server.key").write_bytes(_pem_key(key))
-    (folder / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return {"trust": trust, "key": folder / "server.key", "cert": folder / "server.pem"}
 
 
 def sockapp(*args: str) -> subprocess.CompletedProcess:

@@ -160,3 +160,21 @@ def test_metrics_endpoint_counts_a_running_server(server_processes):
     assert after[("sockapp_received_bytes_total", ())] > 0 and after[("sockapp_sent_bytes_total", ())] > 0
     assert after[("sockapp_request_duration_seconds_count", ())] == 6
     assert after[("process_resident_memory_bytes", ())] > 0
+
+
+def test_metrics_port_in_use_stops_twistd(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        number = taken.getsockname()[1]
+        result = subprocess.run(
+            [tool("twistd"), "-n", "--pidfile=", "sockapp", "--port", LOOPBACK_ANY_PORT, "--metrics", str(number)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    assert f"cannot listen on tcp:{number}:interface=127.0.0.1 (--metrics): Address already in use" in output

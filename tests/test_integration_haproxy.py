@@ -1,5 +1,5 @@
 """deploy/haproxy.cfg for real: HAProxy in front of 3 sockapp servers on loopback, one killed mid-load;
-then the two TLS setups deploy/README.md describes (TLS at HAProxy, TLS at each server).
+then the other setups deploy/README.md describes (TLS at HAProxy, TLS at each server, PROXY protocol).
 
 Run by ``make integration`` (which installs Debian's haproxy when it is
 missing), not by the default ``pytest`` run: ``-m integration`` selects it.
@@ -77,7 +77,7 @@ def start_backends(start, port: str, *extra: str) -> list:
     servers = []
     for _ in range(BACKENDS):
         server = start([tool("twistd"), "-n", "--pidfile=", "sockapp", "--port", port, *extra])
-        server.port = int(server.wait_for_log(r"SearchFactory (?:\(TLS\) )?starting on (\d+)").group(1))
+        server.port = int(server.wait_for_log(r"SearchFactory (?:\(\w+\) )?starting on (\d+)").group(1))
         servers.append(server)
     return servers
 
@@ -222,10 +222,9 @@ def test_tls_at_haproxy(server_processes, haproxy_binary, tls_files, tmp_path):
 
 
 def test_tls_at_each_server(server_processes, haproxy_binary, tls_files, tmp_path):
-    # deploy/README.md: servers on ssl: ports; checks with check-ssl and tcp-check connect ssl.
+    # deploy/README.md: servers on ssl: ports; checks over TLS with check-ssl.
     config = edited_config(
         tmp_path,
-        ("    tcp-check connect\n", "    tcp-check connect ssl\n"),
         (
             "default-server check inter 2s",
             f"default-server check-ssl verify required ca-file {tls_files['ca']} check inter 2s",
@@ -236,3 +235,35 @@ def test_tls_at_each_server(server_processes, haproxy_binary, tls_files, tmp_pat
     )
     _, front, _ = start_haproxy(server_processes, haproxy_binary, config, servers, tmp_path)
     through_tls(front, tls_files["trust"])
+
+
+def test_proxy_protocol_gives_the_servers_the_real_client_address(server_processes, haproxy_binary, tmp_path):
+    # deploy/README.md: servers on haproxy: ports; send-proxy-v2 and check-send-proxy on the server lines.
+    config = edited_config(
+        tmp_path,
+        ("default-server check inter 2s", "default-server send-proxy-v2 check-send-proxy check inter 2s"),
+    )
+    servers = start_backends(server_processes, "haproxy:tcp:0:interface=127.0.0.1", "--log-format", "json")
+    _, front, _ = start_haproxy(server_processes, haproxy_binary, config, servers, tmp_path)
+    result = subprocess.run(
+        [tool("sockapp"), "request", "--connect", f"tcp:host=127.0.0.1:port={front}", "search", "ring"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert (result.returncode, result.stdout) == (0, "In the caves beneath the Misty Mountains. \U0001f48d\n")
+    # A malformed request from a port we know: the server that got it logs that port, not HAProxy's.
+    with socket.create_connection(("127.0.0.1", front), timeout=30) as sock:
+        client = "127.0.0.1:%d" % sock.getsockname()[1]
+        sock.sendall(encode_json(["not", "an", "object"]))
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(65536):
+            pass
+
+    def logged_peers():
+        return [
+            event["peer"]
+            for server in servers
+            for event in map(json.loads, filter(str.strip, server.log().splitlines()))
+            if event.get("code") == "request-not-object"
+        ]
+
+    assert wait_until(logged_peers, "the protocol error in a server's log") == [client]

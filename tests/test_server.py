@@ -149,3 +149,25 @@ def test_verbose_logs_each_request(capsys):
     finally:
         globalLogPublisher.removeObserver(events.append)
     assert any(e.get("log_format", "").endswith("request, {length} bytes") and e["length"] == 3 for e in events)
+
+
+def test_behind_a_proxy_header_the_logs_name_the_real_client():
+    # On a haproxy: port Twisted wraps the connection; the PROXY header arrives after connectionMade.
+    from twisted.internet.address import IPv4Address
+    from twisted.logger import globalLogPublisher
+    from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        wrapper = HAProxyWrappingFactory(SearchFactory()).buildProtocol(IPv4Address("TCP", "10.0.0.1", 5634))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.5", 41000))
+        wrapper.makeConnection(transport)
+        # Twisted's wrapper needs the header's first 8 bytes in one read (HAProxy sends it in one write).
+        wrapper.dataReceived(b"PROXY TCP4 203.0.113.7 10.0.0.1 40000 5634\r\n")
+        feed(wrapper, json_request(["not", "an", "object"]), one_byte_at_a_time=True)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    (warning,) = [e for e in events if e.get("code") == "request-not-object"]
+    assert warning["peer"] == "203.0.113.7:40000"
+    assert results(transport)[0]["error"]["code"] == "request-not-object"

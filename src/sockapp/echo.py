@@ -33,11 +33,16 @@ class EchoProtocol(Protocol):
     factory: EchoFactory
     log = Logger()
 
+    @property
+    def peer(self) -> str:
+        """The client as host:port, for logs. Asked each time: on a ``haproxy:``
+        port the PROXY header naming the real client comes after ``connectionMade``."""
+        return describe_address(self.transport.getPeer())
+
     def connectionMade(self) -> None:
         if hasattr(self.transport, "bufferSize"):
             self.transport.bufferSize = READ_SIZE
         read_only_as_fast_as_peer_reads(self.transport)
-        self.peer = describe_address(self.transport.getPeer())
         self.received = 0
         self.deadlines = self.factory.deadlines_for(self, frame_timeout=False)
         self.factory.opened(self)

@@ -38,6 +38,12 @@ class SearchProtocol(FramedProtocol):
     metrics: ServerMetrics | None = None
     answered_in_read = 0
 
+    @property
+    def peer(self) -> str:
+        """The client as host:port, for logs. Asked each time: on a ``haproxy:``
+        port the PROXY header naming the real client comes after ``connectionMade``."""
+        return describe_address(self.transport.getPeer())
+
     def connectionMade(self) -> None:
         factory = self.factory
         self.max_content_length = factory.max_content_length
@@ -46,7 +52,6 @@ class SearchProtocol(FramedProtocol):
             self.count_sent = self.metrics.sent
         super().connectionMade()
         read_only_as_fast_as_peer_reads(self.transport)
-        self.peer = describe_address(self.transport.getPeer())
         self.deadlines = factory.deadlines_for(self)
         factory.opened(self)
         if factory.verbose:

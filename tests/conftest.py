@@ -93,6 +93,17 @@ def seed_dir() -> Path:
     return found
 
 
+def metric_samples(text: str) -> dict[tuple[str, tuple], float]:
+    """A Prometheus text page's samples, by (name, sorted label pairs)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
 def tool(name: str) -> str:
     """A console script installed beside the running interpreter (twistd, sockapp)."""
     return str(BIN / name)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
-from conftest import binary_request, json_request, raw_frame
-from prometheus_client.parser import text_string_to_metric_families
+from conftest import binary_request, json_request, metric_samples, raw_frame
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import Clock
@@ -160,11 +159,7 @@ async def test_metrics_page_over_http():
         body = (await readBody(response)).decode()
         assert response.code == 200
         assert response.headers.getRawHeaders(b"content-type")[0].startswith(b"text/plain")
-        samples = {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(body)
-            for s in family.samples
-        }
+        samples = metric_samples(body)
         assert samples[("sockapp_requests_total", (("action", "ping"), ("outcome", "ok")))] == 1
         assert samples[("sockapp_connections_open", ())] == 1
         missing = await Agent(reactor).request(b"GET", base + b"/").addTimeout(30, reactor)

@@ -11,6 +11,7 @@ from conftest import (
     ROOT,
     binary_request,
     json_request,
+    metric_samples,
     send_and_read_all,
     split_frames,
     start_twistd,
@@ -100,13 +101,24 @@ def test_bad_command_line_is_a_short_usage_error(argv, fragment, tmp_path):
     assert len(result.stdout.strip().splitlines()) <= 3
 
 
-def test_port_in_use_stops_twistd(server_processes, tmp_path):
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--port", "{n}"], "sockapp: cannot listen on tcp:{n}:interface=127.0.0.1: Address already in use"),
+        (
+            ["--port", LOOPBACK_ANY_PORT, "--metrics", "{n}"],
+            "cannot listen on tcp:{n}:interface=127.0.0.1 (--metrics): Address already in use",
+        ),
+    ],
+    ids=["--port", "--metrics"],
+)
+def test_port_in_use_stops_twistd(args, message, tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         number = taken.getsockname()[1]
         result = subprocess.run(
-            [tool("twistd"), "-n", "--pidfile=", "sockapp", "--port", str(number)],
+            [tool("twistd"), "-n", "--pidfile=", "sockapp", *(arg.format(n=number) for arg in args)],
             cwd=tmp_path,
             capture_output=True,
             text=True,
@@ -115,7 +127,7 @@ def test_port_in_use_stops_twistd(server_processes, tmp_path):
     assert result.returncode == 1
     output = result.stdout + result.stderr
     assert "Traceback" not in output
-    assert f"sockapp: cannot listen on tcp:{number}:interface=127.0.0.1: Address already in use" in output
+    assert message.format(n=number) in output
 
 
 @pytest.mark.parametrize("name", ["sockapp", "echo"])
@@ -131,15 +143,8 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
     """GET /metrics as Prometheus would; samples by (name, sorted labels)."""
     import urllib.request
 
-    from prometheus_client.parser import text_string_to_metric_families
-
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
-        body = response.read().decode("utf-8")
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(body)
-        for sample in family.samples
-    }
+        return metric_samples(response.read().decode("utf-8"))
 
 
 def test_metrics_endpoint_counts_a_running_server(server_processes):
@@ -160,21 +165,3 @@ def test_metrics_endpoint_counts_a_running_server(server_processes):
     assert after[("sockapp_received_bytes_total", ())] > 0 and after[("sockapp_sent_bytes_total", ())] > 0
     assert after[("sockapp_request_duration_seconds_count", ())] == 6
     assert after[("process_resident_memory_bytes", ())] > 0
-
-
-def test_metrics_port_in_use_stops_twistd(tmp_path):
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        number = taken.getsockname()[1]
-        result = subprocess.run(
-            [tool("twistd"), "-n", "--pidfile=", "sockapp", "--port", LOOPBACK_ANY_PORT, "--metrics", str(number)],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    assert result.returncode == 1
-    output = result.stdout + result.stderr
-    assert "Traceback" not in output
-    assert f"cannot listen on tcp:{number}:interface=127.0.0.1 (--metrics): Address already in use" in output

@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # (and never logs "Unable to write to plugin cache").
 REFRESH_PLUGIN_CACHE = $(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 
-.PHONY: run test install clean fuzz soak microbench bench integration haproxy
+.PHONY: run test install clean fuzz soak microbench bench integration haproxy coverage
 
 run: $(VENV)/.installed
 	$(BIN)/twistd -n --pidfile= sockapp --port $(PORT)
@@ -18,6 +18,13 @@ test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 install: $(VENV)/.installed
+
+# `make test` under coverage.py, the twistd and sockapp subprocesses included; report on src/.
+coverage: $(VENV)/.installed-test
+	$(BIN)/python -m coverage erase
+	$(BIN)/python -m coverage run -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m coverage combine -q
+	$(BIN)/python -m coverage report
 
 # deploy/haproxy.cfg for real: HAProxy in front of 3 servers on loopback, one killed mid-load.
 integration: $(VENV)/.installed-test haproxy
@@ -74,4 +81,4 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.python
 	touch $@ $(VENV)/.installed
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .hypothesis twisted/plugins/dropin.cache
+	rm -rf $(VENV) build dist .pytest_cache .hypothesis .coverage .coverage.* twisted/plugins/dropin.cache

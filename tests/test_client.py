@@ -14,7 +14,6 @@ from twisted.python.failure import Failure
 from sockapp.client import AppClient, EchoClient, request_frame
 from sockapp.errors import ConnectionClosed, ErrorCode, RemoteProtocolError, ServerError
 from sockapp.framing import encode_frame, encode_json
-from sockapp.search import SearchIndex
 from sockapp.server import SearchFactory
 
 
@@ -54,7 +53,11 @@ def test_pipelined_answers_fire_in_order_even_when_fed_bytewise():
     answers = server_transport.value()
     for i in range(len(answers)):
         client.dataReceived(answers[i : i + 1])
-    assert [r[0].result for r in results] == [SearchIndex().answer(q) for q in queries]
+    assert [r[0].result for r in results] == [
+        "In the caves beneath the Misty Mountains. \U0001f48d",
+        "Follow the white rabbit. \U0001f430",
+        "No match for 'nobody'.",
+    ]
     assert client.outstanding == 0
 
 
@@ -201,7 +204,11 @@ def test_client_reconnects_when_the_server_closes_after_each_answer():
     results = [collect(client.request("search", q)) for q in ("ring", "morpheus", "nobody")]
     for round_ in range(3):
         answer_all(*endpoint.connections[round_], close_after_each=True)
-    assert [r[0].result for r in results] == [SearchIndex().answer(q) for q in ("ring", "morpheus", "nobody")]
+    assert [r[0].result for r in results] == [
+        "In the caves beneath the Misty Mountains. \U0001f48d",
+        "Follow the white rabbit. \U0001f430",
+        "No match for 'nobody'.",
+    ]
     assert client.connections_made == 3 and client.resent == 3  # 2 after the first close, 1 after the second
 
 
@@ -217,7 +224,7 @@ def test_a_request_dropped_before_its_answer_is_retried_on_a_new_connection():
     drop(endpoint.connections[0][0])
     assert result == [] and len(endpoint.connections) == 2
     answer_all(*endpoint.connections[1])
-    assert result[0].result == SearchIndex().answer("ring")
+    assert result[0].result == "In the caves beneath the Misty Mountains. \U0001f48d"
     assert client.retried == 1 and client.resent == 0
 
 
@@ -345,3 +352,55 @@ def test_a_reset_between_answers_is_treated_like_a_close():
     assert first[0].result == "one" and second == []
     answer_all(*endpoint.connections[1])
     assert second[0].result.startswith("Follow")
+
+
+def test_an_old_connection_ending_late_does_not_make_the_client_forget_the_live_one():
+    """A server answers r1 and half-closes; r3 goes on a new connection; when the old
+    one finally ends, r2 is sent on the live new connection, not on a third."""
+    endpoint = StringEndpoint()
+    client = Client(Clock(), endpoint)
+    r1 = collect(client.request("search", "ring"))
+    r2 = collect(client.request("search", "morpheus"))
+    old, _ = endpoint.connections[0]
+    old.dataReceived(encode_json({"result": "one"}))
+    old.readConnectionLost()  # the server's FIN: this connection takes no new requests
+    r3 = collect(client.request("search", "nobody"))
+    assert len(endpoint.connections) == 2
+    drop(old)  # the server read the rest and closed without answering r2
+    assert len(endpoint.connections) == 2
+    live, live_transport = endpoint.connections[1]
+    sent = [json.loads(content)["value"] for _, content in split_frames(live_transport.value())]
+    assert sent == ["nobody", "morpheus"]
+    live.dataReceived(encode_json({"result": "three"}) + encode_json({"result": "two"}))
+    assert (r1[0].result, r2[0].result, r3[0].result) == ("one", "two", "three")
+    assert client.connections_made == 2 and client.resent == 1
+    closed = collect(client.close())
+    assert live_transport.disconnecting and closed == []
+    drop(live)
+    assert closed == [None]
+
+
+def test_close_closes_every_open_connection_and_fires_once_all_are_gone():
+    endpoint = StringEndpoint()
+    client = Client(Clock(), endpoint)
+    collect(client.request("search", "ring"))
+    old, old_transport = endpoint.connections[0]
+    old.readConnectionLost()  # closing, but still open: its answer may still come
+    collect(client.request("search", "morpheus"))
+    new, new_transport = endpoint.connections[1]
+    old_transport.disconnecting = False  # StringTransport: see that close() asks again
+    closed = collect(client.close())
+    assert old_transport.disconnecting and new_transport.disconnecting
+    drop(new)
+    assert closed == []
+    drop(old)
+    assert closed == [None]
+
+
+def test_close_during_a_connection_attempt_cancels_it_and_fails_what_waits():
+    client = Client(Clock(), NeverEndpoint())
+    pending = collect(client.request("search", "ring"))
+    closed = collect(client.close())
+    assert closed == [None]
+    assert pending[0].check(ConnectionClosed)
+    assert collect(client.request("search", "ring"))[0].check(ConnectionClosed)

@@ -201,3 +201,148 @@ def test_freed_memory_is_released_once_the_server_has_been_idle_a_moment(monkeyp
     lose(third, third_transport)
     clock.advance(lifecycle.RELEASE_MEMORY_DELAY)
     assert calls == [0]
+
+
+# -- the frame deadline measures the frame in progress now ----------------------
+
+
+def test_frame_deadline_restarts_when_a_read_completes_a_frame_and_begins_the_next():
+    clock = Clock()
+    timer, recorder = deadlines(clock, frame=30.0)
+    timer.activity(in_frame=True)  # a frame begins at 0
+    clock.advance(20)
+    timer.activity(in_frame=True, frame_began=True)  # it ended, and the next one began, at 20
+    clock.advance(25)
+    assert recorder.fired == []  # 45 s after the first frame began, 25 s into this one
+    clock.advance(5)
+    assert recorder.fired == ["frame"]
+
+
+def test_steady_pipelining_in_pieces_that_never_end_on_a_frame_boundary_is_not_timed_out():
+    """1001-byte requests in 1000-byte pieces every 10 ms: every read leaves a frame
+    unfinished, yet every frame is finished within 20 ms."""
+    clock = Clock()
+    factory = SearchFactory(reactor=clock, frame_timeout=3)
+    protocol, transport = connect(factory)
+    request = json_request({"action": "search", "value": "q" * 100})
+    request = json_request({"action": "search", "value": "q" * (100 + 1001 - len(request))})
+    assert len(request) == 1001
+    stream = request * 1000
+    for start in range(0, len(stream), 1000):  # 1001 pieces: 10 s of traffic
+        protocol.dataReceived(stream[start : start + 1000])
+        clock.advance(0.01)
+    answers = [json.loads(content) for _, content in split_frames(transport.value())]
+    assert len(answers) == 1000
+    assert all("result" in answer for answer in answers), [a for a in answers if "result" not in a][:1]
+    assert not transport.disconnecting
+
+
+# -- a close that was decided on finishes ---------------------------------------
+
+
+class Unflushable(StringTransport):
+    """A transport whose graceful close never completes (the peer reads nothing, and
+    Twisted's buffer is below the size that would pause reading): only an abort ends it."""
+
+    aborted = False
+
+    def abortConnection(self):
+        self.aborted = True
+        super().abortConnection()
+
+
+def connect_unflushable(factory):
+    protocol = factory.buildProtocol(ADDRESS)
+    transport = Unflushable(peerAddress=ADDRESS)
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+@pytest.mark.parametrize("factory_class", [SearchFactory, EchoFactory])
+def test_an_idle_timeout_close_is_aborted_after_the_grace_period(factory_class):
+    clock = Clock()
+    factory = factory_class(reactor=clock, idle_timeout=2)
+    protocol, transport = connect_unflushable(factory)
+    clock.advance(2)
+    assert transport.disconnecting and not transport.aborted  # a graceful close first
+    clock.advance(factory.close_grace - 0.01)
+    assert not transport.aborted
+    clock.advance(0.01)
+    assert transport.aborted
+    lose(protocol, transport)
+    assert factory.connections == set() and not protocol.deadlines._call  # no timer left behind
+
+
+def test_an_error_frame_close_is_aborted_after_the_grace_period():
+    clock = Clock()
+    factory = SearchFactory(reactor=clock)
+    protocol, transport = connect_unflushable(factory)
+    protocol.dataReceived(json_request([1, 2]))
+    assert transport.disconnecting and not transport.aborted
+    clock.advance(factory.close_grace)
+    assert transport.aborted
+
+
+def test_a_frame_timeout_close_is_aborted_after_the_grace_period():
+    clock = Clock()
+    factory = SearchFactory(reactor=clock, frame_timeout=5)
+    protocol, transport = connect_unflushable(factory)
+    protocol.dataReceived(b"\x00")
+    clock.advance(5)
+    assert transport.disconnecting and not transport.aborted
+    clock.advance(factory.close_grace)
+    assert transport.aborted
+
+
+@pytest.mark.parametrize("factory_class", [SearchFactory, EchoFactory])
+def test_after_a_half_close_the_peer_gets_the_idle_timeout_to_read_its_answers(factory_class):
+    clock = Clock()
+    factory = factory_class(reactor=clock, idle_timeout=60)
+    protocol, transport = connect_unflushable(factory)
+    clock.advance(30)
+    protocol.readConnectionLost()
+    assert transport.disconnecting
+    clock.advance(59.9)
+    assert not transport.aborted
+    clock.advance(0.1)
+    assert transport.aborted
+
+
+@pytest.mark.parametrize("factory_class", [SearchFactory, EchoFactory])
+def test_a_peer_that_stops_reading_for_good_is_closed_within_the_grace_period(factory_class):
+    clock = Clock()
+    factory = factory_class(reactor=clock)
+    protocol, transport = connect_unflushable(factory)
+    protocol.writeConnectionLost()
+    assert transport.disconnecting
+    clock.advance(factory.close_grace)
+    assert transport.aborted
+
+
+@pytest.mark.parametrize("factory_class", [SearchFactory, EchoFactory])
+def test_an_idle_peer_that_stopped_reading_is_aborted_at_once(factory_class):
+    """Twisted paused reading (its buffer is full): the peer is not reading, no grace."""
+    clock = Clock()
+    factory = factory_class(reactor=clock, idle_timeout=2)
+    protocol, transport = connect_unflushable(factory)
+    transport.producerPaused = True
+    clock.advance(2)
+    assert transport.aborted
+
+
+def test_no_second_error_frame_once_the_connection_is_closing():
+    """A frame timer started by a partial frame must not fire after an error frame closed the connection."""
+    from sockapp.metrics import ServerMetrics
+
+    clock = Clock()
+    metrics = ServerMetrics(process=False)
+    factory = SearchFactory(reactor=clock, frame_timeout=2, metrics=metrics)
+    protocol, transport = connect_unflushable(factory)
+    request = json_request({"action": "search", "value": "ring"})
+    protocol.dataReceived(request[:20])  # the frame deadline starts
+    clock.advance(1)
+    protocol.dataReceived(request[20:] + json_request([1, 2]))  # answered, then request-not-object
+    clock.advance(10)
+    frames = [json.loads(content) for _, content in split_frames(transport.value())]
+    assert [f.get("error", {}).get("code") for f in frames] == [None, "request-not-object"]
+    assert sum(metrics.error_frames.values()) == 1

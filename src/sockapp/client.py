@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from attrs import field, frozen
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
@@ -140,10 +140,10 @@ class _Closable:
             closed.callback(None)
 
 
-# Called when an AppClient's connection ends: (unanswered requests, answers
-# received on it, whether it ended between answers rather than inside one,
-# the error to fail them with).
-LostHandler = Callable[[list[_Pending], int, bool, ConnectionClosed], None]
+# Called when an AppClient's connection ends: (the AppClient, its unanswered
+# requests, answers received on it, whether it ended between answers rather
+# than inside one, the error to fail them with).
+LostHandler = Callable[["AppClient", list[_Pending], int, bool, ConnectionClosed], None]
 
 
 def _loss_error(reason: Failure | None) -> ConnectionClosed:
@@ -241,7 +241,7 @@ class AppClient(_Closable, FramedProtocol):
         between_answers = not self._decoder.in_frame
         error = _loss_error(reason)
         if self.on_lost is not None:
-            self.on_lost(unanswered, self.answered, between_answers and not isinstance(error, TLSFailure), error)
+            self.on_lost(self, unanswered, self.answered, between_answers and not isinstance(error, TLSFailure), error)
         else:
             for pending in unanswered:
                 pending.settle(error)
@@ -284,7 +284,8 @@ class Client:
         self.connections_made = 0
         self.resent = 0
         self.retried = 0
-        self._protocol: AppClient | None = None
+        self._protocol: AppClient | None = None  # the connection new requests go to
+        self._connections: set[AppClient] = set()  # every connection still open, closing ones too
         self._connecting: Deferred[AppClient] | None = None
         self._waiting: list[_Pending] = []
         self._connection_waiters: list[Deferred[AppClient]] = []
@@ -319,14 +320,24 @@ class Client:
             return
         self.connections_made += 1
         self._protocol = result
+        self._connections.add(result)
         result.on_lost = self._lost
         for pending in waiting:
             result.submit(pending)
         for waiter in waiters:
             waiter.callback(result)
 
-    def _lost(self, unanswered: list[_Pending], answered: int, between_answers: bool, error: ConnectionClosed) -> None:
-        self._protocol = None
+    def _lost(
+        self,
+        protocol: AppClient,
+        unanswered: list[_Pending],
+        answered: int,
+        between_answers: bool,
+        error: ConnectionClosed,
+    ) -> None:
+        self._connections.discard(protocol)
+        if self._protocol is protocol:  # an older connection that was closing may end after a newer one opened
+            self._protocol = None
         closed_by_tutorial_server = between_answers and answered > 0
         for pending in unanswered:
             if self._closed or not pending.idempotent or isinstance(error, TLSFailure):
@@ -397,16 +408,19 @@ class Client:
         return self.sendDocument({"action": "ping"}, timeout=timeout)
 
     def close(self) -> Deferred[None]:
-        """Close the connection; outstanding requests fail with ``ConnectionClosed``."""
+        """Close every connection; outstanding requests fail with ``ConnectionClosed``.
+
+        Fires once all of them are closed."""
         self._closed = True
         waiting, self._waiting = self._waiting, []
         for pending in waiting:
             pending.settle(ConnectionClosed("the client was closed"))
         if self._connecting is not None:
             self._connecting.cancel()
-        if self._protocol is not None:
-            return self._protocol.close()
-        return succeed(None)
+        closing = [protocol.close() for protocol in list(self._connections)]
+        if not closing:
+            return succeed(None)
+        return DeferredList(closing, consumeErrors=True).addCallback(lambda _: None)
 
 
 def _connect_timed_out(result: Any, timeout: float) -> Any:

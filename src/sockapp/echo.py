@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from sockapp.lifecycle import ServerFactory
+from sockapp.lifecycle import ClosesInTime, ServerFactory
 from sockapp.protocol import (
     abort_if_peer_not_reading,
     close_after_flush,
@@ -27,7 +27,7 @@ READ_SIZE = 256 * 1024
 
 
 @implementer(IHalfCloseableProtocol)
-class EchoProtocol(Protocol):
+class EchoProtocol(ClosesInTime, Protocol):
     """Writes back everything it reads."""
 
     factory: EchoFactory
@@ -59,16 +59,20 @@ class EchoProtocol(Protocol):
             metrics.sent(len(data))
 
     def readConnectionLost(self) -> None:
+        """The peer sent EOF: it gets its echo, for as long as the idle timeout allows."""
         close_after_flush(self.transport)
+        self.closeWithin(self.factory.idle_timeout or None)
 
     def writeConnectionLost(self) -> None:
         close_after_flush(self.transport)
+        self.closeWithin(self.factory.close_grace)
 
     def idleTimedOut(self) -> None:
         self.log.info(
             "{peer}: no traffic for {t:g} s (--idle-timeout); closing", peer=self.peer, t=self.factory.idle_timeout
         )
         abort_if_peer_not_reading(self.transport)
+        self.closeWithin(self.factory.close_grace)
 
     def frameTimedOut(self) -> None:  # echo has no frames; never armed
         pass
@@ -76,6 +80,7 @@ class EchoProtocol(Protocol):
     def drain(self) -> None:
         """Graceful shutdown: everything read has been written back; close once it is sent."""
         close_after_flush(self.transport)
+        self.closeWithin(None)  # closing: no idle deadline; the shutdown timeout bounds it
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.deadlines.cancel()

@@ -9,6 +9,7 @@ with ``twisted.internet.task.Clock``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from typing import Protocol as TypingProtocol
 
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
 DEFAULT_IDLE_TIMEOUT = 300.0
 DEFAULT_FRAME_TIMEOUT = 30.0
 DEFAULT_SHUTDOWN_TIMEOUT = 10.0
+# How long a close decided by a timeout or a protocol error may take to send what is
+# queued; then the connection is aborted, whether or not the peer reads.
+CLOSE_GRACE = 2.0
 RELEASE_MEMORY_DELAY = 1.0
 
 
@@ -62,11 +66,20 @@ class ServerConnection(TypingProtocol):
 
 
 class Deadlines:
-    """An idle deadline and a frame deadline for one connection, on one timer.
+    """An idle deadline and a frame deadline for one connection, on one timer,
+    and once the connection is closing, a deadline for the close itself.
 
-    ``activity(in_frame)`` is called on every read. It only records the
-    time: the single timer is re-armed when it fires early, not on every
-    read, so the hot path costs one clock read.
+    ``activity(in_frame, frame_began)`` is called on every read. It only
+    records the time: the single timer is re-armed when it fires early, not
+    on every read, so the hot path costs one clock read. The frame deadline
+    measures the frame in progress now: it starts when a read leaves a
+    frame unfinished and no earlier frame was, or when a read completes a
+    frame and leaves the next one unfinished (``frame_began``).
+
+    ``closing(within, on_overdue)`` ends both deadlines (a closing
+    connection is never timed out twice) and calls ``on_overdue`` if the
+    connection is still open ``within`` seconds later, so a close that was
+    decided on always finishes.
     """
 
     def __init__(
@@ -74,20 +87,23 @@ class Deadlines:
         reactor: Any,
         idle_timeout: float | None,
         frame_timeout: float | None,
-        on_idle: Any,
-        on_frame_timeout: Any,
+        on_idle: Callable[[], object],
+        on_frame_timeout: Callable[[], object],
     ) -> None:
         self.reactor = reactor
         self.idle_timeout = idle_timeout or None
         self.frame_timeout = frame_timeout or None
-        self.on_idle = on_idle
-        self.on_frame_timeout = on_frame_timeout
+        self.on_idle: Callable[[], object] | None = on_idle
+        self.on_frame_timeout: Callable[[], object] | None = on_frame_timeout
         self.last_activity = reactor.seconds()
         self.frame_started: float | None = None
+        self.close_due: float | None = None
         self._call: IDelayedCall | None = None
         self._arm()
 
-    def activity(self, in_frame: bool) -> None:
+    def activity(self, in_frame: bool, frame_began: bool = False) -> None:
+        """Bytes arrived; ``in_frame``: a frame is unfinished after them;
+        ``frame_began``: a frame was completed by them, so the unfinished one began in them."""
         now = self.reactor.seconds()
         self.last_activity = now
         if not in_frame:
@@ -95,6 +111,8 @@ class Deadlines:
         elif self.frame_started is None:
             self.frame_started = now
             self._arm()
+        elif frame_began:
+            self.frame_started = now  # later than the timer: it re-arms when it fires
 
     def _due(self) -> float | None:
         due = []
@@ -117,20 +135,54 @@ class Deadlines:
     def _fire(self) -> None:
         self._call = None
         now = self.reactor.seconds()
-        if self.frame_timeout is not None and self.frame_started is not None:
+        if self.frame_timeout is not None and self.frame_started is not None and self.on_frame_timeout is not None:
             if now >= self.frame_started + self.frame_timeout:
                 self.on_frame_timeout()
                 return
-        if self.idle_timeout is not None and now >= self.last_activity + self.idle_timeout:
+        if self.idle_timeout is not None and self.on_idle is not None and now >= self.last_activity + self.idle_timeout:
             self.on_idle()
             return
         self._arm()
 
+    def closing(self, within: float | None, on_overdue: Callable[[], object]) -> None:
+        """The connection is closing: no idle or frame deadline fires from now on,
+        and ``on_overdue`` is called if it is still open ``within`` seconds from now
+        (``None``: no bound). Called again, the earlier bound stands if it is sooner."""
+        now = self.reactor.seconds()
+        due = None if within is None else now + within
+        if self.close_due is not None and (due is None or self.close_due <= due):
+            return
+        self.cancel()
+        if due is None:
+            return
+        self.close_due = due
+        self._call = self.reactor.callLater(within, on_overdue)
+
     def cancel(self) -> None:
+        """No timer and no reference to the connection's callbacks is left."""
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
         self.idle_timeout = self.frame_timeout = None
+        self.on_idle = self.on_frame_timeout = None
+
+
+class ClosesInTime:
+    """For server protocols with ``deadlines``: a close that was decided on always finishes."""
+
+    deadlines: Deadlines
+    transport: Any
+    peer: str
+    log: Logger
+
+    def closeWithin(self, seconds: float | None) -> None:
+        """A close has been decided: no idle or frame deadline fires any more, and the
+        connection is aborted if it is still open ``seconds`` from now (``None``: no bound)."""
+        self.deadlines.closing(seconds, self._closeOverdue)
+
+    def _closeOverdue(self) -> None:
+        self.log.info("{peer}: close not finished in time (the peer is not reading); aborting", peer=self.peer)
+        self.transport.abortConnection()
 
 
 class ServerFactory(Factory):
@@ -158,6 +210,7 @@ class ServerFactory(Factory):
         self.max_connections = max_connections
         self.verbose = verbose
         self.metrics = metrics
+        self.close_grace = CLOSE_GRACE
         self.connections: set[ServerConnection] = set()
         self.refused = 0
         self.shutting_down = False

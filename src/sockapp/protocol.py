@@ -131,6 +131,8 @@ class FramedProtocol(Protocol):
     _decoder: FrameDecoder
     _batch: list[bytes] | None = None
     closing: bool = False
+    # Frames completed by the last read: if it left a frame unfinished, that frame began in it.
+    completed_in_read: int = 0
     # Told the length of everything written (for metrics); None costs nothing.
     count_sent: Callable[[int], None] | None = None
 
@@ -144,6 +146,7 @@ class FramedProtocol(Protocol):
         decoder = self._decoder
         decoder.receive_data(data)
         self._batch = []
+        self.completed_in_read = 0
         try:
             while not self.closing:
                 try:
@@ -153,6 +156,7 @@ class FramedProtocol(Protocol):
                     return
                 if message is NEED_DATA:
                     return
+                self.completed_in_read += 1
                 self.messageReceived(message)  # type: ignore[arg-type]
         finally:
             self._flush()

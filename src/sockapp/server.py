@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 
 from sockapp.errors import ErrorCode, RemoteProtocolError
 from sockapp.framing import DEFAULT_MAX_CONTENT_LENGTH, Message
-from sockapp.lifecycle import ServerFactory
+from sockapp.lifecycle import ClosesInTime, ServerFactory
 from sockapp.protocol import (
     FramedProtocol,
     abort_if_peer_not_reading,
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from sockapp.metrics import ServerMetrics
 
 
-class SearchProtocol(FramedProtocol):
+class SearchProtocol(ClosesInTime, FramedProtocol):
     """Answers each request frame with the tutorial's response frame."""
 
     factory: SearchFactory
@@ -69,7 +69,7 @@ class SearchProtocol(FramedProtocol):
             metrics.latency(perf_counter() - started, self.answered_in_read)
         if not self.closing:
             in_frame = self._decoder.in_frame
-            self.deadlines.activity(in_frame)
+            self.deadlines.activity(in_frame, self.completed_in_read > 0)
             if self.draining and not in_frame:
                 self.closeAfterFlush()
 
@@ -92,10 +92,13 @@ class SearchProtocol(FramedProtocol):
             self.answered_in_read += 1
 
     def protocolError(self, error: RemoteProtocolError) -> None:
+        if self.closing:  # one error frame at most; a closing connection is not judged again
+            return
         self.log.warn("{peer}: {code}: {reason}; closing", peer=self.peer, code=error.code.value, reason=error.message)
         if self.metrics is not None:
             self.metrics.error_frame(error.code)
         super().protocolError(error)
+        self.closeWithin(self.factory.close_grace)
 
     def idleTimedOut(self) -> None:
         self.log.info(
@@ -103,6 +106,20 @@ class SearchProtocol(FramedProtocol):
         )
         self.closing = True
         abort_if_peer_not_reading(self.transport)
+        self.closeWithin(self.factory.close_grace)
+
+    def closeAfterFlush(self) -> None:
+        super().closeAfterFlush()
+        self.closeWithin(None)  # closing: the idle and frame deadlines no longer apply
+
+    def readConnectionLost(self) -> None:
+        """The peer sent EOF: it gets its answers, for as long as the idle timeout allows."""
+        super().readConnectionLost()
+        self.closeWithin(self.factory.idle_timeout or None)
+
+    def writeConnectionLost(self) -> None:
+        super().writeConnectionLost()
+        self.closeWithin(self.factory.close_grace)
 
     def frameTimedOut(self) -> None:
         timeout = self.factory.frame_timeout

@@ -12,6 +12,8 @@ import pytest
 import pytest_twisted
 from conftest import start_twistd, tool
 from twisted.internet import reactor
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.task import Clock, deferLater
 
 from sockapp.bench import Bench, BenchConfig, Latencies, RateLimiter
 from sockapp.echo import EchoFactory
@@ -95,9 +97,48 @@ async def test_server_errors_are_counted_by_code(listen):
 
 @pytest_twisted.ensureDeferred
 async def test_duration_bounds_the_run(listen):
-    summary = await run(listen, SearchFactory(), connections=4, duration=0.3)
-    assert summary.requests > 0 and summary.errors == {}
-    assert summary.elapsed >= 0.3
+    """The run goes on until the duration has passed on its clock, then ends with what is in flight."""
+    endpoint = await listen(SearchFactory())
+    clock = Clock()
+    bench = Bench(reactor, BenchConfig(endpoint=endpoint, connections=4, duration=5), now=clock.seconds, clock=clock)
+    done = ensureDeferred(bench.run())
+    while bench.completed < 200:  # real requests on loopback, while the bench's clock stands still
+        await deferLater(reactor, 0.01)
+    assert not done.called
+    clock.advance(5)
+    summary = await done
+    assert summary.requests >= 200 and summary.errors == {}
+    assert summary.elapsed == 5
+
+
+class Silent(SearchFactory):
+    """Reads requests and never answers."""
+
+    def buildProtocol(self, addr):
+        protocol = super().buildProtocol(addr)
+        protocol.messageReceived = lambda message: None
+        return protocol
+
+
+class Garbled(SearchFactory):
+    """Answers every request with bytes that are not a frame."""
+
+    def buildProtocol(self, addr):
+        protocol = super().buildProtocol(addr)
+        protocol.messageReceived = lambda message: protocol.writeFrame(b"\x00\x05nope!")
+        return protocol
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_without_an_answer_in_time_count_as_timeouts(listen):
+    summary = await run(listen, Silent(), connections=2, requests=6, pipeline=3, request_timeout=0.2, retries=0)
+    assert summary.requests == 0 and summary.errors == {"timeout": 6}
+
+
+@pytest_twisted.ensureDeferred
+async def test_malformed_answers_count_by_their_code(listen):
+    summary = await run(listen, Garbled(), connections=1, requests=1, retries=0)
+    assert summary.requests == 0 and summary.errors == {"bad-answer:header-not-json": 1}
 
 
 class DyingBackend(SearchFactory):
@@ -140,6 +181,24 @@ async def test_without_retries_dropped_requests_are_errors(listen):
     assert summary.errors == {"connection-closed": 1} and summary.requests == 199
 
 
+@pytest_twisted.ensureDeferred
+async def test_rate_spaces_the_sends_on_the_clock(listen):
+    """--rate 10: one request may start every 0.1 s of the bench's clock, over all connections."""
+    endpoint = await listen(SearchFactory())
+    clock = Clock()
+    config = BenchConfig(endpoint=endpoint, connections=2, pipeline=2, requests=6, rate=10)
+    bench = Bench(reactor, config, now=clock.seconds, clock=clock)
+    done = ensureDeferred(bench.run())
+    for step in range(1, 7):
+        while bench.completed < step:  # the one send this slot allows, answered over loopback
+            await deferLater(reactor, 0.01)
+        await deferLater(reactor, 0.05)
+        assert bench.completed == step  # and no more until the clock moves on
+        clock.advance(0.1)
+    summary = await done
+    assert (summary.requests, summary.errors) == (6, {})
+
+
 def bench_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([tool("sockapp"), "bench", *args], capture_output=True, text=True, timeout=120)
 
@@ -152,6 +211,15 @@ def test_cli_json_summary_parses_and_output_stays_quiet_off_a_terminal(server_pr
     summary = json.loads(result.stdout)
     assert summary["requests"] == 500 and summary["errors"] == 0
     assert set(summary["latency_ms"]) == {"p50", "p90", "p99", "max"}
+
+
+def test_cli_rate_end_to_end(server_processes):
+    port = start_twistd(server_processes, "sockapp", "--port", "tcp:0:interface=127.0.0.1")
+    result = bench_cli("--connect", f"tcp:host=127.0.0.1:port={port}", "-c", "4", "-n", "40", "--rate", "200", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["requests"], summary["errors"]) == (40, 0)
+    assert "capped at 200/s" in summary["description"]
 
 
 def test_cli_text_summary_and_exit_status_on_errors(server_processes):

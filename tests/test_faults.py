@@ -10,7 +10,9 @@ import socket
 import time
 
 import pytest
-from conftest import json_request, split_frames, start_twistd
+from conftest import json_request, split_frames, start_twistd, tool
+
+from sockapp.lifecycle import CLOSE_GRACE
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 TIMEOUT = 30
@@ -160,3 +162,58 @@ def test_server_memory_stays_bounded_while_a_peer_pushes_without_reading(server_
     assert pushed < limit
     assert growth < 64 * 2**20
     assert "closing" not in server.log()  # measured backpressure, not a connection the server was closing
+
+
+def fill_without_reading(sock: socket.socket, request: bytes, stall: float = 0.5, limit: float = 30.0) -> int:
+    """Pipeline ``request`` without reading until sends have stalled for ``stall`` seconds; bytes sent."""
+    sock.setblocking(False)
+    pushed, offset, stalled_since = 0, 0, None
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            sent = sock.send(request[offset:])
+        except BlockingIOError:
+            stalled_since = stalled_since or time.monotonic()
+            if time.monotonic() - stalled_since > stall:
+                break
+            time.sleep(0.01)
+        else:
+            pushed += sent
+            offset = (offset + sent) % len(request)
+            stalled_since = None
+    return pushed
+
+
+def test_an_idle_peer_that_does_not_read_loses_its_connection_and_its_slot(server_processes):
+    """--idle-timeout 2 --max-connections 1: a peer whose ~10 KB answers fill the kernel's
+    buffers, and which then reads nothing, is closed within the idle timeout and the close
+    grace period; then the next client is served."""
+    server = server_processes(
+        [tool("twistd"), "-n", "--pidfile=", "sockapp", "--port", LOOPBACK, "--idle-timeout", "2"]
+        + ["--max-connections", "1"]
+    )
+    port = int(server.wait_for_log(r"starting on (\d+)").group(1))
+    request = json_request({"action": "search", "value": "x" * 10_000})  # a miss: the answer echoes it
+    greedy = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    try:
+        fill_without_reading(greedy, request)
+        server.wait_for_log(r"no traffic for 2 s \(--idle-timeout\); closing", timeout=TIMEOUT)
+        closed_by = time.monotonic() + CLOSE_GRACE + 3  # the grace period, and a margin for a busy machine
+        served = None
+        while served is None and time.monotonic() < closed_by:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as probe:
+                    probe.sendall(json_request({"action": "search", "value": "ring"}))
+                    data = b""
+                    while chunk := probe.recv(65536):
+                        data += chunk
+                        if is_complete(data):
+                            served = json.loads(split_frames(data)[0][1])
+                            break
+            except ConnectionResetError:
+                pass
+            if served is None:
+                time.sleep(0.1)  # refused: the slot is still held
+        assert served == {"result": "In the caves beneath the Misty Mountains. \U0001f48d"}, server.log()[-2000:]
+    finally:
+        greedy.close()

@@ -360,3 +360,21 @@ def test_encode_refuses_header_fields_that_are_not_strings(field):
     kwargs[field] = ["unhashable"]
     with pytest.raises(LocalProtocolError):
         encode_frame(b"", **kwargs)
+
+
+def test_the_parsed_header_cache_stays_bounded_however_many_distinct_headers_arrive():
+    """Every distinct content type is a new header: a peer must not grow the cache without end."""
+    from sockapp import framing
+
+    framing._PARSED_HEADERS.clear()
+    for number in range(3 * framing._PARSED_HEADERS_LIMIT):
+        header = {
+            "byteorder": "little",
+            "content-type": f"binary/kind-{number}",
+            "content-encoding": "binary",
+            "content-length": 0,
+        }
+        decoder = FrameDecoder()
+        decoder.receive_data(raw_frame(header))
+        assert decoder.next_message().header.content_type == f"binary/kind-{number}"
+        assert len(framing._PARSED_HEADERS) <= framing._PARSED_HEADERS_LIMIT

@@ -221,15 +221,22 @@ def error_kind(failure: Failure) -> str:
 
 
 class Bench:
-    """One run of a ``BenchConfig`` on ``reactor``; ``progress`` is called with (done, errors, elapsed)."""
+    """One run of a ``BenchConfig`` on ``reactor``.
+
+    ``now`` reads the time for latencies and the elapsed time; ``clock`` (the
+    reactor by default) times the duration and the rate's spacing, so a test
+    can drive both with a ``Clock`` while the connections use the reactor.
+    """
 
     def __init__(
         self,
         reactor: Any,
         config: BenchConfig,
         now: Callable[[], float] = time.perf_counter,
+        clock: Any = None,
     ) -> None:
         self.reactor = reactor
+        self.clock = clock if clock is not None else reactor
         self.config = config
         self.now = now
         self.latencies = Latencies()
@@ -278,7 +285,7 @@ class Bench:
         self.started = self.now()
         self._running = True
         if self.config.duration is not None:
-            self.reactor.callLater(self.config.duration, self.stop)
+            self.clock.callLater(self.config.duration, self.stop)
         for worker in workers:
             for _ in range(self.config.pipeline):
                 self._issue(worker)
@@ -313,7 +320,7 @@ class Bench:
         self.in_flight += 1
         delay = self._limiter.delay(self.now()) if self._limiter else 0.0
         if delay > 0:
-            self.reactor.callLater(delay, self._send, worker)
+            self.clock.callLater(delay, self._send, worker)
         else:
             self._send(worker)
 

@@ -12,7 +12,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 
 from sockapp.echo import EchoFactory
-from sockapp.lifecycle import Deadlines
+from sockapp.lifecycle import Deadlines, Refused
 from sockapp.server import SearchFactory
 
 ADDRESS = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -129,8 +129,13 @@ def test_max_connections_refuses_the_extra_and_counts_it():
     factory = SearchFactory(reactor=Clock(), max_connections=2)
     first, first_transport = connect(factory)
     second, _ = connect(factory)
-    third, _ = connect(factory)
-    assert third is None and factory.refused == 1  # Twisted closes a connection whose protocol is None
+    third, third_transport = connect_unflushable(factory)
+    assert isinstance(third, Refused) and factory.refused == 1
+    assert third_transport.disconnecting and third not in factory.connections  # closed at once
+    assert third_transport.value() == b""  # without a word
+    factory.reactor.advance(factory.close_grace)
+    assert third_transport.aborted  # a close that did not finish (TLS waits for the peer) is cut
+    lose(third, third_transport)
     lose(first, first_transport)
     fourth, _ = connect(factory)
     assert fourth is not None and len(factory.connections) == 2
@@ -146,7 +151,9 @@ def test_shutdown_closes_idle_connections_and_lets_a_started_request_finish():
     done = []
     factory.shutdown(timeout=10).addCallback(done.append)
     assert idle_transport.disconnecting and not busy_transport.disconnecting
-    assert connect(factory) == (None, None)  # no new connections while shutting down
+    refused, refused_transport = connect(factory)  # no new connections while shutting down
+    assert isinstance(refused, Refused) and refused_transport.disconnecting
+    lose(refused, refused_transport)
     lose(idle, idle_transport)
     busy.dataReceived(request[10:])
     assert busy_transport.disconnecting

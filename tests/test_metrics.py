@@ -14,6 +14,7 @@ from twisted.web.client import Agent, readBody
 
 from sockapp.echo import EchoFactory
 from sockapp.errors import ErrorCode
+from sockapp.lifecycle import Refused
 from sockapp.metrics import MetricsSite, ServerMetrics
 from sockapp.search import OUTCOMES
 from sockapp.server import SearchFactory
@@ -111,7 +112,7 @@ def test_connections_open_total_and_refused():
     factory = SearchFactory(metrics=metrics, reactor=Clock(), max_connections=2)
     first, _ = open_connection(factory)
     open_connection(factory)
-    assert factory.buildProtocol(None) is None  # the third is refused
+    assert isinstance(factory.buildProtocol(None), Refused)  # the third is refused
     assert (value(metrics, "sockapp_connections_open"), value(metrics, "sockapp_connections_total")) == (2, 2)
     assert value(metrics, "sockapp_connections_refused_total") == 1
     first.connectionLost(None)

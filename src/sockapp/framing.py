@@ -22,10 +22,14 @@ from typing import Any, Final
 from attrs import field, frozen, validators
 
 from sockapp.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from sockapp.text import peer_text
 
 PREFIX_LENGTH: Final = 2
 MAX_HEADER_LENGTH: Final = 0xFFFF
 DEFAULT_MAX_CONTENT_LENGTH: Final = 64 * 1024 * 1024
+# text/json content is parsed into Python objects, up to ~40 times its size in memory
+# (README, "Limits"), so it has a limit of its own, far below the binary one.
+DEFAULT_MAX_JSON_LENGTH: Final = 1024 * 1024
 REQUIRED_KEYS: Final = ("byteorder", "content-length", "content-type", "content-encoding")
 JSON_CONTENT_TYPE: Final = "text/json"
 
@@ -131,31 +135,56 @@ def encode_frame(
 
 
 def encode_json(document: object, content_encoding: str = "utf-8") -> bytes:
-    """A ``text/json`` frame carrying ``document``, encoded as the tutorial does."""
-    content = json.dumps(document, ensure_ascii=False).encode(content_encoding)
+    """A ``text/json`` frame carrying ``document``, encoded as the tutorial does.
+
+    A string holding a lone surrogate (valid JSON, ``"\\ud800"``, but not
+    encodable as UTF-8) is written as a JSON escape instead; so is every
+    other non-ASCII character of that document. A JSON parser reads back
+    the same document either way.
+    """
+    text = json.dumps(document, ensure_ascii=False)
+    try:
+        content = text.encode(content_encoding)
+    except UnicodeEncodeError:
+        content = json.dumps(document, ensure_ascii=True).encode(content_encoding)
     return encode_frame(content, JSON_CONTENT_TYPE, content_encoding)
 
 
 _PARSED_HEADERS: dict[bytes, Header] = {}
 _PARSED_HEADERS_LIMIT = 512
+_CACHED_HEADER_LENGTH = 256  # a usual header is about 100 bytes; longer ones are parsed each time
 
 
-def parse_header(raw: bytes, max_content_length: int) -> Header:
+def parse_header(raw: bytes, max_content_length: int, max_json_length: int | None = None) -> Header:
     """Validate a header's bytes; raise ``RemoteProtocolError`` naming the fault.
 
     Peers send the same header bytes again and again (same request shape,
-    same length), so valid headers are remembered, a few hundred at most.
+    same length), so valid short headers are remembered: a few hundred of at
+    most 256 bytes, so the cache holds well under 1 MiB whatever peers send.
+    ``max_json_length`` (if given) limits ``text/json`` content, whose
+    parsed form is many times its size.
     """
     header = _PARSED_HEADERS.get(raw)
     if header is None:
         header = _parse_header(raw)
-        if len(_PARSED_HEADERS) >= _PARSED_HEADERS_LIMIT:
-            _PARSED_HEADERS.clear()
-        _PARSED_HEADERS[raw] = header
+        if len(raw) <= _CACHED_HEADER_LENGTH:
+            if len(_PARSED_HEADERS) >= _PARSED_HEADERS_LIMIT:
+                _PARSED_HEADERS.clear()
+            _PARSED_HEADERS[raw] = header
     if header.content_length > max_content_length:
         raise RemoteProtocolError(
             ErrorCode.CONTENT_TOO_LARGE,
             f"content-length {header.content_length} is over this server's limit of {max_content_length} bytes",
+        )
+    if (
+        max_json_length is not None
+        and header.content_length > max_json_length
+        and header.content_type == JSON_CONTENT_TYPE
+    ):
+        raise RemoteProtocolError(
+            ErrorCode.CONTENT_TOO_LARGE,
+            f"text/json content-length {header.content_length} is over this server's limit of "
+            f"{max_json_length} bytes for JSON (--max-json-length)",
         )
     return header
 
@@ -182,7 +211,7 @@ def _parse_header(raw: bytes) -> Header:
     if type(length) is not int or length < 0:
         raise RemoteProtocolError(
             ErrorCode.BAD_CONTENT_LENGTH,
-            f"content-length must be a non-negative integer, not {json.dumps(length, ensure_ascii=False)}",
+            f"content-length must be a non-negative integer, not {peer_text(json.dumps(length), 64)}",
         )
     for key in ("byteorder", "content-type", "content-encoding"):
         if not isinstance(fields[key], str):
@@ -197,21 +226,64 @@ def _parse_header(raw: bytes) -> Header:
     )
 
 
-@functools.lru_cache(maxsize=64)
+# Text encodings a peer may declare for text/json content: every one decodes in
+# linear time in C. Others (punycode and idna are quadratic in pure Python; the
+# CJK codecs and utf-7 are stateful) are refused with unknown-encoding, and a
+# declared name is never given to codecs.lookup, which remembers every name it
+# has failed to find.
+TEXT_ENCODINGS: Final = (
+    "utf_8",
+    "utf_8_sig",
+    "utf_16",
+    "utf_16_le",
+    "utf_16_be",
+    "utf_32",
+    "utf_32_le",
+    "utf_32_be",
+    "ascii",
+    "latin_1",
+    # single-byte charmap codecs in wide use
+    *(f"iso8859_{n}" for n in (2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 14, 15, 16)),
+    *(f"cp{n}" for n in (437, 850, 852, 866, 1250, 1251, 1252, 1253, 1254, 1255, 1256, 1257, 1258)),
+    "koi8_r",
+    "koi8_u",
+    "mac_roman",
+)
+MAX_ENCODING_NAME: Final = 64
+
+
+def _encoding_names() -> dict[str, str]:
+    """Every spelling Python accepts for an allowed encoding, normalized, mapped to its codec name."""
+    from encodings.aliases import aliases
+
+    names = {codec: codec for codec in TEXT_ENCODINGS}
+    names.update({alias: codec for alias, codec in aliases.items() if codec in names})
+    for codec in TEXT_ENCODINGS:  # each must exist in this Python
+        codecs.lookup(codec)
+    return names
+
+
+_ENCODING_NAMES: Final = _encoding_names()
+
+
 def _text_codec(encoding: str) -> str | None:
-    """The codec name for a declared text encoding, or None if Python has no such text encoding."""
-    try:
-        info = codecs.lookup(encoding)
-    except (LookupError, ValueError, TypeError):
+    """The codec for a declared text encoding, or None if it is not one sockapp accepts."""
+    if len(encoding) > MAX_ENCODING_NAME:
         return None
-    return info.name if getattr(info, "_is_text_encoding", True) else None
+    # Python's own normalization (encodings.normalize_encoding), then its alias table.
+    normalized = "_".join("".join(c if c.isalnum() or c == "." else " " for c in encoding).split()).lower()
+    return _ENCODING_NAMES.get(normalized)
 
 
 def parse_json_content(content: bytes, encoding: str) -> Any:
     """Decode ``text/json`` content with its declared encoding and parse it."""
     codec = _text_codec(encoding)
     if codec is None:
-        raise RemoteProtocolError(ErrorCode.UNKNOWN_ENCODING, f"unknown content-encoding '{encoding}'")
+        raise RemoteProtocolError(
+            ErrorCode.UNKNOWN_ENCODING,
+            f"content-encoding '{peer_text(encoding, 64)}' is not one this server accepts "
+            "(UTF-8, -16 or -32, ASCII, Latin-1 or a single-byte charmap such as cp1252)",
+        )
     try:
         text = content.decode(codec)
     except UnicodeDecodeError as e:
@@ -246,10 +318,14 @@ class FrameDecoder:
     decoder keeps raising it and ignores further data.
     """
 
-    def __init__(self, max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH) -> None:
-        if type(max_content_length) is not int or max_content_length < 0:
-            raise LocalProtocolError(f"max_content_length must be a non-negative int, not {max_content_length!r}")
+    def __init__(
+        self, max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH, max_json_length: int | None = None
+    ) -> None:
+        for name, value in (("max_content_length", max_content_length), ("max_json_length", max_json_length)):
+            if value is not None and (type(value) is not int or value < 0):
+                raise LocalProtocolError(f"{name} must be a non-negative int, not {value!r}")
         self.max_content_length = max_content_length
+        self.max_json_length = max_json_length
         self._buffer = bytearray()
         self._header: Header | None = None
         self._chunks: list[bytes] | None = None
@@ -302,7 +378,7 @@ class FrameDecoder:
             end = PREFIX_LENGTH + header_length
             if len(buffer) < end:
                 return NEED_DATA
-            header = parse_header(bytes(buffer[PREFIX_LENGTH:end]), self.max_content_length)
+            header = parse_header(bytes(buffer[PREFIX_LENGTH:end]), self.max_content_length, self.max_json_length)
             del buffer[:end]
             self._header = header
         content = self._take(header.content_length)

@@ -15,7 +15,7 @@ from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IAddress, IDelayedCall
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 from sockapp.protocol import describe_address
@@ -167,6 +167,28 @@ class Deadlines:
         self.on_idle = self.on_frame_timeout = None
 
 
+class Refused(Protocol):
+    """A connection over ``--max-connections``: closed as soon as it is made, and aborted
+    if the close has not finished within the grace period (a TLS close waits for the peer)."""
+
+    def __init__(self, reactor: Any, grace: float) -> None:
+        self.reactor = reactor
+        self.grace = grace
+        self._overdue: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        self.transport.loseConnection()
+        self._overdue = self.reactor.callLater(self.grace, self.transport.abortConnection)
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: object = None) -> None:
+        if self._overdue is not None and self._overdue.active():
+            self._overdue.cancel()
+        self._overdue = None
+
+
 class ClosesInTime:
     """For server protocols with ``deadlines``: a close that was decided on always finishes."""
 
@@ -219,7 +241,7 @@ class ServerFactory(Factory):
 
     def buildProtocol(self, addr: IAddress) -> Any:
         if self.shutting_down:
-            return None
+            return Refused(self.reactor, self.close_grace)
         if self.max_connections is not None and len(self.connections) >= self.max_connections:
             self.refused += 1
             if self.metrics is not None:
@@ -229,7 +251,9 @@ class ServerFactory(Factory):
                 peer=describe_address(addr),
                 open=len(self.connections),
             )
-            return None  # Twisted closes the new socket at once
+            # Not None: on a TLS or PROXY port a wrapper would wrap None and leave the
+            # connection open; this closes it at once on every transport.
+            return Refused(self.reactor, self.close_grace)
         return super().buildProtocol(addr)
 
     def deadlines_for(self, protocol: Any, frame_timeout: bool = True) -> Deadlines:

@@ -47,7 +47,9 @@ def event_as_json(event: LogEvent) -> str:
     failure = event.get("log_failure")
     if failure is not None:
         record["traceback"] = failure.getTraceback()
-    return json.dumps(record, ensure_ascii=False, default=str) + "\n"
+    # ASCII only: a line separator (U+2028, U+0085) or a lone surrogate from a peer
+    # can neither split the line for a shipper nor make the line unwritable.
+    return json.dumps(record, ensure_ascii=True, default=str) + "\n"
 
 
 def json_lines_observer(out: IO[str]) -> ILogObserver:

@@ -126,6 +126,7 @@ class FramedProtocol(Protocol):
     """
 
     max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH
+    max_json_length: int | None = None  # None: text/json content has the same limit as any other
     log = Logger()
 
     _decoder: FrameDecoder
@@ -137,7 +138,7 @@ class FramedProtocol(Protocol):
     count_sent: Callable[[int], None] | None = None
 
     def connectionMade(self) -> None:
-        self._decoder = FrameDecoder(self.max_content_length)
+        self._decoder = FrameDecoder(self.max_content_length, self.max_json_length)
         self.closing = False
 
     def dataReceived(self, data: bytes) -> None:

@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sockapp.errors import ErrorCode, RemoteProtocolError
-from sockapp.framing import DEFAULT_MAX_CONTENT_LENGTH, Message
+from sockapp.framing import DEFAULT_MAX_CONTENT_LENGTH, DEFAULT_MAX_JSON_LENGTH, Message
 from sockapp.lifecycle import ClosesInTime, ServerFactory
 from sockapp.protocol import (
     FramedProtocol,
@@ -24,6 +24,7 @@ from sockapp.protocol import (
     read_only_as_fast_as_peer_reads,
 )
 from sockapp.search import SearchIndex
+from sockapp.text import peer_text
 
 if TYPE_CHECKING:
     from sockapp.metrics import ServerMetrics
@@ -47,6 +48,7 @@ class SearchProtocol(ClosesInTime, FramedProtocol):
     def connectionMade(self) -> None:
         factory = self.factory
         self.max_content_length = factory.max_content_length
+        self.max_json_length = factory.max_json_length
         self.metrics = factory.metrics
         if self.metrics is not None:
             self.count_sent = self.metrics.sent
@@ -78,7 +80,7 @@ class SearchProtocol(ClosesInTime, FramedProtocol):
             self.log.info(
                 "{peer}: {content_type} request, {length} bytes",
                 peer=self.peer,
-                content_type=message.header.content_type,
+                content_type=peer_text(message.header.content_type, 64),
                 length=message.header.content_length,
             )
         try:
@@ -150,8 +152,10 @@ class SearchFactory(ServerFactory):
         self,
         index: SearchIndex | None = None,
         max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH,
+        max_json_length: int = DEFAULT_MAX_JSON_LENGTH,
         **limits: Any,
     ) -> None:
         super().__init__(**limits)
         self.index = index if index is not None else SearchIndex()
         self.max_content_length = max_content_length
+        self.max_json_length = max_json_length

@@ -6,12 +6,12 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.python import usage
 
 from sockapp.lifecycle import DEFAULT_IDLE_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT
+from sockapp.proxy import server_endpoint
 
 DEFAULT_PORT = "5634"
 
@@ -175,7 +175,7 @@ def _checked_endpoint(option: str, value: str) -> str:
     """The server endpoint description ``value`` stands for, or a usage error naming ``option``."""
     description = endpoint_description(value)
     try:
-        serverFromString(_reactor(), description)
+        server_endpoint(_reactor(), description)
     except (ValueError, TypeError, KeyError, OSError, ImportError) as e:
         raise usage.UsageError(f"{option} {value}: not a usable endpoint description ({e})") from None
     return description
@@ -266,7 +266,7 @@ def _serving(options: ListenOptions, factory: IProtocolFactory, reactor: Any) ->
             options["workers"],
             options["shutdown-timeout"],
         )
-    endpoint = serverFromString(reactor, options["endpoint"])
+    endpoint = server_endpoint(reactor, options["endpoint"])
     service = ListeningService(endpoint, factory, options["endpoint"], options["shutdown-timeout"])
     metrics = getattr(factory, "metrics", None)
     if options["metrics-endpoint"] is None or metrics is None:
@@ -277,7 +277,7 @@ def _serving(options: ListenOptions, factory: IProtocolFactory, reactor: Any) ->
     service.setServiceParent(both)
     description = options["metrics-endpoint"]
     site = MetricsSite(metrics.registry, verbose=options["verbose"])
-    ListeningService(serverFromString(reactor, description), site, f"{description} (--metrics)").setServiceParent(both)
+    ListeningService(server_endpoint(reactor, description), site, f"{description} (--metrics)").setServiceParent(both)
     return both
 
 

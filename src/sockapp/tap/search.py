@@ -7,7 +7,7 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.python import usage
 
-from sockapp.framing import DEFAULT_MAX_CONTENT_LENGTH
+from sockapp.framing import DEFAULT_MAX_CONTENT_LENGTH, DEFAULT_MAX_JSON_LENGTH
 from sockapp.lifecycle import DEFAULT_FRAME_TIMEOUT
 from sockapp.search import DataFileError, SearchIndex, load_answers
 from sockapp.server import SearchFactory
@@ -16,7 +16,7 @@ from sockapp.tap._listen import ListenOptions, limits, listen_service, non_negat
 
 class Options(ListenOptions):
     tapname = "sockapp"
-    synopsis = "[--port PORT] [--data FILE] [--max-content-length BYTES] [--verbose] [limits]"
+    synopsis = "[--port PORT] [--data FILE] [--max-content-length BYTES] [--max-json-length BYTES] [--verbose] [limits]"
     longdesc = (
         "Serve the socket tutorial's search protocol: framed JSON search requests "
         "and binary requests, answered byte for byte as the tutorial's server does, "
@@ -30,6 +30,14 @@ class Options(ListenOptions):
             DEFAULT_MAX_CONTENT_LENGTH,
             "Largest request content accepted, in bytes; a larger content-length is refused "
             "as soon as its header arrives.",
+            non_negative_int,
+        ],
+        [
+            "max-json-length",
+            None,
+            DEFAULT_MAX_JSON_LENGTH,
+            "Largest text/json request content accepted, in bytes (parsed JSON takes many times its size "
+            "in memory); refused as soon as its header arrives.",
             non_negative_int,
         ],
         [
@@ -54,6 +62,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     factory = SearchFactory(
         index=options["index"],
         max_content_length=options["max-content-length"],
+        max_json_length=options["max-json-length"],
         frame_timeout=options["frame-timeout"] or None,
         reactor=reactor,
         **limits(options),

@@ -1,0 +1,104 @@
+"""``haproxy:`` ports whose PROXY headers are checked before anything trusts them.
+
+Twisted's PROXY protocol wrapper takes the addresses of a version 1 header
+as they come: any text, any port number, so that a peer could be logged as
+``6.6.6.6\\x1b[2K\\rFAKE:1234`` or ``999.1.1.1:99999``, and a header whose
+address is not ASCII or whose port is not a number raises out of
+``dataReceived`` (a traceback per connection). Here a header whose
+addresses are not IP addresses of the declared family, or whose ports are
+not 0 to 65535, closes the connection with one log line; the rest is
+Twisted's.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
+from twisted.logger import Logger
+from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
+from twisted.protocols.haproxy._v1parser import V1Parser
+from twisted.protocols.haproxy._v2parser import V2Parser
+from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
+from zope.interface import implementer
+
+from sockapp.protocol import describe_address
+
+PREFIX = "haproxy:"
+log = Logger()
+
+
+def valid_address(address: object) -> bool:
+    """An address from a PROXY header: an IP address of its declared family and a port in range."""
+    if address is None:
+        return True  # "UNKNOWN" or LOCAL: Twisted then reports the real connection's address
+    if not isinstance(address, (IPv4Address, IPv6Address)):
+        return False
+    if type(address.port) is not int or not 0 <= address.port <= 65535:
+        return False
+    try:
+        parsed = ipaddress.ip_address(address.host)
+    except ValueError:
+        return False
+    return parsed.version == (4 if isinstance(address, IPv4Address) else 6)
+
+
+class CheckedProxyWrapper(HAProxyProtocolWrapper):
+    """Twisted's PROXY wrapper, refusing headers whose addresses do not parse."""
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._proxyInfo is not None:
+            self.wrappedProtocol.dataReceived(data)
+            return
+        parser = self._parser
+        if parser is None:
+            if len(data) >= 16 and data[:12] == V2Parser.PREFIX and ord(data[12:13]) & 0b11110000 == 0x20:
+                self._parser = parser = V2Parser()
+            elif len(data) >= 8 and data[:5] == V1Parser.PROXYSTR:
+                self._parser = parser = V1Parser()
+            else:
+                self._refuse("no PROXY header")
+                return
+        try:
+            info, remaining = parser.feed(data)
+        except (InvalidProxyHeader, ValueError):  # a non-ASCII address or a port that is no number
+            self._refuse("a PROXY header that does not parse")
+            return
+        if info is None:
+            return
+        if not (valid_address(info.source) and valid_address(info.destination)):
+            self._refuse("a PROXY header whose addresses are not IP addresses and ports")
+            return
+        self._proxyInfo = info
+        if remaining:
+            self.wrappedProtocol.dataReceived(remaining)
+
+    def _refuse(self, what: str) -> None:
+        log.warn("{peer}: {what}; closing", peer=describe_address(self.transport.getPeer()), what=what)
+        self.transport.abortConnection()  # reads nothing more, so nothing reaches the wrapped protocol
+
+
+class CheckedProxyFactory(HAProxyWrappingFactory):
+    protocol = CheckedProxyWrapper
+
+
+@implementer(IStreamServerEndpoint)
+class CheckedProxyEndpoint:
+    """``haproxy:DESCRIPTION``: the wrapped endpoint, its connections behind ``CheckedProxyWrapper``."""
+
+    def __init__(self, wrapped: IStreamServerEndpoint) -> None:
+        self.wrapped = wrapped
+
+    def listen(self, factory: IProtocolFactory) -> Any:
+        return self.wrapped.listen(CheckedProxyFactory(factory))
+
+
+def server_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
+    """``serverFromString``, with ``haproxy:`` ports checking their PROXY headers."""
+    from twisted.internet.endpoints import serverFromString
+
+    if description.startswith(PREFIX):
+        return CheckedProxyEndpoint(serverFromString(reactor, description[len(PREFIX) :]))
+    return serverFromString(reactor, description)  # type: ignore[no-any-return]

@@ -19,6 +19,7 @@ from sockapp.framing import (
     Message,
     encode_frame,
     encode_json,
+    parse_json_content,
 )
 
 HEADER = {"byteorder": "little", "content-type": "binary/x", "content-encoding": "binary", "content-length": 0}
@@ -378,3 +379,84 @@ def test_the_parsed_header_cache_stays_bounded_however_many_distinct_headers_arr
         decoder.receive_data(raw_frame(header))
         assert decoder.next_message().header.content_type == f"binary/kind-{number}"
         assert len(framing._PARSED_HEADERS) <= framing._PARSED_HEADERS_LIMIT
+
+
+# -- declared text encodings: an allowlist, never codecs.lookup -----------------
+
+
+@pytest.mark.parametrize("name", ["utf-8", "UTF8", "utf_16", "UTF-16-LE", "utf-32", "ascii", "latin-1", "cp1252", "koi8-r"])
+def test_the_usual_text_encodings_are_accepted_under_their_usual_names(name):
+    text = {"action": "search", "value": "r\u00e9ng" if name != "koi8-r" else "\u043a\u043e\u0442"}
+    content = json.dumps(text, ensure_ascii=(name == "ascii")).encode(name)
+    assert parse_json_content(content, name) == text
+
+
+@pytest.mark.parametrize("name", ["punycode", "idna", "utf-7", "rot13", "base64", "hex", "shift_jis", "x" * 65])
+def test_other_encodings_are_unknown(name):
+    """punycode and idna decode in quadratic time; the others are not single-byte or not text."""
+    with pytest.raises(RemoteProtocolError) as caught:
+        parse_json_content(b"{}", name)
+    assert caught.value.code is ErrorCode.UNKNOWN_ENCODING
+
+
+def test_a_declared_encoding_name_never_reaches_codecs_lookup(monkeypatch):
+    """Python remembers every name codecs.lookup failed to find: a peer naming new ones grows memory."""
+    import codecs
+
+    def refuse(name):
+        raise AssertionError(f"codecs.lookup({name!r}) called with a peer's name")
+
+    monkeypatch.setattr(codecs, "lookup", refuse)
+    for number in range(100):
+        with pytest.raises(RemoteProtocolError):
+            parse_json_content(b"{}", f"no-such-encoding-{number}")
+    assert parse_json_content(b"{}", "UTF-8") == {}
+
+
+def test_an_unknown_encoding_error_quotes_the_name_escaped_and_cut():
+    with pytest.raises(RemoteProtocolError) as caught:
+        parse_json_content(b"{}", "\x1b[2K\r" + "x" * 60)
+    assert "\\x1b[2K\\x0d" in caught.value.message and "\r" not in caught.value.message
+    assert len(caught.value.message) < 300
+
+
+# -- text/json has its own, smaller limit -----------------------------------------
+
+
+def test_text_json_over_max_json_length_is_refused_at_the_header():
+    decoder = FrameDecoder(max_content_length=1000, max_json_length=100)
+    decoder.receive_data(json_request({"value": "x" * 200})[:130])  # the header and a little content
+    with pytest.raises(RemoteProtocolError) as caught:
+        decoder.next_message()
+    assert caught.value.code is ErrorCode.CONTENT_TOO_LARGE
+    assert "--max-json-length" in caught.value.message
+
+
+def test_binary_content_keeps_the_larger_limit():
+    decoder = FrameDecoder(max_content_length=1000, max_json_length=100)
+    decoder.receive_data(binary_request(b"x" * 1000))
+    assert decoder.next_message().content == b"x" * 1000
+
+
+def test_long_headers_are_not_cached():
+    """A cached header holds its strings (4 bytes a character with one emoji): only short ones are kept."""
+    from sockapp import framing
+
+    framing._PARSED_HEADERS.clear()
+    long_type = "binary/" + "x" * 1000 + "\U0001f436"
+    header = {"byteorder": "big", "content-type": long_type, "content-encoding": "binary", "content-length": 0}
+    decoder = FrameDecoder()
+    decoder.receive_data(raw_frame(header))
+    assert decoder.next_message().header.content_type == long_type
+    assert framing._PARSED_HEADERS == {}
+    decoder.receive_data(binary_request(b""))
+    decoder.next_message()
+    assert len(framing._PARSED_HEADERS) == 1
+
+
+def test_a_lone_surrogate_is_encoded_as_a_json_escape():
+    frame = encode_json({"result": "No match for '\ud800' \U0001f436."})
+    frame.decode("utf-8")  # valid UTF-8
+    decoder = FrameDecoder()
+    decoder.receive_data(frame)
+    assert decoder.next_message().document == {"result": "No match for '\ud800' \U0001f436."}

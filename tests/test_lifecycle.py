@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import json_request, split_frames
+from conftest import binary_request, json_request, split_frames
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -353,3 +353,53 @@ def test_no_second_error_frame_once_the_connection_is_closing():
     frames = [json.loads(content) for _, content in split_frames(transport.value())]
     assert [f.get("error", {}).get("code") for f in frames] == [None, "request-not-object"]
     assert sum(metrics.error_frames.values()) == 1
+
+
+# -- nothing a connection held outlives it -----------------------------------------
+
+import gc  # noqa: E402
+import weakref  # noqa: E402
+
+import pytest_twisted  # noqa: E402
+
+
+@pytest.mark.parametrize("factory_class", [SearchFactory, EchoFactory])
+@pytest_twisted.ensureDeferred
+async def test_a_closed_connection_is_freed_without_the_cycle_collector(listen, factory_class):
+    """Reference cycles would keep a closed connection's buffers until the cycle collector
+    happened to run, which on a quiet server is rarely."""
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ClientEndpoint
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.task import deferLater
+
+    factory = factory_class()
+    endpoint = await listen(factory)
+    port = int(endpoint.rsplit("=", 1)[1])
+    gc.collect()
+    gc.disable()
+    try:
+        client = await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(Factory.forProtocol(Protocol))
+        frame = binary_request(b"x" * 3_000_000)
+        client.transport.write(frame[: len(frame) // 2])  # half a frame: the server buffers it
+        for _ in range(500):
+            if factory.connections:
+                (server,) = factory.connections
+                if factory_class is EchoFactory or server._decoder.buffered > 1_000_000:
+                    break
+            await deferLater(reactor, 0.01)
+        (server,) = factory.connections
+        refs = [weakref.ref(server)]
+        if factory_class is SearchFactory:
+            refs.append(weakref.ref(server._decoder))
+        del server
+        client.transport.loseConnection()
+        for _ in range(500):
+            if not factory.connections:
+                break
+            await deferLater(reactor, 0.01)
+        await deferLater(reactor, 0)
+        assert factory.connections == set()
+        assert [ref() for ref in refs] == [None] * len(refs)
+    finally:
+        gc.enable()

@@ -155,12 +155,13 @@ def test_behind_a_proxy_header_the_logs_name_the_real_client():
     # On a haproxy: port Twisted wraps the connection; the PROXY header arrives after connectionMade.
     from twisted.internet.address import IPv4Address
     from twisted.logger import globalLogPublisher
-    from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
+
+    from sockapp.proxy import CheckedProxyFactory
 
     events = []
     globalLogPublisher.addObserver(events.append)
     try:
-        wrapper = HAProxyWrappingFactory(SearchFactory()).buildProtocol(IPv4Address("TCP", "10.0.0.1", 5634))
+        wrapper = CheckedProxyFactory(SearchFactory()).buildProtocol(IPv4Address("TCP", "10.0.0.1", 5634))
         transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.5", 41000))
         wrapper.makeConnection(transport)
         # Twisted's wrapper needs the header's first 8 bytes in one read (HAProxy sends it in one write).
@@ -171,3 +172,67 @@ def test_behind_a_proxy_header_the_logs_name_the_real_client():
     (warning,) = [e for e in events if e.get("code") == "request-not-object"]
     assert warning["peer"] == "203.0.113.7:40000"
     assert results(transport)[0]["error"]["code"] == "request-not-object"
+
+
+# -- every well-framed request gets an answer; nothing a peer sends breaks a log line ----
+
+
+def logged(action):
+    from twisted.logger import globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        action()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    return events
+
+
+@pytest.mark.parametrize(
+    "request_, answer",
+    [
+        ({"action": "search", "value": "\ud800"}, {"result": "No match for '\ud800'."}),
+        ({"action": "\udc00x", "value": "ring"}, {"result": "Error: invalid action '\udc00x'."}),
+    ],
+    ids=["surrogate value", "surrogate action"],
+)
+def test_a_lone_surrogate_is_answered_not_a_traceback(request_, answer):
+    protocol, transport = connect()
+    raw = json.dumps(request_).encode("ascii")  # valid JSON: the surrogate as an escape
+    frame = raw_frame(
+        {"byteorder": "little", "content-type": "text/json", "content-encoding": "utf-8", "content-length": len(raw)},
+        raw,
+    )
+    events = logged(lambda: protocol.dataReceived(frame + json_request({"action": "search", "value": "ring"})))
+    assert results(transport) == [answer, {"result": "In the caves beneath the Misty Mountains. \U0001f48d"}]
+    assert not [e for e in events if e.get("log_failure") or e.get("isError")]
+
+
+def test_an_unknown_encoding_with_control_characters_is_logged_escaped_and_cut():
+    from twisted.logger import formatEvent
+
+    protocol, transport = connect()
+    name = "\x1b[2K\rFAKE 127.0.0.1: all good\u2028\ud800" + "x" * 60_000
+    header = {"byteorder": "little", "content-type": "text/json", "content-encoding": name, "content-length": 2}
+    frame = raw_frame(header, b"{}", header_bytes=json.dumps(header).encode("ascii"))
+    events = logged(lambda: protocol.dataReceived(frame))
+    (event,) = [e for e in events if e.get("code") == "unknown-encoding"]
+    line = formatEvent(event)
+    assert line.isprintable() and len(line) < 500
+    line.encode("utf-8")
+    assert "\\x1b[2K\\x0dFAKE" in line
+    ((_, content),) = split_frames(transport.value())
+    assert json.loads(content)["error"]["code"] == "unknown-encoding"
+
+
+def test_verbose_logs_show_a_content_type_escaped():
+    from twisted.logger import formatEvent
+
+    protocol, transport = connect(SearchFactory(verbose=True))
+    header = {"byteorder": "big", "content-type": "binary/HIDDEN\udc00\r", "content-encoding": "binary", "content-length": 1}
+    frame = raw_frame(header, b"x", header_bytes=json.dumps(header).encode("ascii"))
+    events = logged(lambda: protocol.dataReceived(frame))
+    (line,) = [formatEvent(e) for e in events if "request," in e.get("log_format", "")]
+    assert "binary/HIDDEN\\udc00\\x0d request, 1 bytes" in line and line.isprintable()
+    assert len(split_frames(transport.value())) == 1  # and it was answered

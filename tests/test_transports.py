@@ -109,3 +109,60 @@ def test_search_and_echo_over_ipv6(server_processes):
     assert (result.returncode, result.stdout) == (0, SEARCH_ANSWER), result.stderr
     result = sockapp("echo", "--connect", f"tcp:host=\\:\\:1:port={echo}", ECHO_MESSAGE)
     assert (result.returncode, result.stdout) == (0, ECHO_MESSAGE + "\n"), result.stderr
+
+
+def closed_by_server(sock: socket.socket, within: float) -> bool:
+    """True if the server closes (or resets) ``sock`` within ``within`` seconds; reads and drops data."""
+    import time
+
+    deadline = time.monotonic() + within
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            if not sock.recv(65536):
+                return True
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except TimeoutError:
+            return False
+        except OSError as e:  # ssl's close without close_notify, and the like
+            if "EOF" in str(e) or "reset" in str(e).lower():
+                return True
+            raise
+    return False
+
+
+@pytest.mark.parametrize("kind", ["ssl", "haproxy"])
+def test_refused_and_timed_out_connections_close_on_wrapped_ports(server_processes, tls_files, kind):
+    """On ssl: and haproxy: ports too, a connection over --max-connections is closed at once and a
+    timed-out one within the close grace period, even when the peer says nothing more (a TLS close
+    would wait for the peer's close_notify for ever)."""
+    import ssl
+    import time
+
+    from sockapp.lifecycle import CLOSE_GRACE
+
+    port_description = tls_server(tls_files) if kind == "ssl" else "haproxy:tcp:0:interface=127.0.0.1"
+    server = server_processes(
+        [tool("twistd"), "-n", "--pidfile=", "sockapp", "--port", port_description]
+        + ["--max-connections", "1", "--idle-timeout", "2"]
+    )
+    port = int(server.wait_for_log(r"starting on (\d+)").group(1))
+    holder = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    if kind == "ssl":  # a handshake, then silence: the peer's kernel still takes bytes
+        context = ssl.create_default_context(cafile=str(tls_files["ca"]))
+        holder = context.wrap_socket(holder, server_hostname="localhost")
+    else:  # a PROXY header, then silence
+        holder.sendall(b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 5634\r\n")
+    try:
+        time.sleep(0.5)  # the holder's connection is the one open
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as extra:
+            assert closed_by_server(extra, CLOSE_GRACE + 3), "a refused connection was left open"
+        assert time.monotonic() - started < CLOSE_GRACE + 3
+        assert closed_by_server(holder, 2 + CLOSE_GRACE + 3), "a timed-out connection was left open"
+    finally:
+        holder.close()
+    log = server.log()
+    assert "Traceback" not in log and "Unhandled" not in log, log
+    assert log.count("refused connection from") == 1

@@ -404,3 +404,38 @@ def test_close_during_a_connection_attempt_cancels_it_and_fails_what_waits():
     assert closed == [None]
     assert pending[0].check(ConnectionClosed)
     assert collect(client.request("search", "ring"))[0].check(ConnectionClosed)
+
+
+def test_after_the_server_sends_eof_what_is_outstanding_goes_again_at_once():
+    """An answer, then the server's EOF (and it reads no more): the rest cannot be answered there.
+    The connection is aborted, not closed after our unsent output, which would never drain."""
+    endpoint = StringEndpoint()
+    client = Client(Clock(), endpoint)
+    first = collect(client.request("search", "ring"))
+    big = collect(client.send(b"x" * 1000, "binary/x", "binary"))
+    old, old_transport = endpoint.connections[0]
+    old.dataReceived(encode_json({"result": "one"}))
+    old.readConnectionLost()
+    assert old_transport.disconnected  # aborted (StringTransport marks an abort so)
+    drop(old)  # what the abort leads to
+    assert first[0].result == "one" and big == []
+    assert len(endpoint.connections) == 2 and client.resent == 1
+    new, new_transport = endpoint.connections[1]
+    ((header, content),) = split_frames(new_transport.value())
+    assert content == b"x" * 1000
+
+
+def test_close_aborts_connections_that_cannot_drain_after_the_grace_period():
+    from sockapp.client import CLOSE_GRACE
+
+    clock = Clock()
+    endpoint = StringEndpoint()
+    client = Client(clock, endpoint)
+    collect(client.send(b"x" * 1000, "binary/x", "binary"))
+    protocol, transport = endpoint.connections[0]
+    closed = collect(client.close())
+    assert transport.disconnecting and not transport.disconnected  # a graceful close first
+    clock.advance(CLOSE_GRACE)
+    assert transport.disconnected  # the server never read: aborted
+    drop(protocol)
+    assert closed == [None] and not clock.getDelayedCalls()

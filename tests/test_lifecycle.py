@@ -403,3 +403,38 @@ async def test_a_closed_connection_is_freed_without_the_cycle_collector(listen, 
         assert [ref() for ref in refs] == [None] * len(refs)
     finally:
         gc.enable()
+
+
+def test_the_frame_deadline_stands_still_while_the_server_does_not_read():
+    """Backpressure: the server stopped reading because the peer reads its answers slowly. The
+    rest of the frame may be in the server's own kernel queue: the frame is not late."""
+    clock = Clock()
+    factory = SearchFactory(reactor=clock, frame_timeout=2)
+    protocol, transport = connect_unflushable(factory)
+    request = json_request({"action": "search", "value": "ring"})
+    protocol.dataReceived(request[:20])
+    clock.advance(1)
+    transport.producer.pauseProducing()  # what Twisted does when its write buffer is full
+    clock.advance(30)
+    assert not transport.disconnecting
+    transport.producer.resumeProducing()
+    clock.advance(0.9)  # the frame had 1 s left
+    assert not transport.disconnecting
+    clock.advance(0.1)
+    frames = [json.loads(content) for _, content in split_frames(transport.value())]
+    assert frames == [{"error": {"code": "frame-timeout", "message": frames[0]["error"]["message"]}}]
+
+
+def test_a_frame_finished_after_reading_resumes_is_answered():
+    clock = Clock()
+    factory = SearchFactory(reactor=clock, frame_timeout=2)
+    protocol, transport = connect_unflushable(factory)
+    request = json_request({"action": "search", "value": "ring"})
+    protocol.dataReceived(request[:20])
+    transport.producer.pauseProducing()
+    clock.advance(60)
+    transport.producer.resumeProducing()
+    protocol.dataReceived(request[20:])
+    clock.advance(60)
+    frames = [json.loads(content) for _, content in split_frames(transport.value())]
+    assert frames == [{"result": "In the caves beneath the Misty Mountains. \U0001f48d"}]

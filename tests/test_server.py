@@ -127,9 +127,13 @@ def test_half_close_after_a_request_still_delivers_the_answer():
     assert transport.disconnecting
 
 
-def test_transport_is_its_own_producer_for_backpressure():
+def test_the_transports_own_reading_is_the_producer_for_backpressure():
     protocol, transport = connect()
-    assert transport.producer is transport and transport.streaming
+    assert transport.streaming and transport.producer.transport is transport
+    transport.producer.pauseProducing()  # Twisted's call when its write buffer is full: reading stops
+    assert transport.producerState == "paused"
+    transport.producer.resumeProducing()
+    assert transport.producerState == "producing"
 
 
 def test_custom_index_is_used():

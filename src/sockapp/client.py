@@ -42,6 +42,8 @@ from sockapp.protocol import FramedProtocol
 
 DEFAULT_ENDPOINT: Final = "tcp:host=127.0.0.1:port=5634"
 DEFAULT_RETRIES: Final = 2
+# How long close() lets queued requests drain before it aborts the connection.
+CLOSE_GRACE: Final = 2.0
 BINARY_REQUEST_TYPE: Final = "binary/custom-client-binary-type"
 BINARY_REQUEST_ENCODING: Final = "binary"
 
@@ -231,6 +233,18 @@ class AppClient(_Closable, FramedProtocol):
         self.closing = True
         return super().close()
 
+    def readConnectionLost(self) -> None:
+        """The server sent EOF: nothing outstanding can be answered on this connection any more.
+
+        Aborted at once rather than closed after our unsent output (which a
+        server that also stopped reading would never take): ``connectionLost``
+        then sends what was outstanding again, or fails it, straight away.
+        """
+        self.closing = True
+        if getattr(self.transport, "producer", None) is not None:
+            self.transport.unregisterProducer()
+        self.transport.abortConnection()
+
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.closing = True
         unanswered = [p for p in self._outstanding if not p.abandoned]
@@ -417,10 +431,20 @@ class Client:
             pending.settle(ConnectionClosed("the client was closed"))
         if self._connecting is not None:
             self._connecting.cancel()
-        closing = [protocol.close() for protocol in list(self._connections)]
+        connections = list(self._connections)
+        closing = [protocol.close() for protocol in connections]
         if not closing:
             return succeed(None)
-        return DeferredList(closing, consumeErrors=True).addCallback(lambda _: None)
+        # A server that does not read would hold a graceful close open for ever.
+        overdue = self.reactor.callLater(CLOSE_GRACE, _abort_all, connections)
+        done = DeferredList(closing, consumeErrors=True)
+        return done.addCallback(lambda _: overdue.cancel() if overdue.active() else None)
+
+
+def _abort_all(connections: list[AppClient]) -> None:
+    for protocol in connections:
+        if protocol.connected:
+            protocol.transport.abortConnection()
 
 
 def _connect_timed_out(result: Any, timeout: float) -> Any:

@@ -98,6 +98,7 @@ class Deadlines:
         self.last_activity = reactor.seconds()
         self.frame_started: float | None = None
         self.close_due: float | None = None
+        self.paused_at: float | None = None  # reading paused by backpressure since then
         self._call: IDelayedCall | None = None
         self._arm()
 
@@ -114,12 +115,32 @@ class Deadlines:
         elif frame_began:
             self.frame_started = now  # later than the timer: it re-arms when it fires
 
+    def pause_frame(self) -> None:
+        """The server stopped reading (backpressure): the frame deadline stands still until it reads again."""
+        if self.paused_at is None:
+            self.paused_at = self.reactor.seconds()
+
+    def resume_frame(self) -> None:
+        """The server reads again: the frame in progress gets the time it had left."""
+        if self.paused_at is None:
+            return
+        if self.frame_started is not None:
+            self.frame_started += self.reactor.seconds() - self.paused_at
+        self.paused_at = None
+        self._arm()
+
+    def _frame_due(self) -> float | None:
+        if self.frame_timeout is None or self.frame_started is None or self.paused_at is not None:
+            return None
+        return self.frame_started + self.frame_timeout
+
     def _due(self) -> float | None:
         due = []
         if self.idle_timeout is not None:
             due.append(self.last_activity + self.idle_timeout)
-        if self.frame_timeout is not None and self.frame_started is not None:
-            due.append(self.frame_started + self.frame_timeout)
+        frame_due = self._frame_due()
+        if frame_due is not None:
+            due.append(frame_due)
         return min(due) if due else None
 
     def _arm(self) -> None:
@@ -135,10 +156,10 @@ class Deadlines:
     def _fire(self) -> None:
         self._call = None
         now = self.reactor.seconds()
-        if self.frame_timeout is not None and self.frame_started is not None and self.on_frame_timeout is not None:
-            if now >= self.frame_started + self.frame_timeout:
-                self.on_frame_timeout()
-                return
+        frame_due = self._frame_due()
+        if frame_due is not None and self.on_frame_timeout is not None and now >= frame_due:
+            self.on_frame_timeout()
+            return
         if self.idle_timeout is not None and self.on_idle is not None and now >= self.last_activity + self.idle_timeout:
             self.on_idle()
             return

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.interfaces import IHalfCloseableProtocol, ITransport
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, ITransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -31,15 +31,46 @@ def error_document(error: RemoteProtocolError) -> dict[str, dict[str, str]]:
     return {"error": {"code": error.code.value, "message": error.message}}
 
 
-def read_only_as_fast_as_peer_reads(transport: ITransport) -> None:
+def read_only_as_fast_as_peer_reads(
+    transport: ITransport, on_pause: Callable[[], object] | None = None, on_resume: Callable[[], object] | None = None
+) -> None:
     """Register the transport as its own streaming producer.
 
     When the peer stops reading and our write buffer fills, Twisted pauses
     the producer, which for a transport means it stops reading from the
     peer; it resumes once the buffer drains. Memory per connection stays
-    bounded by the transport's buffer plus one read.
+    bounded by the transport's buffer plus one read. ``on_pause`` and
+    ``on_resume`` are told when reading stops and starts again.
     """
-    transport.registerProducer(transport, True)
+    if on_pause is None and on_resume is None:
+        transport.registerProducer(transport, True)
+    else:
+        transport.registerProducer(_ReadingProducer(transport, on_pause, on_resume), True)
+
+
+@implementer(IPushProducer)
+class _ReadingProducer:
+    """The transport's own reading, paused and resumed, with the protocol told of each."""
+
+    def __init__(
+        self, transport: Any, on_pause: Callable[[], object] | None, on_resume: Callable[[], object] | None
+    ) -> None:
+        self.transport = transport
+        self.on_pause = on_pause
+        self.on_resume = on_resume
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+        if self.on_pause is not None:
+            self.on_pause()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+        if self.on_resume is not None:
+            self.on_resume()
+
+    def stopProducing(self) -> None:
+        self.transport.stopProducing()
 
 
 def _plain_socket_transports() -> tuple[type, ...]:

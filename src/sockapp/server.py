@@ -53,8 +53,10 @@ class SearchProtocol(ClosesInTime, FramedProtocol):
         if self.metrics is not None:
             self.count_sent = self.metrics.sent
         super().connectionMade()
-        read_only_as_fast_as_peer_reads(self.transport)
         self.deadlines = factory.deadlines_for(self)
+        # While the server itself does not read (the peer is slow to read its answers), a frame
+        # in the kernel's queue is not late: its deadline stands still.
+        read_only_as_fast_as_peer_reads(self.transport, self.deadlines.pause_frame, self.deadlines.resume_frame)
         factory.opened(self)
         if factory.verbose:
             self.log.info("connection from {peer}", peer=self.peer)

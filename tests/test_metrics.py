@@ -226,3 +226,70 @@ def test_the_readme_lists_every_metric():
     }
     exported |= {family.name for family in metrics.registry.collect() if family.type == "histogram"}
     assert exported == readme
+
+
+# -- the metrics endpoint is for a scraper, and bounded against anyone else ------------
+
+from twisted.internet.address import IPv4Address  # noqa: E402
+from twisted.internet.task import Clock  # noqa: E402
+from twisted.internet.testing import StringTransport  # noqa: E402
+
+CLIENT = IPv4Address("TCP", "127.0.0.1", 50000)
+
+
+def metrics_connection(site):
+    channel = site.buildProtocol(CLIENT)
+    transport = StringTransport(peerAddress=CLIENT)
+    channel.makeConnection(transport)
+    return channel, transport
+
+
+def test_pipelined_gets_get_one_page_and_the_close():
+    site = MetricsSite(ServerMetrics(process=False).registry, reactor=Clock())
+    channel, transport = metrics_connection(site)
+    channel.dataReceived(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 500)
+    assert transport.value().count(b"HTTP/1.1 200") == 1
+    assert b"connection: close" in transport.value().lower()
+    assert transport.disconnecting
+
+
+def test_a_request_body_is_refused_before_it_is_read():
+    site = MetricsSite(ServerMetrics(process=False).registry, reactor=Clock())
+    for head in (
+        b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1073741824\r\n\r\n",
+        b"POST /anything HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n",
+    ):
+        channel, transport = metrics_connection(site)
+        channel.dataReceived(head + b"x" * 65536)
+        assert transport.value().startswith(b"HTTP/1.1 413 "), transport.value()[:40]
+        assert transport.disconnecting
+        assert channel.requests[0].content is None or channel.requests[0].content.tell() == 0  # nothing stored
+
+
+def test_only_get_of_metrics_is_served():
+    site = MetricsSite(ServerMetrics(process=False).registry, reactor=Clock())
+    for request, status in (
+        (b"DELETE /metrics HTTP/1.1\r\nHost: x\r\n\r\n", b"405"),
+        (b"GET /metrics/x HTTP/1.1\r\nHost: x\r\n\r\n", b"404"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"404"),
+        (b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n", b"200"),
+    ):
+        channel, transport = metrics_connection(site)
+        channel.dataReceived(request)
+        assert transport.value().split(b" ")[1] == status, request
+
+
+def test_metrics_connections_are_limited_and_idle_ones_closed():
+    clock = Clock()
+    site = MetricsSite(ServerMetrics(process=False).registry, reactor=clock)
+    held = [metrics_connection(site) for _ in range(site.max_connections)]
+    extra, extra_transport = metrics_connection(site)
+    assert extra_transport.disconnecting and site.refused == 1  # closed at once
+    clock.advance(site.idle_timeout)
+    assert all(transport.disconnecting for _, transport in held)  # idle: closed
+    for channel, _ in held[:3]:
+        channel.connectionLost(None)
+    assert site.open == site.max_connections - 3
+    again, again_transport = metrics_connection(site)
+    assert not again_transport.disconnecting  # room again

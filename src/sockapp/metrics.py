@@ -27,6 +27,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
 from twisted.web import pages
 from twisted.web.resource import Resource
+from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
 from sockapp.errors import ErrorCode
@@ -134,7 +135,7 @@ class ServerMetrics:
 
 
 class MetricsPage(Resource):
-    """``/metrics``: the registry in the format the scraper asks for."""
+    """``/metrics``: the registry in the format the scraper asks for; only GET (and HEAD)."""
 
     isLeaf = True
 
@@ -142,7 +143,15 @@ class MetricsPage(Resource):
         super().__init__()
         self.registry = registry
 
+    def render(self, request: Request) -> bytes:
+        if request.method not in (b"GET", b"HEAD"):
+            request.setHeader("allow", "GET, HEAD")
+            return pages.errorPage(405, "Method Not Allowed", "Only GET.").render(request)  # type: ignore[no-any-return]
+        return super().render(request)  # type: ignore[no-any-return]
+
     def render_GET(self, request: Request) -> bytes:
+        if request.postpath:  # /metrics/anything
+            return pages.notFound().render(request)  # type: ignore[no-any-return]
         accept = request.getHeader("accept") or ""
         encoder, content_type = choose_encoder(accept)
         request.setHeader("content-type", content_type)
@@ -156,17 +165,84 @@ class _Root(Resource):
         return pages.notFound()
 
 
+class _NoBody:
+    """Where a refused request body goes: nowhere."""
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+    def noMoreData(self) -> None:
+        pass
+
+
+class MetricsChannel(HTTPChannel):
+    """One request per connection, no request bodies.
+
+    A scraper sends one bodiless GET; anything else is a peer to bound. A
+    request with a body (a Content-Length or chunked) is answered 413 before
+    any of the body is read, and the connection closed. Every answer closes
+    its connection, so a client that pipelines GETs and never reads gets one
+    page, not one page per GET in the server's memory. A close that cannot
+    finish (the client reads nothing) is aborted after ``abortTimeout``.
+    """
+
+    abortTimeout = 2
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+        return False
+
+    def allHeadersReceived(self) -> None:
+        if self.length != 0:  # a Content-Length over 0, or chunked (None)
+            self._transferDecoder = _NoBody()
+            self.requests[-1].channel = None  # the request is never processed
+            self.transport.write(
+                b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            self.loseConnection()
+            self.setTimeout(None)
+            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+            return
+        super().allHeadersReceived()
+
+    def connectionLost(self, reason: Any) -> None:
+        super().connectionLost(reason)
+        self.factory.channel_closed()
+
+
 class MetricsSite(Site):
-    """The metrics web site; a scrape every few seconds would fill the log, so
-    requests are logged only with ``--verbose``."""
+    """The metrics web site.
+
+    A scrape every few seconds would fill the log, so requests are logged
+    only with ``--verbose``. At most ``max_connections`` are open at once
+    (more are closed at once), and one idle for ``idle_timeout`` seconds is
+    closed: the endpoint is for a scraper, not a crowd.
+    """
 
     noisy = False
+    protocol = MetricsChannel
+    max_connections = 16
+    idle_timeout = 10.0
 
-    def __init__(self, registry: CollectorRegistry, verbose: bool = False) -> None:
+    def __init__(self, registry: CollectorRegistry, verbose: bool = False, reactor: Any = None) -> None:
         root = _Root()
         root.putChild(b"metrics", MetricsPage(registry))
-        super().__init__(root)
+        super().__init__(root, timeout=self.idle_timeout, reactor=reactor)
         self.verbose = verbose
+        self.open = 0
+        self.refused = 0
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if self.open >= self.max_connections:
+            from sockapp.lifecycle import CLOSE_GRACE, Refused
+
+            self.refused += 1
+            return Refused(self.reactor, CLOSE_GRACE)
+        self.open += 1
+        return super().buildProtocol(addr)
+
+    def channel_closed(self) -> None:
+        self.open -= 1
 
     def log(self, request: Any) -> None:
         if self.verbose:

@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # (and never logs "Unable to write to plugin cache").
 REFRESH_PLUGIN_CACHE = $(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 
-.PHONY: run test install clean fuzz soak microbench bench integration haproxy coverage
+.PHONY: run test install clean fuzz soak microbench bench integration haproxy coverage attack
 
 run: $(VENV)/.installed
 	$(BIN)/twistd -n --pidfile= sockapp --port $(PORT)
@@ -39,6 +39,10 @@ haproxy:
 # Thousands of connections of every kind against one server, on loopback; not part of `make test`.
 soak: $(VENV)/.installed-test
 	$(BIN)/python soak/soak.py $(SOAK_ARGS)
+
+# Hostile peers against real servers on loopback, each measured from /proc; not part of `make test`.
+attack: $(VENV)/.installed-test
+	$(BIN)/python soak/attack.py $(ATTACK_ARGS)
 
 # sockapp against the same protocol on asyncio and uvloop: table and plot in benchmarks/results/.
 bench: $(VENV)/.installed-bench

@@ -439,3 +439,11 @@ def test_close_aborts_connections_that_cannot_drain_after_the_grace_period():
     assert transport.disconnected  # the server never read: aborted
     drop(protocol)
     assert closed == [None] and not clock.getDelayedCalls()
+
+
+def test_the_client_takes_large_dense_json_answers_a_server_would_refuse():
+    client, transport = connect()
+    result = collect(client.request("search", "ring"))
+    dense = [[[]] * 10] * 20_000  # 100 KB, a '[' every 3 characters
+    client.dataReceived(encode_json({"result": dense}))
+    assert result[0].result == dense

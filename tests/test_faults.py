@@ -217,3 +217,85 @@ def test_an_idle_peer_that_does_not_read_loses_its_connection_and_its_slot(serve
         assert served == {"result": "In the caves beneath the Misty Mountains. \U0001f48d"}, server.log()[-2000:]
     finally:
         greedy.close()
+
+
+def status_bytes(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field}")
+
+
+def text_json_frame(content: bytes, encoding: str = "utf-8") -> bytes:
+    header = json.dumps(
+        {"byteorder": "little", "content-type": "text/json", "content-encoding": encoding, "content-length": len(content)}
+    ).encode()
+    return len(header).to_bytes(2, "big") + header + content
+
+
+def nested_json_request(length: int) -> bytes:
+    """A search whose value is JSON that parses to ~48 times its size: arrays nested 200 deep."""
+    unit = b"[" * 200 + b"]" * 200
+    head, tail = b'{"action": "search", "value": [', b"]}"
+    count = (length - len(head) - len(tail)) // (len(unit) + 1)
+    return text_json_frame(head + b",".join([unit] * count) + tail)
+
+
+def binary_request_of(length: int) -> bytes:
+    header = json.dumps(
+        {"byteorder": "little", "content-type": "binary/x", "content-encoding": "binary", "content-length": length}
+    ).encode()
+    return len(header).to_bytes(2, "big") + header + b"\xab" * length
+
+
+def test_peak_memory_stays_within_the_readme_budget(server_processes):
+    """README: per connection, the larger of --max-content-length and 50 x --max-json-length, plus
+    128 KiB. Connections send the worst of each at once and read nothing: JSON that parses to ~48
+    times its size, cp437 searches whose answers are 3 times theirs, binary frames of the limit,
+    and JSON of the binary limit (which only --max-json-length keeps from being parsed)."""
+    max_content, max_json, per_kind = 4 * 2**20, 64 * 2**10, 8
+    server = server_processes(
+        [tool("twistd"), "-n", "--pidfile=", "sockapp", "--port", LOOPBACK]
+        + ["--max-content-length", str(max_content), "--max-json-length", str(max_json)]
+    )
+    port = int(server.wait_for_log(r"starting on (\d+)").group(1))
+    pid = server.proc.pid
+    before = status_bytes(pid, "VmRSS")
+    cp437 = "\u2588" * (max_json - 40)  # one byte each in cp437, three in the UTF-8 answer
+    frames = [
+        nested_json_request(max_json),
+        text_json_frame(json.dumps({"action": "search", "value": cp437}, ensure_ascii=False).encode("cp437"), "cp437"),
+        binary_request_of(max_content),
+        nested_json_request(max_content),
+    ]
+    peers = []
+    try:
+        for _ in range(per_kind):
+            for frame in frames:
+                peer = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+                peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                peer.setblocking(False)
+                peers.append([peer, frame * 3, 0])  # pipelined, never read
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(sent < len(data) for _, data, sent in peers):
+            for entry in peers:
+                peer, data, sent = entry
+                if sent < len(data):
+                    try:
+                        entry[2] += peer.send(data[sent : sent + 2**20])
+                    except BlockingIOError:
+                        pass
+                    except OSError:
+                        entry[2] = len(data)  # closed by the server (an error frame)
+            time.sleep(0.001)
+        time.sleep(1)
+        peak = status_bytes(pid, "VmHWM")
+    finally:
+        for peer, _, _ in peers:
+            peer.close()
+    budget = len(peers) * (max(max_content, 50 * max_json) + 128 * 2**10)
+    print(f"\n{len(peers)} connections: RSS {before / 2**20:.1f} MiB, peak {peak / 2**20:.1f} MiB "
+          f"(+{(peak - before) / 2**20:.1f}); budget {budget / 2**20:.1f} MiB")  # fmt: skip
+    assert peak - before <= budget
+    assert "Traceback" not in server.log()

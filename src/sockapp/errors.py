@@ -26,6 +26,7 @@ class ErrorCode(enum.StrEnum):
     CONTENT_NOT_DECODABLE = "content-not-decodable"
     CONTENT_NOT_JSON = "content-not-json"
     REQUEST_NOT_OBJECT = "request-not-object"
+    CONTENT_TOO_COMPLEX = "content-too-complex"
     BAD_REQUEST = "bad-request"
     FRAME_TIMEOUT = "frame-timeout"
     UNEXPECTED_RESPONSE = "unexpected-response"

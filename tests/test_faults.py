@@ -205,7 +205,7 @@ def test_an_idle_peer_that_does_not_read_loses_its_connection_and_its_slot(serve
     close grace period, and the next client is served."""
     server = server_processes(
         [tool("twistd"), "-n", "--pidfile=", "sockapp", "--port", LOOPBACK, "--idle-timeout", "2"]
-        + ["--max-connections", "1"]
+        + ["--max-connections", "1", "--verbose"]
     )
     port = int(server.wait_for_log(r"starting on (\d+)").group(1))
     answer_size = 60_000

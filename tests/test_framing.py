@@ -477,3 +477,23 @@ def test_large_json_dense_with_arrays_and_objects_is_too_complex():
     sparse = b"[" + b",".join([b"[0,1,2,3,4,5]"] * (COMPLEX_JSON_FROM // 10)) + b"]"
     assert sparse.count(b"[") * CHARACTERS_PER_CONTAINER <= len(sparse)
     assert len(parse_json_content(sparse, "utf-8")) == COMPLEX_JSON_FROM // 10
+
+
+@pytest.mark.parametrize("name", ["\nutf-8\u2028\u0085", "utf\x7f8", "\ud800utf-8", "utf-8\x00"])
+def test_an_allowed_name_wrapped_in_other_characters_is_unknown(name):
+    """Only names of letters, digits, '.', '_', '-' and spaces are looked up, so no message quotes
+    a name with control characters in it."""
+    with pytest.raises(RemoteProtocolError) as caught:
+        parse_json_content(b"\xff", name)
+    assert caught.value.code is ErrorCode.UNKNOWN_ENCODING
+    assert caught.value.message.isprintable()
+
+
+def test_a_huge_content_length_is_quoted_cut():
+    decoder = FrameDecoder(max_content_length=10)
+    header = {"byteorder": "big", "content-type": "x", "content-encoding": "binary", "content-length": 10**4000}
+    decoder.receive_data(raw_frame(header))
+    with pytest.raises(RemoteProtocolError) as caught:
+        decoder.next_message()
+    assert caught.value.code is ErrorCode.CONTENT_TOO_LARGE
+    assert len(caught.value.message) < 200

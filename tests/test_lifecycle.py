@@ -438,3 +438,46 @@ def test_a_frame_finished_after_reading_resumes_is_answered():
     clock.advance(60)
     frames = [json.loads(content) for _, content in split_frames(transport.value())]
     assert frames == [{"result": "In the caves beneath the Misty Mountains. \U0001f48d"}]
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [json_request({"action": "search", "value": "x"})[:-1] + b"!", binary_request(b"x" * 100)[:50]],
+    ids=["content-not-json", "partial frame"],
+)
+def test_a_connection_that_failed_is_freed_without_the_cycle_collector(request_):
+    """An error kept with its traceback would hold the decoder, the protocol and the content."""
+    gc.collect()
+    gc.disable()
+    try:
+        from twisted.logger import Logger
+
+        factory = SearchFactory(reactor=Clock())
+        protocol, transport = connect(factory)
+        # As in a running server, events go to observers and are gone (not to the buffer Twisted
+        # keeps, with every event's source, until logging begins: no test process begins it).
+        protocol.log = Logger(observer=lambda event: None)
+        protocol.dataReceived(request_)
+        if transport.disconnecting:  # the error frame was sent; the decoder keeps refusing
+            protocol.dataReceived(b"more")
+        refs = [weakref.ref(protocol), weakref.ref(protocol._decoder)]
+        lose(protocol, transport)
+        del protocol, transport
+        assert [ref() for ref in refs] == [None, None]
+    finally:
+        gc.enable()
+
+
+def test_one_log_line_for_one_fault_even_when_the_close_is_cut():
+    clock = Clock()
+    factory = SearchFactory(reactor=clock)
+    protocol, transport = connect_unflushable(factory)
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        protocol.dataReceived(json_request([1, 2]))
+        clock.advance(factory.close_grace)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert transport.aborted
+    assert len([e for e in events if "peer" in e]) == 1

@@ -293,3 +293,45 @@ def test_metrics_connections_are_limited_and_idle_ones_closed():
     assert site.open == site.max_connections - 3
     again, again_transport = metrics_connection(site)
     assert not again_transport.disconnecting  # room again
+
+
+def test_a_peer_trickling_a_request_loses_its_slot_after_the_idle_timeout_in_all():
+    clock = Clock()
+    site = MetricsSite(ServerMetrics(process=False).registry, reactor=clock)
+    channel, transport = metrics_connection(site)
+    for byte in b"GET /metrics HTTP/1.1\r\n":  # a byte every 8 s: the idle timer never fires
+        channel.dataReceived(bytes([byte]))
+        clock.advance(site.idle_timeout * 0.8 / len(b"GET /metrics HTTP/1.1\r\n"))
+    clock.advance(site.idle_timeout * 0.2 + 0.01)
+    assert transport.disconnected  # aborted: the connection's whole time is up
+
+
+def test_head_is_answered_without_a_body_or_a_log_line():
+    from twisted.logger import globalLogPublisher
+
+    site = MetricsSite(ServerMetrics(process=False).registry, reactor=Clock())
+    channel, transport = metrics_connection(site)
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        channel.dataReceived(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    head, _, body = transport.value().partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and body == b""
+    assert events == []
+
+
+def test_verbose_access_lines_are_escaped_and_cut():
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    site = MetricsSite(ServerMetrics(process=False).registry, verbose=True, reactor=Clock())
+    channel, transport = metrics_connection(site)
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        channel.dataReceived(b"GET /metrics?" + b"x%1b" * 3000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    (line,) = [formatEvent(e) for e in events if e.get("log_namespace") == "sockapp.metrics.access"]
+    assert len(line) < 400 and line.isprintable() and " GET /metrics?x%1b" in line

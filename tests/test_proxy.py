@@ -91,3 +91,50 @@ def test_unknown_and_local_headers_keep_the_real_address():
     assert not transport.aborted
     (protocol,) = factory.connections
     assert protocol.peer == "10.0.0.5:41000"
+
+
+@pytest.mark.parametrize("split", [1, 4, 5, 7, 9, 15])
+def test_a_v1_header_split_across_reads_is_read_as_a_header(split):
+    factory = SearchFactory()
+    wrapper = CheckedProxyFactory(factory).buildProtocol(IPv4Address("TCP", "10.0.0.1", 5634))
+    transport = Transport(peerAddress=BALANCER)
+    wrapper.makeConnection(transport)
+    data = b"PROXY TCP4 203.0.113.7 10.0.0.1 40000 5634\r\n" + json_request({"action": "search", "value": "ring"})
+    wrapper.dataReceived(data[:split])
+    wrapper.dataReceived(data[split:])
+    assert not transport.aborted
+    ((_, content),) = split_frames(transport.value())
+    assert json.loads(content)["result"].startswith("In the caves")
+    (protocol,) = factory.connections
+    assert protocol.peer == "203.0.113.7:40000"
+
+
+def test_a_v2_header_split_across_reads_is_read_as_a_header():
+    import socket
+    import struct
+
+    addresses = socket.inet_aton("203.0.113.7") + socket.inet_aton("10.0.0.1") + struct.pack("!HH", 40000, 5634)
+    header = b"\r\n\r\n\x00\r\nQUIT\n" + b"\x21\x11" + struct.pack("!H", len(addresses)) + addresses
+    factory = SearchFactory()
+    wrapper = CheckedProxyFactory(factory).buildProtocol(IPv4Address("TCP", "10.0.0.1", 5634))
+    transport = Transport(peerAddress=BALANCER)
+    wrapper.makeConnection(transport)
+    for byte in header:
+        wrapper.dataReceived(bytes([byte]))
+    assert not transport.aborted
+    (protocol,) = factory.connections
+    assert protocol.peer == "203.0.113.7:40000"
+
+
+def test_proxy_unknown_with_nothing_after_it_is_valid():
+    wrapper, transport, events, factory = behind_proxy(b"PROXY UNKNOWN\r\n")
+    assert not transport.aborted
+    ((_, content),) = split_frames(transport.value())
+    assert json.loads(content)["result"].startswith("In the caves")
+
+
+def test_an_ipv6_scope_id_is_not_an_address():
+    wrapper, transport, events, factory = behind_proxy(
+        "PROXY TCP6 fe80::1%\x1b[2K\rFORGED ::1 4444 5634\r\n".encode("latin-1")
+    )
+    assert transport.aborted and transport.value() == b""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import functools
 import json
+import re
 import sys
 from typing import Any, Final
 
@@ -174,7 +175,8 @@ def parse_header(raw: bytes, max_content_length: int, max_json_length: int | Non
     if header.content_length > max_content_length:
         raise RemoteProtocolError(
             ErrorCode.CONTENT_TOO_LARGE,
-            f"content-length {header.content_length} is over this server's limit of {max_content_length} bytes",
+            f"content-length {peer_text(header.content_length, 24)} is over this server's limit of "
+            f"{max_content_length} bytes",
         )
     if (
         max_json_length is not None
@@ -183,7 +185,7 @@ def parse_header(raw: bytes, max_content_length: int, max_json_length: int | Non
     ):
         raise RemoteProtocolError(
             ErrorCode.CONTENT_TOO_LARGE,
-            f"text/json content-length {header.content_length} is over this server's limit of "
+            f"text/json content-length {peer_text(header.content_length, 24)} is over this server's limit of "
             f"{max_json_length} bytes for JSON (--max-json-length)",
         )
     return header
@@ -266,9 +268,15 @@ def _encoding_names() -> dict[str, str]:
 _ENCODING_NAMES: Final = _encoding_names()
 
 
+_ENCODING_NAME_CHARACTERS: Final = re.compile(r"[A-Za-z0-9._ -]+")
+
+
 def _text_codec(encoding: str) -> str | None:
-    """The codec for a declared text encoding, or None if it is not one sockapp accepts."""
-    if len(encoding) > MAX_ENCODING_NAME:
+    """The codec for a declared text encoding, or None if it is not one sockapp accepts.
+
+    Only names of ASCII letters, digits, ``.``, ``_``, ``-`` and spaces are
+    looked up, so a name that is accepted is also safe to quote."""
+    if len(encoding) > MAX_ENCODING_NAME or not _ENCODING_NAME_CHARACTERS.fullmatch(encoding):
         return None
     # Python's own normalization (encodings.normalize_encoding), then its alias table.
     normalized = "_".join("".join(c if c.isalnum() or c == "." else " " for c in encoding).split()).lower()
@@ -298,10 +306,12 @@ def parse_json_content(content: bytes, encoding: str, limit_complexity: bool = T
         text = content.decode(codec)
     except UnicodeDecodeError as e:
         raise RemoteProtocolError(
-            ErrorCode.CONTENT_NOT_DECODABLE, f"content is not valid {encoding}: {e.reason} at byte {e.start}"
+            ErrorCode.CONTENT_NOT_DECODABLE, f"content is not valid {codec}: {e.reason} at byte {e.start}"
         ) from None
     except (ValueError, TypeError) as e:  # UnicodeError of odd codecs is a ValueError
-        raise RemoteProtocolError(ErrorCode.CONTENT_NOT_DECODABLE, f"content is not valid {encoding}: {e}") from None
+        raise RemoteProtocolError(
+            ErrorCode.CONTENT_NOT_DECODABLE, f"content is not valid {codec}: {peer_text(e, 100)}"
+        ) from None
     if limit_complexity and len(text) > COMPLEX_JSON_FROM:
         containers = text.count("[") + text.count("{")
         if containers * CHARACTERS_PER_CONTAINER > len(text):
@@ -352,7 +362,7 @@ class FrameDecoder:
         self._header: Header | None = None
         self._chunks: list[bytes] | None = None
         self._chunks_length = 0
-        self._error: RemoteProtocolError | None = None
+        self._error: tuple[ErrorCode, str] | None = None  # the fault, not the exception (see next_message)
 
     @property
     def buffered(self) -> int:
@@ -378,11 +388,13 @@ class FrameDecoder:
     def next_message(self) -> Message | _NeedData:
         """The next complete message, or ``NEED_DATA``; raises on a broken frame."""
         if self._error is not None:
-            raise self._error
+            raise RemoteProtocolError(*self._error)
         try:
             return self._next_message()
         except RemoteProtocolError as e:
-            self._error = e
+            # Not the exception itself: its traceback holds this decoder (and the protocol and
+            # the content) in a reference cycle that only the cycle collector would free.
+            self._error = (e.code, e.message)
             self._buffer = bytearray()
             self._chunks = None
             self._chunks_length = 0

@@ -224,7 +224,9 @@ class ClosesInTime:
         self.deadlines.closing(seconds, self._closeOverdue)
 
     def _closeOverdue(self) -> None:
-        self.log.info("{peer}: close not finished in time (the peer is not reading); aborting", peer=self.peer)
+        # The close was logged when it was decided: one line per fault, unless asked for more.
+        if getattr(getattr(self, "factory", None), "verbose", False):
+            self.log.info("{peer}: close not finished in time (the peer is not reading); aborting", peer=self.peer)
         self.transport.abortConnection()
 
 

@@ -25,13 +25,16 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
+from twisted.logger import Logger
 from twisted.web import pages
-from twisted.web.resource import Resource
 from twisted.web.http import HTTPChannel
+from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from sockapp.errors import ErrorCode
+from sockapp.protocol import describe_address
 from sockapp.search import OUTCOMES
+from sockapp.text import peer_text
 
 # From a cached answer on loopback (tens of microseconds) to a 64 MiB frame (tenths of a second).
 LATENCY_BUCKETS: Final = (
@@ -149,6 +152,14 @@ class MetricsPage(Resource):
             return pages.errorPage(405, "Method Not Allowed", "Only GET.").render(request)  # type: ignore[no-any-return]
         return super().render(request)  # type: ignore[no-any-return]
 
+    def render_HEAD(self, request: Request) -> bytes:
+        """The headers of GET, without rendering the registry (Twisted would log the body it drops)."""
+        if request.postpath:
+            request.setResponseCode(404)
+            return b""
+        request.setHeader("content-type", choose_encoder(request.getHeader("accept") or "")[1])
+        return b""
+
     def render_GET(self, request: Request) -> bytes:
         if request.postpath:  # /metrics/anything
             return pages.notFound().render(request)  # type: ignore[no-any-return]
@@ -187,6 +198,13 @@ class MetricsChannel(HTTPChannel):
     """
 
     abortTimeout = 2
+    _lifetime: Any = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # The idle timeout restarts with every byte; a peer trickling a header a byte at a time
+        # would hold its slot for ever. One request a connection: it gets this long in all.
+        self._lifetime = self.callLater(self.factory.idle_timeout, self.transport.abortConnection)
 
     def checkPersistence(self, request: Any, version: bytes) -> bool:
         request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
@@ -206,8 +224,14 @@ class MetricsChannel(HTTPChannel):
         super().allHeadersReceived()
 
     def connectionLost(self, reason: Any) -> None:
+        if self._lifetime is not None and self._lifetime.active():
+            self._lifetime.cancel()
+        self._lifetime = None
         super().connectionLost(reason)
         self.factory.channel_closed()
+
+
+_access = Logger(namespace="sockapp.metrics.access")
 
 
 class MetricsSite(Site):
@@ -245,5 +269,13 @@ class MetricsSite(Site):
         self.open -= 1
 
     def log(self, request: Any) -> None:
+        """With ``--verbose``, one line a request, its client's words escaped and cut."""
         if self.verbose:
-            super().log(request)
+            _access.info(
+                "{peer} {method} {uri} {code} {length}",
+                peer=describe_address(request.getClientAddress()),
+                method=peer_text(request.method.decode("latin-1"), 16),
+                uri=peer_text(request.uri.decode("latin-1"), 200),
+                code=request.code,
+                length=request.sentLength,
+            )

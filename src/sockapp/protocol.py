@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from sockapp.errors import RemoteProtocolError
+from sockapp.text import peer_text
 from sockapp.framing import (
     DEFAULT_MAX_CONTENT_LENGTH,
     NEED_DATA,
@@ -135,12 +136,15 @@ def abort_if_peer_not_reading(transport: ITransport) -> None:
 
 
 def describe_address(address: object) -> str:
-    """A short text for a peer address in logs: host:port, or unix:path."""
+    """A short text for a peer address in logs: host:port, or unix:path (escaped: behind a
+    PROXY header the host is the peer's own words)."""
     host, port = getattr(address, "host", None), getattr(address, "port", None)
     if host is not None and port is not None:
-        return f"{host}:{port}"
+        return peer_text(f"{host}:{port}", 80)
     name = getattr(address, "name", None)
-    return f"unix:{name.decode() if isinstance(name, bytes) else name}" if name is not None else str(address)
+    if name is not None:
+        return peer_text(f"unix:{name.decode(errors='backslashreplace') if isinstance(name, bytes) else name}", 200)
+    return peer_text(str(address), 200)
 
 
 @implementer(IHalfCloseableProtocol)

@@ -18,6 +18,7 @@ from typing import Any
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
+from twisted.protocols.haproxy import _info
 from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
 from twisted.protocols.haproxy._v1parser import V1Parser
 from twisted.protocols.haproxy._v2parser import V2Parser
@@ -38,6 +39,8 @@ def valid_address(address: object) -> bool:
         return False
     if type(address.port) is not int or not 0 <= address.port <= 65535:
         return False
+    if "%" in address.host:  # an IPv6 scope id: any text at all
+        return False
     try:
         parsed = ipaddress.ip_address(address.host)
     except ValueError:
@@ -45,8 +48,18 @@ def valid_address(address: object) -> bool:
     return parsed.version == (4 if isinstance(address, IPv4Address) else 6)
 
 
+UNKNOWN_V1 = b"PROXY UNKNOWN\r\n"  # valid (the spec allows nothing after UNKNOWN); Twisted's parser refuses it
+
+
 class CheckedProxyWrapper(HAProxyProtocolWrapper):
-    """Twisted's PROXY wrapper, refusing headers whose addresses do not parse."""
+    """Twisted's PROXY wrapper, refusing headers whose addresses do not parse.
+
+    Unlike Twisted's, it waits for the first 16 bytes (or fewer, once they
+    cannot start a PROXY header) before it decides, so a header split across
+    reads is read as a header.
+    """
+
+    _start = b""
 
     def dataReceived(self, data: bytes) -> None:
         if self._proxyInfo is not None:
@@ -54,9 +67,18 @@ class CheckedProxyWrapper(HAProxyProtocolWrapper):
             return
         parser = self._parser
         if parser is None:
-            if len(data) >= 16 and data[:12] == V2Parser.PREFIX and ord(data[12:13]) & 0b11110000 == 0x20:
+            data = self._start + data
+            v1, v2 = V1Parser.PROXYSTR, V2Parser.PREFIX
+            if data.startswith(UNKNOWN_V1):
+                self._accept(_info.ProxyInfo(UNKNOWN_V1[:-2], None, None), data[len(UNKNOWN_V1) :])
+                return
+            if len(data) < 16 and (v2.startswith(data[:12]) or (v1 + b" ").startswith(data[:6])):
+                self._start = data  # the start of either header: wait for more (16 bytes at most)
+                return
+            self._start = b""
+            if len(data) >= 16 and data[:12] == v2 and ord(data[12:13]) & 0b11110000 == 0x20:
                 self._parser = parser = V2Parser()
-            elif len(data) >= 8 and data[:5] == V1Parser.PROXYSTR:
+            elif len(data) >= 8 and data[:5] == v1:
                 self._parser = parser = V1Parser()
             else:
                 self._refuse("no PROXY header")
@@ -71,6 +93,9 @@ class CheckedProxyWrapper(HAProxyProtocolWrapper):
         if not (valid_address(info.source) and valid_address(info.destination)):
             self._refuse("a PROXY header whose addresses are not IP addresses and ports")
             return
+        self._accept(info, remaining)
+
+    def _accept(self, info: _info.ProxyInfo, remaining: bytes | None) -> None:
         self._proxyInfo = info
         if remaining:
             self.wrappedProtocol.dataReceived(remaining)

@@ -213,7 +213,7 @@ BAD_FRAMES = {
     "empty header": (b"\x00\x00", ErrorCode.EMPTY_HEADER),
     "header not utf-8": (raw_frame(None, header_bytes=b'{"a": "\xff"}'), ErrorCode.HEADER_NOT_UTF8),
     "header not json": (raw_frame(None, header_bytes=b"{nope"), ErrorCode.HEADER_NOT_JSON),
-    "header deeply nested": (raw_frame(None, header_bytes=b"[" * 60000), ErrorCode.HEADER_NOT_JSON),
+    "header deeply nested": (raw_frame(None, header_bytes=b"[" * 60000), ErrorCode.HEADER_TOO_COMPLEX),
     "header is a list": (raw_frame([1, 2]), ErrorCode.HEADER_NOT_OBJECT),
     "header is a string": (raw_frame("x"), ErrorCode.HEADER_NOT_OBJECT),
     **{
@@ -462,21 +462,34 @@ def test_a_lone_surrogate_is_encoded_as_a_json_escape():
     assert decoder.next_message().document == {"result": "No match for '\ud800' \U0001f436."}
 
 
-def test_large_json_dense_with_arrays_and_objects_is_too_complex():
+def test_json_dense_with_arrays_and_objects_is_too_complex():
     """Nested arrays at 2 bytes a level cost 0.13 CPU-s per MiB to parse: refused before parsing."""
-    from sockapp.framing import CHARACTERS_PER_CONTAINER, COMPLEX_JSON_FROM
+    from sockapp.framing import CHARACTERS_PER_CONTAINER, FREE_CONTAINERS
 
-    nested = (b"[" * 200 + b"]" * 200) * (COMPLEX_JSON_FROM // 400 + 1)
+    for nested in (b"[" * 200 + b"]" * 200, b"[" + b",".join([b"[" * 200 + b"]" * 200] * 200) + b"]"):
+        with pytest.raises(RemoteProtocolError) as caught:
+            parse_json_content(nested, "utf-8")
+        assert caught.value.code is ErrorCode.CONTENT_TOO_COMPLEX
+        assert parse_json_content(nested, "utf-8", limit_complexity=False)  # a client's decoder parses it
+    # A few arrays and objects are always allowed; many, if sparse enough.
+    assert parse_json_content(b"{}", "utf-8") == {}
+    few = b"[" * FREE_CONTAINERS + b"]" * FREE_CONTAINERS
+    assert isinstance(parse_json_content(few, "utf-8"), list)
+    pairs = b"[" + b",".join([b"[1,20]"] * 10_000) + b"]"
+    assert pairs.count(b"[") * CHARACTERS_PER_CONTAINER <= len(pairs)
+    assert len(parse_json_content(pairs, "utf-8")) == 10_000
+
+
+def test_a_header_with_many_arrays_or_objects_is_refused():
+    from sockapp.framing import MAX_HEADER_CONTAINERS
+
+    header = {"byteorder": "big", "content-type": "x", "content-encoding": "binary", "content-length": 0}
+    decoder = FrameDecoder()
+    decoder.receive_data(raw_frame({**header, "extra": [[[]]]}) + raw_frame({**header, "p": [[]] * MAX_HEADER_CONTAINERS}))
+    assert decoder.next_message().content == b""
     with pytest.raises(RemoteProtocolError) as caught:
-        parse_json_content(b"[" + nested.replace(b"][", b"],[") + b"]", "utf-8")
-    assert parse_json_content(b"[" + nested.replace(b"][", b"],[") + b"]", "utf-8", limit_complexity=False)
-    assert caught.value.code is ErrorCode.CONTENT_TOO_COMPLEX
-    # Dense but small: parsed. Large but sparse enough: parsed.
-    assert parse_json_content(b"[" * 3 + b"]" * 3, "utf-8") == [[[]]]
-    assert isinstance(parse_json_content(b"[" * 500 + b"]" * 500, "utf-8"), list)  # dense, but small
-    sparse = b"[" + b",".join([b"[0,1,2,3,4,5]"] * (COMPLEX_JSON_FROM // 10)) + b"]"
-    assert sparse.count(b"[") * CHARACTERS_PER_CONTAINER <= len(sparse)
-    assert len(parse_json_content(sparse, "utf-8")) == COMPLEX_JSON_FROM // 10
+        decoder.next_message()
+    assert caught.value.code is ErrorCode.HEADER_TOO_COMPLEX
 
 
 @pytest.mark.parametrize("name", ["\nutf-8\u2028\u0085", "utf\x7f8", "\ud800utf-8", "utf-8\x00"])

@@ -19,6 +19,7 @@ class ErrorCode(enum.StrEnum):
     HEADER_NOT_JSON = "header-not-json"
     HEADER_NOT_OBJECT = "header-not-object"
     HEADER_MISSING_KEY = "header-missing-key"
+    HEADER_TOO_COMPLEX = "header-too-complex"
     BAD_HEADER_FIELD = "bad-header-field"
     BAD_CONTENT_LENGTH = "bad-content-length"
     CONTENT_TOO_LARGE = "content-too-large"

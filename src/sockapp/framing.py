@@ -151,6 +151,10 @@ def encode_json(document: object, content_encoding: str = "utf-8") -> bytes:
     return encode_frame(content, JSON_CONTENT_TYPE, content_encoding)
 
 
+# A header is one object of four strings and numbers (and whatever else a peer adds):
+# more arrays and objects than this in it are a peer making the server work.
+MAX_HEADER_CONTAINERS: Final = 16
+
 _PARSED_HEADERS: dict[bytes, Header] = {}
 _PARSED_HEADERS_LIMIT = 512
 _CACHED_HEADER_LENGTH = 256  # a usual header is about 100 bytes; longer ones are parsed each time
@@ -192,6 +196,10 @@ def parse_header(raw: bytes, max_content_length: int, max_json_length: int | Non
 
 
 def _parse_header(raw: bytes) -> Header:
+    if raw.count(b"[") + raw.count(b"{") > MAX_HEADER_CONTAINERS:
+        raise RemoteProtocolError(
+            ErrorCode.HEADER_TOO_COMPLEX, f"a header may hold at most {MAX_HEADER_CONTAINERS} '[' and '{{'"
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -271,23 +279,34 @@ _ENCODING_NAMES: Final = _encoding_names()
 _ENCODING_NAME_CHARACTERS: Final = re.compile(r"[A-Za-z0-9._ -]+")
 
 
+_KNOWN_SPELLINGS: dict[str, str] = {}  # exact declared names already found: the usual ones cost a lookup
+_KNOWN_SPELLINGS_LIMIT: Final = 256
+
+
 def _text_codec(encoding: str) -> str | None:
     """The codec for a declared text encoding, or None if it is not one sockapp accepts.
 
     Only names of ASCII letters, digits, ``.``, ``_``, ``-`` and spaces are
     looked up, so a name that is accepted is also safe to quote."""
+    codec = _KNOWN_SPELLINGS.get(encoding)
+    if codec is not None:
+        return codec
     if len(encoding) > MAX_ENCODING_NAME or not _ENCODING_NAME_CHARACTERS.fullmatch(encoding):
         return None
     # Python's own normalization (encodings.normalize_encoding), then its alias table.
-    normalized = "_".join("".join(c if c.isalnum() or c == "." else " " for c in encoding).split()).lower()
-    return _ENCODING_NAMES.get(normalized)
+    normalized = "_".join(encoding.replace("-", " ").replace("_", " ").split()).lower()
+    codec = _ENCODING_NAMES.get(normalized)
+    if codec is not None and len(_KNOWN_SPELLINGS) < _KNOWN_SPELLINGS_LIMIT:
+        _KNOWN_SPELLINGS[encoding] = codec  # only accepted names, a bounded number: no peer can grow it
+    return codec
 
 
 # Parsing costs CPU per array or object (a deeply nested array of 2 bytes a level,
-# the worst, costs 0.13 CPU-s per MiB). Large JSON must average at least this many
-# characters per array or object opened, which keeps any request under 0.1 CPU-s per MB.
-COMPLEX_JSON_FROM: Final = 64 * 1024
-CHARACTERS_PER_CONTAINER: Final = 4
+# the worst, costs 0.13 CPU-s per MiB). JSON with more than a few arrays and objects
+# must average at least this many characters for each one opened, which keeps parsing
+# any request under 0.1 CPU-s per MB, small ones pipelined included.
+FREE_CONTAINERS: Final = 16
+CHARACTERS_PER_CONTAINER: Final = 6
 
 
 def parse_json_content(content: bytes, encoding: str, limit_complexity: bool = True) -> Any:
@@ -312,13 +331,14 @@ def parse_json_content(content: bytes, encoding: str, limit_complexity: bool = T
         raise RemoteProtocolError(
             ErrorCode.CONTENT_NOT_DECODABLE, f"content is not valid {codec}: {peer_text(e, 100)}"
         ) from None
-    if limit_complexity and len(text) > COMPLEX_JSON_FROM:
+    # 64 characters hold at most 32 nested arrays, some 10 us to parse: not worth counting.
+    if limit_complexity and len(text) > 64:
         containers = text.count("[") + text.count("{")
-        if containers * CHARACTERS_PER_CONTAINER > len(text):
+        if containers > FREE_CONTAINERS and containers * CHARACTERS_PER_CONTAINER > len(text):
             raise RemoteProtocolError(
                 ErrorCode.CONTENT_TOO_COMPLEX,
-                f"{containers} '[' and '{{' in {len(text)} characters: JSON over {COMPLEX_JSON_FROM} characters "
-                f"may have at most one in {CHARACTERS_PER_CONTAINER}",
+                f"{containers} '[' and '{{' in {len(text)} characters: JSON with more than {FREE_CONTAINERS} "
+                f"may have at most one in {CHARACTERS_PER_CONTAINER} characters",
             )
     try:
         return json.loads(text)

@@ -191,10 +191,13 @@ def fill_the_kernel_exactly(sock: socket.socket, server_port: int, request: byte
     before = in_kernel()
     for _ in range(10_000):
         sock.sendall(request)
-        time.sleep(0.05)  # on loopback the answer is in the kernel by then
+        time.sleep(0.05)  # on loopback the answer is usually in the kernel by then
         now = in_kernel()
         if now - before < answer_size:
-            return
+            time.sleep(1)  # a busy server may just be late: look again before deciding
+            now = in_kernel()
+            if now - before < answer_size:
+                return
         before = now
     raise AssertionError("the kernel's buffers never filled")
 

@@ -510,3 +510,22 @@ def test_a_huge_content_length_is_quoted_cut():
         decoder.next_message()
     assert caught.value.code is ErrorCode.CONTENT_TOO_LARGE
     assert len(caught.value.message) < 200
+
+
+def test_brackets_in_a_short_string_are_not_complex():
+    assert parse_json_content(json.dumps({"action": "search", "value": "[x]" * 20}).encode(), "utf-8")["value"]
+
+
+@pytest.mark.parametrize("name", ["ISO_8859-1:1987", "windows.1252", "us.ascii", "utf8.ucs2"])
+def test_iana_and_dotted_spellings_python_accepts_are_accepted(name):
+    import codecs
+
+    assert parse_json_content(b'{"a": 1}', name) == {"a": 1}
+    codecs.lookup(name)  # and Python accepts them too
+
+
+def test_a_lone_surrogate_in_another_encoding_is_escaped_too():
+    frame = encode_json({"result": "\ud800 \U0001f436"}, "latin-1")
+    decoder = FrameDecoder()
+    decoder.receive_data(frame)
+    assert decoder.next_message().document == {"result": "\ud800 \U0001f436"}

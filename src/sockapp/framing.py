@@ -147,7 +147,12 @@ def encode_json(document: object, content_encoding: str = "utf-8") -> bytes:
     try:
         content = text.encode(content_encoding)
     except UnicodeEncodeError:
-        content = json.dumps(document, ensure_ascii=True).encode(content_encoding)
+        if codecs.lookup(content_encoding).name == "utf-8":
+            # Only lone surrogates fail in UTF-8, and only inside strings (json.dumps writes
+            # ASCII elsewhere), where their backslash escape (\ud800) is the JSON escape.
+            content = text.encode(content_encoding, "backslashreplace")
+        else:
+            content = json.dumps(document, ensure_ascii=True).encode(content_encoding)
     return encode_frame(content, JSON_CONTENT_TYPE, content_encoding)
 
 
@@ -276,7 +281,7 @@ def _encoding_names() -> dict[str, str]:
 _ENCODING_NAMES: Final = _encoding_names()
 
 
-_ENCODING_NAME_CHARACTERS: Final = re.compile(r"[A-Za-z0-9._ -]+")
+_ENCODING_NAME_CHARACTERS: Final = re.compile(r"[A-Za-z0-9._: -]+")
 
 
 _KNOWN_SPELLINGS: dict[str, str] = {}  # exact declared names already found: the usual ones cost a lookup
@@ -286,16 +291,16 @@ _KNOWN_SPELLINGS_LIMIT: Final = 256
 def _text_codec(encoding: str) -> str | None:
     """The codec for a declared text encoding, or None if it is not one sockapp accepts.
 
-    Only names of ASCII letters, digits, ``.``, ``_``, ``-`` and spaces are
-    looked up, so a name that is accepted is also safe to quote."""
+    Only names of ASCII letters, digits, ``.``, ``_``, ``:``, ``-`` and spaces
+    are looked up, so a name that is accepted is also safe to quote."""
     codec = _KNOWN_SPELLINGS.get(encoding)
     if codec is not None:
         return codec
     if len(encoding) > MAX_ENCODING_NAME or not _ENCODING_NAME_CHARACTERS.fullmatch(encoding):
         return None
     # Python's own normalization (encodings.normalize_encoding), then its alias table.
-    normalized = "_".join(encoding.replace("-", " ").replace("_", " ").split()).lower()
-    codec = _ENCODING_NAMES.get(normalized)
+    normalized = "_".join(encoding.replace("-", " ").replace("_", " ").replace(":", " ").split()).lower()
+    codec = _ENCODING_NAMES.get(normalized) or _ENCODING_NAMES.get(normalized.replace(".", "_"))
     if codec is not None and len(_KNOWN_SPELLINGS) < _KNOWN_SPELLINGS_LIMIT:
         _KNOWN_SPELLINGS[encoding] = codec  # only accepted names, a bounded number: no peer can grow it
     return codec
@@ -305,7 +310,7 @@ def _text_codec(encoding: str) -> str | None:
 # the worst, costs 0.13 CPU-s per MiB). JSON with more than a few arrays and objects
 # must average at least this many characters for each one opened, which keeps parsing
 # any request under 0.1 CPU-s per MB, small ones pipelined included.
-FREE_CONTAINERS: Final = 16
+FREE_CONTAINERS: Final = 32  # counted anywhere, inside strings too: counting is what must be cheap
 CHARACTERS_PER_CONTAINER: Final = 6
 
 
@@ -332,7 +337,7 @@ def parse_json_content(content: bytes, encoding: str, limit_complexity: bool = T
             ErrorCode.CONTENT_NOT_DECODABLE, f"content is not valid {codec}: {peer_text(e, 100)}"
         ) from None
     # 64 characters hold at most 32 nested arrays, some 10 us to parse: not worth counting.
-    if limit_complexity and len(text) > 64:
+    if limit_complexity and len(text) > 2 * FREE_CONTAINERS:
         containers = text.count("[") + text.count("{")
         if containers > FREE_CONTAINERS and containers * CHARACTERS_PER_CONTAINER > len(text):
             raise RemoteProtocolError(

@@ -104,6 +104,7 @@ class Server:
         deadline = time.monotonic() + 30
         while not (found := re.search(rb"SearchFactory (?:\(\w+\) )?starting on (\d+)", self.log_bytes())):
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()  # leave no process behind
                 raise RuntimeError(f"server did not start:\n{self.log_bytes().decode(errors='replace')}")
             time.sleep(0.05)
         self.port = int(found.group(1))

@@ -139,9 +139,9 @@ def encode_json(document: object, content_encoding: str = "utf-8") -> bytes:
     """A ``text/json`` frame carrying ``document``, encoded as the tutorial does.
 
     A string holding a lone surrogate (valid JSON, ``"\\ud800"``, but not
-    encodable as UTF-8) is written as a JSON escape instead; so is every
-    other non-ASCII character of that document. A JSON parser reads back
-    the same document either way.
+    encodable as UTF-8) has it written as a JSON escape instead (in other
+    encodings, every character they cannot encode). A JSON parser reads
+    back the same document either way.
     """
     text = json.dumps(document, ensure_ascii=False)
     try:

@@ -426,7 +426,7 @@ def test_after_the_server_sends_eof_what_is_outstanding_goes_again_at_once():
 
 
 def test_close_aborts_connections_that_cannot_drain_after_the_grace_period():
-    from sockapp.client import CLOSE_GRACE
+    from sockapp.protocol import CLOSE_GRACE
 
     clock = Clock()
     endpoint = StringEndpoint()

@@ -13,20 +13,25 @@ import termios
 import time
 
 import pytest
-from conftest import json_request, split_frames, start_twistd, tool
+from conftest import binary_request, json_request, raw_frame, split_frames, start_twistd, tool
 
-from sockapp.lifecycle import CLOSE_GRACE
+from sockapp.protocol import CLOSE_GRACE
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 TIMEOUT = 30
 
 
-def rss_bytes(pid: int) -> int:
+def status_bytes(pid: int, field: str) -> int:
+    """A size from /proc/PID/status (VmRSS, VmHWM ...), in bytes."""
     with open(f"/proc/{pid}/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
+    raise AssertionError(f"no {field}")
+
+
+def rss_bytes(pid: int) -> int:
+    return status_bytes(pid, "VmRSS")
 
 
 def ask(sock: socket.socket, request: bytes) -> list:
@@ -241,19 +246,9 @@ def test_an_idle_peer_that_does_not_read_loses_its_connection_and_its_slot(serve
         greedy.close()
 
 
-def status_bytes(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError(f"no {field}")
-
-
 def text_json_frame(content: bytes, encoding: str = "utf-8") -> bytes:
-    header = json.dumps(
-        {"byteorder": "little", "content-type": "text/json", "content-encoding": encoding, "content-length": len(content)}
-    ).encode()
-    return len(header).to_bytes(2, "big") + header + content
+    header = {"byteorder": "little", "content-type": "text/json", "content-encoding": encoding}
+    return raw_frame({**header, "content-length": len(content)}, content)
 
 
 def nested_json_request(length: int) -> bytes:
@@ -262,13 +257,6 @@ def nested_json_request(length: int) -> bytes:
     head, tail = b'{"action": "search", "value": [', b"]}"
     count = (length - len(head) - len(tail)) // (len(unit) + 1)
     return text_json_frame(head + b",".join([unit] * count) + tail)
-
-
-def binary_request_of(length: int) -> bytes:
-    header = json.dumps(
-        {"byteorder": "little", "content-type": "binary/x", "content-encoding": "binary", "content-length": length}
-    ).encode()
-    return len(header).to_bytes(2, "big") + header + b"\xab" * length
 
 
 def test_peak_memory_stays_within_the_readme_budget(server_processes):
@@ -288,7 +276,7 @@ def test_peak_memory_stays_within_the_readme_budget(server_processes):
     frames = [
         nested_json_request(max_json),
         text_json_frame(json.dumps({"action": "search", "value": cp437}, ensure_ascii=False).encode("cp437"), "cp437"),
-        binary_request_of(max_content),
+        binary_request(b"\xab" * max_content),
         nested_json_request(max_content),
     ]
     peers = []

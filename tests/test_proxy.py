@@ -24,14 +24,20 @@ class Transport(StringTransport):
         super().abortConnection()
 
 
-def behind_proxy(header: bytes):
+def wrapped_connection():
+    """A search server behind CheckedProxyWrapper, on a StringTransport from the balancer."""
     factory = SearchFactory()
+    wrapper = CheckedProxyFactory(factory).buildProtocol(IPv4Address("TCP", "10.0.0.1", 5634))
+    transport = Transport(peerAddress=BALANCER)
+    wrapper.makeConnection(transport)
+    return wrapper, transport, factory
+
+
+def behind_proxy(header: bytes):
     events = []
     globalLogPublisher.addObserver(events.append)
     try:
-        wrapper = CheckedProxyFactory(factory).buildProtocol(IPv4Address("TCP", "10.0.0.1", 5634))
-        transport = Transport(peerAddress=BALANCER)
-        wrapper.makeConnection(transport)
+        wrapper, transport, factory = wrapped_connection()
         wrapper.dataReceived(header + json_request({"action": "search", "value": "ring"}))
     finally:
         globalLogPublisher.removeObserver(events.append)
@@ -95,10 +101,7 @@ def test_unknown_and_local_headers_keep_the_real_address():
 
 @pytest.mark.parametrize("split", [1, 4, 5, 7, 9, 15])
 def test_a_v1_header_split_across_reads_is_read_as_a_header(split):
-    factory = SearchFactory()
-    wrapper = CheckedProxyFactory(factory).buildProtocol(IPv4Address("TCP", "10.0.0.1", 5634))
-    transport = Transport(peerAddress=BALANCER)
-    wrapper.makeConnection(transport)
+    wrapper, transport, factory = wrapped_connection()
     data = b"PROXY TCP4 203.0.113.7 10.0.0.1 40000 5634\r\n" + json_request({"action": "search", "value": "ring"})
     wrapper.dataReceived(data[:split])
     wrapper.dataReceived(data[split:])
@@ -115,10 +118,7 @@ def test_a_v2_header_split_across_reads_is_read_as_a_header():
 
     addresses = socket.inet_aton("203.0.113.7") + socket.inet_aton("10.0.0.1") + struct.pack("!HH", 40000, 5634)
     header = b"\r\n\r\n\x00\r\nQUIT\n" + b"\x21\x11" + struct.pack("!H", len(addresses)) + addresses
-    factory = SearchFactory()
-    wrapper = CheckedProxyFactory(factory).buildProtocol(IPv4Address("TCP", "10.0.0.1", 5634))
-    transport = Transport(peerAddress=BALANCER)
-    wrapper.makeConnection(transport)
+    wrapper, transport, factory = wrapped_connection()
     for byte in header:
         wrapper.dataReceived(bytes([byte]))
     assert not transport.aborted

@@ -38,12 +38,10 @@ from sockapp.errors import (
     TLSFailure,
 )
 from sockapp.framing import Header, Message, encode_frame, encode_json
-from sockapp.protocol import FramedProtocol
+from sockapp.protocol import CLOSE_GRACE, FramedProtocol
 
 DEFAULT_ENDPOINT: Final = "tcp:host=127.0.0.1:port=5634"
 DEFAULT_RETRIES: Final = 2
-# How long close() lets queued requests drain before it aborts the connection.
-CLOSE_GRACE: Final = 2.0
 BINARY_REQUEST_TYPE: Final = "binary/custom-client-binary-type"
 BINARY_REQUEST_ENCODING: Final = "binary"
 
@@ -241,8 +239,6 @@ class AppClient(_Closable, FramedProtocol):
         then sends what was outstanding again, or fails it, straight away.
         """
         self.closing = True
-        if getattr(self.transport, "producer", None) is not None:
-            self.transport.unregisterProducer()
         self.transport.abortConnection()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]

@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
-from sockapp.protocol import describe_address
+from sockapp.protocol import CLOSE_GRACE, describe_address
 
 if TYPE_CHECKING:
     from sockapp.metrics import ServerMetrics
@@ -26,9 +26,6 @@ if TYPE_CHECKING:
 DEFAULT_IDLE_TIMEOUT = 300.0
 DEFAULT_FRAME_TIMEOUT = 30.0
 DEFAULT_SHUTDOWN_TIMEOUT = 10.0
-# How long a close decided by a timeout or a protocol error may take to send what is
-# queued; then the connection is aborted, whether or not the peer reads.
-CLOSE_GRACE = 2.0
 RELEASE_MEMORY_DELAY = 1.0
 
 

@@ -258,7 +258,8 @@ class MetricsSite(Site):
 
     def buildProtocol(self, addr: Any) -> Any:
         if self.open >= self.max_connections:
-            from sockapp.lifecycle import CLOSE_GRACE, Refused
+            from sockapp.lifecycle import Refused
+            from sockapp.protocol import CLOSE_GRACE
 
             self.refused += 1
             return Refused(self.reactor, CLOSE_GRACE)

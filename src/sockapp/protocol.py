@@ -8,7 +8,7 @@ frames go down with ``sendMessage``. All parsing lives in ``framing``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, ITransport
 from twisted.internet.protocol import Protocol
@@ -25,6 +25,11 @@ from sockapp.framing import (
     encode_frame,
     encode_json,
 )
+
+
+# How long a close that was decided on (a timeout, an error frame, a client's close()) may
+# take to send what is queued; then the connection is aborted, whether or not the peer reads.
+CLOSE_GRACE: Final = 2.0
 
 
 def error_document(error: RemoteProtocolError) -> dict[str, dict[str, str]]:

@@ -34,8 +34,14 @@ Attacks (every one bounded in time and bytes):
   --idle-timeout 2, one silent peer holds the slot and 50 more are refused.
   Limit: the refused ones are gone within the close grace period (2 s), the
   silent one within the idle timeout and the grace period.
+- ``small``: 16 MB of pipelined requests of about 110 bytes on one connection,
+  whose 1,024 distinct headers defeat the parsed-header cache and whose
+  answers are built per request (a lone surrogate or an unknown action, a
+  search miss, a binary request). Limit: 0.1 CPU-s per MB sent each.
 - ``metrics``: 2.7 MB of pipelined GET /metrics never read, and a POST that
-  tries to send 1 GiB. Limit: RSS grows by under 32 MiB.
+  tries to send 1 GiB. Limit: RSS grows by under 32 MiB. Also measured, as
+  figures: the CPU of 1,000 scrapes, each on its own connection, beside
+  1,000 one-request connections to the main port.
 """
 
 from __future__ import annotations
@@ -467,6 +473,73 @@ def attack_refused(folder: Path) -> dict:
     return results
 
 
+def distinct_headers(content: bytes, content_type: str = "text/json") -> bytes:
+    """1,024 frames of ``content`` whose headers all differ (in ``byteorder``, which the server ignores)."""
+    names = [a + b for a in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdef" for b in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdef"]
+    encoding = "utf-8" if content_type == "text/json" else "binary"
+    return b"".join(
+        frame_with(content, {"byteorder": name, "content-type": content_type, "content-encoding": encoding})
+        for name in names
+    )
+
+
+def frame_with(content: bytes, fields: dict) -> bytes:
+    header = json.dumps({**fields, "content-length": len(content)}, separators=(",", ":")).encode()
+    return len(header).to_bytes(2, "big") + header + content
+
+
+def pipelined(server: Server, payload: bytes, total: int = 16_000_000) -> dict:
+    """Send ``payload`` repeated to ``total`` bytes on one connection, reading every answer."""
+    data = payload * max(1, total // len(payload))
+    received = [0]
+    cpu = server.cpu()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+
+        def read() -> None:
+            while chunk := sock.recv(MIB):
+                received[0] += len(chunk)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        reader.join(120)
+    time.sleep(0.3)
+    used = server.cpu() - cpu
+    return {
+        "sent_mb": round(len(data) / 1e6, 1),
+        "received_mb": round(received[0] / 1e6, 1),
+        "cpu_s": round(used, 3),
+        "cpu_s_per_mb": round(used / (len(data) / 1e6), 3),
+    }
+
+
+def attack_small(folder: Path) -> dict:
+    server = Server("--port", "tcp:0:interface=127.0.0.1", folder=folder)
+    try:
+        return {
+            "surrogate-action": pipelined(server, distinct_headers(b'{"action":"\\ud800"}')),
+            "invalid-action": pipelined(server, distinct_headers(b'{"action":""}')),
+            "search-miss": pipelined(server, distinct_headers(b'{"action":"search","value":"\\udfff"}')),
+            "binary": pipelined(server, distinct_headers(b"", content_type="x")),
+        }
+    finally:
+        server.stop()
+
+
+def cpu_per_connection(server: Server, port: int, request: bytes, count: int = 1000) -> float:
+    """Server CPU milliseconds per connection that sends ``request`` and reads the answer to the end."""
+    cpu = server.cpu()
+    for _ in range(count):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(request)
+            sock.shutdown(socket.SHUT_WR)
+            while sock.recv(65536):
+                pass
+    time.sleep(0.3)
+    return round((server.cpu() - cpu) / count * 1000, 3)
+
+
 def attack_metrics(folder: Path) -> dict:
     server = Server("--port", "tcp:0:interface=127.0.0.1", "--metrics", "tcp:0:interface=127.0.0.1", folder=folder)
     try:
@@ -481,12 +554,16 @@ def attack_metrics(folder: Path) -> dict:
         peak = server.status("VmHWM")
         for sock, *_ in peers:
             sock.close()
+        used = round(server.cpu() - cpu, 2)
+        time.sleep(CLOSE_GRACE)
         return {
             "sent_mb": round(sent / 1e6, 1),
-            "cpu_s": round(server.cpu() - cpu, 2),
+            "cpu_s": used,
             "rss_start_mib": round(start / MIB, 1),
             "peak_mib": round(peak / MIB, 1),
             "growth_mib": round((peak - start) / MIB, 1),
+            "cpu_ms_per_scrape": cpu_per_connection(server, metrics_port, b"GET /metrics HTTP/1.0\r\n\r\n"),
+            "cpu_ms_per_main_port_connection": cpu_per_connection(server, server.port, search("morpheus")),
         }
     finally:
         server.stop()
@@ -500,6 +577,7 @@ ATTACKS = {
     "encodings": attack_encodings,
     "logs": attack_logs,
     "refused": attack_refused,
+    "small": attack_small,
     "metrics": attack_metrics,
 }
 
@@ -531,6 +609,9 @@ def verdicts(results: dict) -> list[tuple[str, bool]]:
             checks.append((f"refused ({kind}): gone within the grace period", r["fds_3s_after_50_refusals"] <= r["fds_at_start"] + 2))
             checks.append((f"refused ({kind}): the silent one gone after idle + grace", r["fds_after_idle_and_grace"] <= r["fds_at_start"] + 1))
             checks.append((f"refused ({kind}): no traceback", r["tracebacks"] == 0))
+    if "small" in results:
+        for kind, r in results["small"].items():
+            checks.append((f"small ({kind}): at most 0.1 CPU-s per MB sent", r["cpu_s_per_mb"] <= 0.1))
     if "metrics" in results:
         checks.append(("metrics: RSS growth under 32 MiB", results["metrics"]["growth_mib"] < 32))
     return checks  # fmt: skip

@@ -529,3 +529,31 @@ def test_a_lone_surrogate_in_another_encoding_is_escaped_too():
     decoder = FrameDecoder()
     decoder.receive_data(frame)
     assert decoder.next_message().document == {"result": "\ud800 \U0001f436"}
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["pong", "No match for 'caf\u00e9' \U0001f436.", "\ud800", 'quote " back \\ slash \n\x00', 7, None, [1, "\udfff"], {}],
+)
+def test_encode_result_is_encode_json_of_a_result_byte_for_byte(value):
+    from sockapp.framing import encode_result
+
+    assert encode_result(value) == encode_json({"result": value})
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["{}", " {} ", "\n[1, 2]\t", "", "  ", " x", '{"a": }', "[1] 2", "[1]  x", "\ufeff{}", "]", "NaN", '"\\ud800"'],
+)
+def test_json_content_parses_and_fails_exactly_as_json_loads(text):
+    """The parser's shortcut past json.loads gives the same documents and the same messages."""
+    try:
+        expected = ("ok", json.loads(text))
+    except ValueError as e:
+        expected = ("error", f"content is not JSON: {e}")
+    try:
+        got = ("ok", parse_json_content(text.encode(), "utf-8"))
+    except RemoteProtocolError as e:
+        assert e.code is ErrorCode.CONTENT_NOT_JSON
+        got = ("error", e.message)
+    assert got == expected

@@ -15,7 +15,7 @@ from typing import Final
 from attrs import field, frozen
 
 from sockapp.errors import ErrorCode, RemoteProtocolError
-from sockapp.framing import Message, encode_frame, encode_json
+from sockapp.framing import Message, encode_frame, encode_json, encode_result
 
 TUTORIAL_ANSWERS: Final[Mapping[str, str]] = types.MappingProxyType(
     {
@@ -95,14 +95,14 @@ class SearchIndex:
         if action == "ping":
             return PONG, PING, OK
         if action != "search":
-            return encode_json({"result": f"Error: invalid action '{action}'."}), OTHER, INVALID_ACTION
+            return encode_result(f"Error: invalid action '{action}'."), OTHER, INVALID_ACTION
         query = request.get("value")
         if not isinstance(query, str):
             raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "a search request needs a 'value' that is a string")
         stored = self._frames.get(query)
         if stored is not None:
             return stored, SEARCH, HIT
-        return encode_json({"result": self.answer(query)}), SEARCH, MISS
+        return encode_result(self.answer(query)), SEARCH, MISS
 
 
 def load_answers(path: str) -> Mapping[str, str]:

@@ -142,3 +142,22 @@ def test_level_names_are_twisteds():
     assert {level.name for level in LogLevel.iterconstants()} == {"debug", "info", "warn", "error", "critical"}
     line = json.loads(event_as_json({"log_level": LogLevel.error, "log_format": "x", "log_time": 0.0}))
     assert (line["level"], line["time"]) == ("error", "1970-01-01T00:00:00.000000+00:00")
+
+
+def test_a_json_line_stays_under_the_cap_whatever_the_peer_text_escapes_to():
+    """peer_text caps a field at 200 characters, but one emoji is 12 bytes of ASCII JSON
+    (and a field also appears in the message): the line itself must stay bounded."""
+    from sockapp.logs import MAX_JSON_LINE
+    from sockapp.text import peer_text
+
+    hostile = peer_text("\U0001f436" * 300)
+    escaped = peer_text("\x85" * 1000)
+    log = Logger(namespace="test")
+    lines = []
+    log.observer = lambda event: lines.append(event_as_json(event))
+    log.warn("{peer}: unknown encoding {encoding} {uri}", peer="1.2.3.4:5", encoding=hostile, uri=escaped)
+    (line,) = lines
+    assert len(line.encode()) <= MAX_JSON_LINE
+    record = json.loads(line)
+    assert record["peer"] == "1.2.3.4:5"  # short fields are whole
+    assert record["encoding"].startswith("\U0001f436") and "cut" in record["encoding"]

@@ -25,6 +25,11 @@ from twisted.logger import FileLogObserver, ILogObserver, LogEvent, eventAsText
 # Keys of legacy (twisted.python.log) events that the message already carries.
 _LEGACY_KEYS: Final = frozenset({"message", "format", "system", "isError", "time", "why", "failure", "printed"})
 _OWN_KEYS: Final = frozenset({"time", "level", "namespace", "message", "system", "traceback"})
+# The longest line an event without a traceback gives. Peer text is capped in characters
+# (sockapp.text), but as ASCII JSON one character can take 12 bytes, and a field appears
+# in the message too: long strings are cut further until the line fits.
+MAX_JSON_LINE: Final = 2000
+_FIXED_KEYS: Final = frozenset({"time", "level", "namespace"})
 
 
 def event_as_json(event: LogEvent) -> str:
@@ -49,7 +54,25 @@ def event_as_json(event: LogEvent) -> str:
         record["traceback"] = failure.getTraceback()
     # ASCII only: a line separator (U+2028, U+0085) or a lone surrogate from a peer
     # can neither split the line for a shipper nor make the line unwritable.
-    return json.dumps(record, ensure_ascii=True, default=str) + "\n"
+    line = json.dumps(record, ensure_ascii=True, default=str)
+    if len(line) >= MAX_JSON_LINE and failure is None:
+        line = _shortened(record)
+    return line + "\n"
+
+
+def _shortened(record: dict[str, Any]) -> str:
+    """``record`` as JSON of under ``MAX_JSON_LINE`` bytes: its long strings cut, shorter each round."""
+    limit = 256
+    while True:
+        for key, value in record.items():
+            if key not in _FIXED_KEYS:
+                text = value if isinstance(value, str) else json.dumps(value, default=str)
+                if len(text) > limit:
+                    record[key] = f"{text[:limit]}… [cut at {limit} of {len(text)} characters]"
+        line = json.dumps(record, ensure_ascii=True, default=str)
+        if len(line) < MAX_JSON_LINE or limit <= 8:
+            return line
+        limit //= 2
 
 
 def json_lines_observer(out: IO[str]) -> ILogObserver:

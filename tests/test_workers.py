@@ -247,6 +247,7 @@ def test_unix_workers_leave_the_path_and_its_mode_to_the_parent(server_processes
 
 # -- the parent's pool, driven by a Clock ---------------------------------------
 
+from twisted.internet.defer import Deferred  # noqa: E402
 from twisted.internet.error import ProcessExitedAlready  # noqa: E402
 from twisted.internet.task import Clock  # noqa: E402
 from twisted.python.failure import Failure  # noqa: E402
@@ -342,3 +343,16 @@ def test_signalling_a_worker_that_has_already_exited_is_harmless():
     worker.processEnded(Failure(Exception("gone")))
     assert stopped and not clock.getDelayedCalls()
 
+
+def test_the_pool_has_stopped_only_once_its_socket_is_closed():
+    # With no worker left to wait for, the parent's stop used to end before its
+    # port had closed: the reactor stopped first, leaving a unix: path behind.
+    clock, pool = pool_of(1)
+    closing = Deferred()
+    pool.port.stopListening = lambda: closing
+    pool.workers[0].processEnded(Failure(Exception("killed")))
+    stopped = []
+    pool.stopService().addCallback(stopped.append)
+    assert not stopped
+    closing.callback(None)
+    assert stopped

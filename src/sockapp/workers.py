@@ -142,13 +142,14 @@ class WorkerPool(Service):
     def stopService(self) -> Deferred[Any]:
         super().stopService()
         self.stopping = True
-        if self.port is not None:
-            self.port.stopListening()
+        # Waited for: with no worker left to wait on, the reactor would stop
+        # before the port closed, leaving a unix: path (and its lock) behind.
+        closed = maybeDeferred(self.port.stopListening) if self.port is not None else succeed(None)
         workers = list(self.workers.values())
         for worker in workers:
             _signal(worker, "TERM")
         overdue = self.reactor.callLater(self.shutdown_timeout + 5, self._kill, workers)
-        done = DeferredList([w.ended for w in workers], consumeErrors=True)
+        done = DeferredList([closed, *(w.ended for w in workers)], consumeErrors=True)
         return done.addBoth(lambda result: (overdue.cancel() if overdue.active() else None, result)[1])
 
     def _kill(self, workers: list[_Worker]) -> None:

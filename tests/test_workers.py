@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
+import stat
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
+import pytest_twisted
 from conftest import json_request, send_and_read_all, split_frames, tool
+from twisted.internet.protocol import Factory, Protocol
 from twisted.python import usage
 
 from sockapp.tap import echo, search
+from sockapp.workers import InheritedUNIXPort
 
 TIMEOUT = 30
 ACCEPTING = r"worker pid (\d+) accepting on the inherited socket"
@@ -153,8 +160,94 @@ def test_a_port_in_use_stops_the_parent_with_one_line(server_processes):
     assert "Traceback" not in log and "worker" not in log
 
 
+# -- a unix: port: the path is the parent's alone -------------------------------
+
+
+@pytest.fixture
+def socket_dir():
+    """A short temporary directory: an AF_UNIX path is at most ~107 bytes, and tmp_path can be longer."""
+    directory = Path(tempfile.mkdtemp(prefix="sockapp-"))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def unix_search_answer(path: Path) -> str:
+    ((_, content),) = split_frames(
+        send_and_read_all(str(path), json_request({"action": "search", "value": "ring"}), socket.AF_UNIX)
+    )
+    return content.decode()
+
+
+def wait_until_gone(pid: int) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(pid), f"worker {pid} still runs"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_unix_worker_that_exits_leaves_the_socket_to_the_others(server_processes, socket_dir, signum):
+    path = socket_dir / "s.sock"
+    server = server_processes(
+        [tool("twistd"), "-n", "--pidfile=", "sockapp", "--workers", "2", "--port", f"unix:{path}"]
+    )
+    first, second = wait_for_workers(server, 2)
+    assert "Misty Mountains" in unix_search_answer(path)
+
+    os.kill(first, signum)
+    wait_until_gone(first)
+    for _ in range(10):  # the other worker answers while the replacement starts
+        assert "Misty Mountains" in unix_search_answer(path)
+    replacement = wait_for_workers(server, 3)[2]
+
+    os.kill(second, signum)  # now only replacements are left to answer
+    wait_until_gone(second)
+    for _ in range(10):
+        assert "Misty Mountains" in unix_search_answer(path)
+    assert alive(replacement)
+    log = server.log()
+    assert len(re.findall(r"worker \d ended", log)) == 2, log  # no replacement has died
+    assert "Traceback" not in log
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_inherited_unix_port_stops_without_touching_the_shared_socket(socket_dir):
+    from twisted.internet import reactor
+
+    path = socket_dir / "s.sock"
+    with socket.socket(socket.AF_UNIX) as parents:
+        parents.bind(str(path))
+        os.chmod(path, 0o600)
+        parents.listen()
+        parents.setblocking(False)
+        port = InheritedUNIXPort._fromListeningDescriptor(reactor, parents.fileno(), Factory.forProtocol(Protocol))
+        port.startListening()
+        yield port.stopListening()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600  # neither chmodded nor removed
+        with socket.socket(socket.AF_UNIX) as client:
+            client.settimeout(TIMEOUT)
+            client.connect(str(path))  # refused had the port shut the socket down
+
+def test_unix_workers_leave_the_path_and_its_mode_to_the_parent(server_processes, socket_dir):
+    path = socket_dir / "s.sock"
+    server = server_processes(
+        [tool("twistd"), "-n", "--pidfile=", "sockapp", "--workers", "2", "--port", f"unix:{path}:mode=600"]
+    )
+    pids = wait_for_workers(server, 2)
+    assert "Misty Mountains" in unix_search_answer(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600  # as the parent made it
+
+    server.proc.send_signal(signal.SIGTERM)  # the parent's clean shutdown removes the path and its lock
+    assert server.proc.wait(TIMEOUT) in (0, -signal.SIGTERM)
+    for pid in pids:
+        wait_until_gone(pid)
+    assert sorted(p.name for p in socket_dir.iterdir()) == []
+    assert "Traceback" not in server.log()
+
+
 # -- the parent's pool, driven by a Clock ---------------------------------------
 
+from twisted.internet.defer import Deferred  # noqa: E402
 from twisted.internet.error import ProcessExitedAlready  # noqa: E402
 from twisted.internet.task import Clock  # noqa: E402
 from twisted.python.failure import Failure  # noqa: E402
@@ -249,3 +342,17 @@ def test_signalling_a_worker_that_has_already_exited_is_harmless():
     clock.advance(1 + 5)  # TERM and then KILL meet ProcessExitedAlready
     worker.processEnded(Failure(Exception("gone")))
     assert stopped and not clock.getDelayedCalls()
+
+
+def test_the_pool_has_stopped_only_once_its_socket_is_closed():
+    # With no worker left to wait for, the parent's stop used to end before its
+    # port had closed: the reactor stopped first, leaving a unix: path behind.
+    clock, pool = pool_of(1)
+    closing = Deferred()
+    pool.port.stopListening = lambda: closing
+    pool.workers[0].processEnded(Failure(Exception("killed")))
+    stopped = []
+    pool.stopService().addCallback(stopped.append)
+    assert not stopped
+    closing.callback(None)
+    assert stopped

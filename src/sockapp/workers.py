@@ -5,6 +5,8 @@ its own copy, and starts N ``twistd -n`` workers of the same service that
 adopt the socket (``--listen-fd``). A worker that dies is started again; on
 SIGTERM/SIGINT the parent stops listening, passes SIGTERM on, and waits for
 every worker to drain (killing any that outlive ``--shutdown-timeout``).
+A ``unix:`` path is the parent's alone: it makes it and removes it when it
+stops; a worker never touches it (``InheritedUNIXPort``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sys
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet import tcp, unix
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError, ProcessExitedAlready
@@ -139,13 +142,14 @@ class WorkerPool(Service):
     def stopService(self) -> Deferred[Any]:
         super().stopService()
         self.stopping = True
-        if self.port is not None:
-            self.port.stopListening()
+        # Waited for: with no worker left to wait on, the reactor would stop
+        # before the port closed, leaving a unix: path (and its lock) behind.
+        closed = maybeDeferred(self.port.stopListening) if self.port is not None else succeed(None)
         workers = list(self.workers.values())
         for worker in workers:
             _signal(worker, "TERM")
         overdue = self.reactor.callLater(self.shutdown_timeout + 5, self._kill, workers)
-        done = DeferredList([w.ended for w in workers], consumeErrors=True)
+        done = DeferredList([closed, *(w.ended for w in workers)], consumeErrors=True)
         return done.addBoth(lambda result: (overdue.cancel() if overdue.active() else None, result)[1])
 
     def _kill(self, workers: list[_Worker]) -> None:
@@ -178,9 +182,12 @@ class AdoptedPortService(Service):
     def startService(self) -> None:
         super().startService()
         inherited = socket.socket(fileno=self.fd)
-        family = inherited.family
-        self.port = self.reactor.adoptStreamPort(inherited.fileno(), family, self.factory)
-        inherited.close()  # the reactor holds its own copy
+        if inherited.family == socket.AF_UNIX:
+            self.port = InheritedUNIXPort._fromListeningDescriptor(self.reactor, inherited.fileno(), self.factory)
+            self.port.startListening()
+        else:
+            self.port = self.reactor.adoptStreamPort(inherited.fileno(), inherited.family, self.factory)
+        inherited.close()  # the port holds its own copy
         self.log.info("worker pid {pid} accepting on the inherited socket", pid=os.getpid())
         StandardIO(_StopWhenParentGoes(self.reactor), reactor=self.reactor)
 
@@ -188,6 +195,32 @@ class AdoptedPortService(Service):
         super().stopService()
         stopped = maybeDeferred(self.port.stopListening) if self.port is not None else succeed(None)
         return stopped.addCallback(lambda _: self.factory.shutdown(self.shutdown_timeout))
+
+
+class InheritedUNIXPort(unix.Port):
+    """A worker's copy of the parent's listening UNIX socket.
+
+    The path belongs to the parent, which made it and removes it when it stops.
+    Twisted's ``unix.Port`` treats the socket as its own: it chmods the path
+    when it starts (undoing the parent's ``mode=``, or failing if the path is
+    gone), and when it stops it removes the path and shuts the socket down,
+    which ends accepting in every process sharing it. This port does neither:
+    a worker that exits leaves the socket to the others and to its replacement.
+    """
+
+    def startListening(self) -> None:
+        tcp._reservedFD.reserve()  # as tcp.Port does, so that running out of descriptors is handled
+        listening, self._preexistingSocket = self._preexistingSocket, None
+        self._shouldShutdown = False  # close our copy only; shutdown() would stop the parent's socket
+        self.factory.doStart()
+        self.connected = True
+        self.socket = listening
+        self.fileno = listening.fileno
+        self.numberAccepts = 100
+        self.startReading()
+
+    def connectionLost(self, reason: Failure) -> None:
+        tcp.Port.connectionLost(self, reason)  # not unix.Port's, which removes the path
 
 
 class _StopWhenParentGoes(Protocol):

@@ -447,3 +447,33 @@ def test_the_client_takes_large_dense_json_answers_a_server_would_refuse():
     dense = [[[]] * 10] * 20_000  # 100 KB, a '[' every 3 characters
     client.dataReceived(encode_json({"result": dense}))
     assert result[0].result == dense
+
+
+# -- The client's own limit ----------------------------------------------------
+
+
+def test_an_answer_over_the_clients_limit_says_so():
+    from conftest import raw_frame
+
+    client, transport = connect()
+    result = collect(client.request("search", "ring"))
+    header = {"byteorder": "little", "content-type": "text/json", "content-encoding": "utf-8"}
+    client.dataReceived(raw_frame(dict(header, **{"content-length": 64 * 1024 * 1024 + 1})))
+    assert result[0].check(RemoteProtocolError) and result[0].value.code is ErrorCode.CONTENT_TOO_LARGE
+    assert "over this client's limit of 67108864 bytes" in result[0].value.message
+
+
+
+def test_a_servers_words_for_its_limit_are_unchanged():
+    from conftest import raw_frame
+
+    from sockapp.framing import FrameDecoder
+
+    decoder = FrameDecoder(max_content_length=1000, max_json_length=100)  # a server's, as SearchProtocol makes it
+    header = {"byteorder": "little", "content-type": "text/json", "content-encoding": "utf-8", "content-length": 101}
+    decoder.receive_data(raw_frame(header))
+    with pytest.raises(RemoteProtocolError) as caught:
+        decoder.next_message()
+    assert caught.value.message == (
+        "text/json content-length 101 is over this server's limit of 100 bytes for JSON (--max-json-length)"
+    )

@@ -37,7 +37,7 @@ from sockapp.errors import (
     ServerError,
     TLSFailure,
 )
-from sockapp.framing import Header, Message, encode_frame, encode_json
+from sockapp.framing import FrameDecoder, Header, Message, encode_frame, encode_json
 from sockapp.protocol import CLOSE_GRACE, FramedProtocol
 
 DEFAULT_ENDPOINT: Final = "tcp:host=127.0.0.1:port=5634"
@@ -168,6 +168,7 @@ class AppClient(_Closable, FramedProtocol):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        self._decoder = FrameDecoder(self.max_content_length, self.max_json_length, side="client")
         self._outstanding: deque[_Pending] = deque()
         self.answered = 0
         self._start_close_tracking()

@@ -307,15 +307,11 @@ def test_request_timeout_is_typed_and_a_late_answer_is_discarded():
     endpoint = StringEndpoint()
     client = Client(clock, endpoint, request_timeout=2)
     slow = collect(client.request("search", "ring"))
-    clock.advance(1)
-    later = collect(client.request("search", "morpheus", timeout=10))
-    clock.advance(1)
+    clock.advance(2)
     assert slow[0].check(RequestTimeout)
     protocol, _ = endpoint.connections[0]
-    protocol.dataReceived(encode_json({"result": "late answer to the first"}))
-    assert later == []
-    protocol.dataReceived(encode_json({"result": "answer to the second"}))
-    assert later[0].result == "answer to the second"
+    protocol.dataReceived(encode_json({"result": "late answer"}))  # the connection was given up: ignored
+    assert slow[0].check(RequestTimeout)
     assert not clock.getDelayedCalls()
 
 
@@ -447,6 +443,131 @@ def test_the_client_takes_large_dense_json_answers_a_server_would_refuse():
     dense = [[[]] * 10] * 20_000  # 100 KB, a '[' every 3 characters
     client.dataReceived(encode_json({"result": dense}))
     assert result[0].result == dense
+
+
+# -- A request timeout gives the connection up ---------------------------------
+
+from twisted.internet.error import ConnectionAborted  # noqa: E402
+
+
+class AbortingEndpoint(StringEndpoint):
+    """Like StringEndpoint, but an abort ends the connection as a real transport's does:
+    ``connectionLost`` follows on the next reactor turn (``clock.advance(0)``)."""
+
+    def __init__(self, clock):
+        super().__init__()
+        self.clock = clock
+
+    def connect(self, factory):
+        protocol = factory.buildProtocol(None)
+        transport = AbortingTransport(self.clock)
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        self.connections.append((protocol, transport))
+        return succeed(protocol)
+
+
+class AbortingTransport(StringTransport):
+    def __init__(self, clock):
+        super().__init__()
+        self.clock = clock
+
+    def abortConnection(self):
+        if not self.disconnected:
+            super().abortConnection()
+            self.clock.callLater(0, self.protocol.connectionLost, Failure(ConnectionAborted()))
+
+
+def sent_values(transport):
+    return [json.loads(content)["value"] for _, content in split_frames(transport.value())]
+
+
+def test_a_request_timeout_gives_up_its_connection_and_the_next_request_gets_a_new_one():
+    clock = Clock()
+    endpoint = AbortingEndpoint(clock)
+    client = Client(clock, endpoint, request_timeout=2)
+    slow = collect(client.request("search", "ring"))
+    clock.advance(2)
+    assert slow[0].check(RequestTimeout)
+    old, old_transport = endpoint.connections[0]
+    assert old_transport.disconnected  # aborted at once: nothing queued on it is of use any more
+    clock.advance(0)
+    assert not old.connected
+    later = collect(client.request("search", "morpheus"))
+    assert len(endpoint.connections) == 2
+    new, new_transport = endpoint.connections[1]
+    assert sent_values(new_transport) == ["morpheus"]
+    new.dataReceived(encode_json({"result": "two"}))
+    assert later[0].result == "two"
+    assert not clock.getDelayedCalls()
+
+
+def test_requests_pipelined_behind_a_timed_out_one_go_again_if_idempotent_else_fail():
+    clock = Clock()
+    endpoint = AbortingEndpoint(clock)
+    client = Client(clock, endpoint, request_timeout=10)
+    slow = collect(client.request("search", "ring", timeout=2))
+    behind = collect(client.request("search", "morpheus"))
+    once = collect(client.sendDocument({"action": "search", "value": "nobody"}, idempotent=False))
+    clock.advance(2)
+    old, _ = endpoint.connections[0]
+    old.dataReceived(encode_json({"result": "late answer to ring"}))  # the stream cannot be trusted any more
+    clock.advance(0)
+    assert slow[0].check(RequestTimeout) and behind == []
+    assert once[0].check(ConnectionClosed) and "timed out" in str(once[0].value)
+    new, new_transport = endpoint.connections[1]
+    assert sent_values(new_transport) == ["morpheus"]
+    assert client.retried == 1 and client.resent == 0  # counted against retries, not a tutorial close
+    new.dataReceived(encode_json({"result": "two"}))
+    assert behind[0].result == "two"
+
+
+def test_requests_behind_a_timed_out_one_fail_when_no_retries_are_left():
+    clock = Clock()
+    endpoint = AbortingEndpoint(clock)
+    client = Client(clock, endpoint, request_timeout=10, retries=0)
+    collect(client.request("search", "ring", timeout=2))
+    behind = collect(client.request("search", "morpheus"))
+    clock.advance(2)
+    clock.advance(0)
+    assert behind[0].check(ConnectionClosed)
+    assert len(endpoint.connections) == 1
+
+
+def test_a_request_that_times_out_before_its_connection_is_made_is_never_sent():
+    clock = Clock()
+    pending_connection = Deferred()
+
+    class SlowEndpoint(StringEndpoint):
+        def connect(self, factory):
+            return pending_connection.addCallback(lambda _: StringEndpoint.connect(self, factory))
+
+    endpoint = SlowEndpoint()
+    client = Client(clock, endpoint, request_timeout=2)
+    early = collect(client.request("search", "ring"))
+    clock.advance(2)
+    assert early[0].check(RequestTimeout)
+    later = collect(client.request("search", "morpheus"))
+    pending_connection.callback(None)
+    protocol, transport = endpoint.connections[0]
+    assert sent_values(transport) == ["morpheus"]
+    protocol.dataReceived(encode_json({"result": "two"}))
+    assert later[0].result == "two"
+
+
+def test_requests_that_all_time_out_leave_nothing_behind():
+    """A server that reads everything and never answers: what timed out is not kept."""
+    clock = Clock()
+    endpoint = AbortingEndpoint(clock)
+    client = Client(clock, endpoint, request_timeout=0.05)
+    for number in range(1000):
+        result = collect(client.request("search", str(number)))
+        clock.advance(0.05)
+        clock.advance(0)
+        assert result[0].check(RequestTimeout)
+    kept = sum(protocol.outstanding for protocol, _ in endpoint.connections if protocol.connected)
+    assert kept == 0
+    assert client.connections_made == 1000 and not clock.getDelayedCalls()
 
 
 # -- The client's own limit ----------------------------------------------------

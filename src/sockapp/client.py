@@ -91,9 +91,10 @@ def _server_error(message: Message) -> ServerError | None:
 
 class _Pending:
     """A request on its way: its frame (kept for a re-send), its Deferred, its timer,
-    whether it may be sent twice and how many more times after a dropped connection."""
+    whether it may be sent twice and how many more times after a dropped connection,
+    and the connection it was last sent on (to give that up if it times out)."""
 
-    __slots__ = ("frame", "answer", "timer", "abandoned", "idempotent", "retries_left")
+    __slots__ = ("frame", "answer", "timer", "abandoned", "idempotent", "retries_left", "connection")
 
     def __init__(self, frame: bytes, answer: Deferred[Response], idempotent: bool = True, retries: int = 0) -> None:
         self.frame = frame
@@ -102,10 +103,12 @@ class _Pending:
         self.abandoned = False
         self.idempotent = idempotent
         self.retries_left = retries
+        self.connection: AppClient | None = None
 
     def settle(self, outcome: Response | Exception) -> None:
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
+        self.connection = None
         if self.abandoned:
             return
         self.abandoned = True
@@ -141,8 +144,8 @@ class _Closable:
 
 
 # Called when an AppClient's connection ends: (the AppClient, its unanswered
-# requests, answers received on it, whether it ended between answers rather
-# than inside one, the error to fail them with).
+# requests, answers received on it, whether the server ended it between answers
+# rather than inside one or we gave it up, the error to fail them with).
 LostHandler = Callable[["AppClient", list[_Pending], int, bool, ConnectionClosed], None]
 
 
@@ -165,6 +168,8 @@ class AppClient(_Closable, FramedProtocol):
     """Client side of the app protocol on one connection: requests out, answers matched in order."""
 
     on_lost: LostHandler | None = None
+    # Set once a request on this connection timed out and the connection was given up.
+    given_up: bool = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -180,9 +185,12 @@ class AppClient(_Closable, FramedProtocol):
 
     def submit(self, pending: _Pending) -> None:
         """Write an encoded request; its answer settles ``pending``."""
+        if pending.abandoned:
+            return
         if not self.usable:
             pending.settle(ConnectionClosed("the connection is closed"))
             return
+        pending.connection = self
         self._outstanding.append(pending)
         self.transport.write(pending.frame)
 
@@ -232,6 +240,23 @@ class AppClient(_Closable, FramedProtocol):
         self.closing = True
         return super().close()
 
+    def giveUp(self) -> None:
+        """A request on this connection went unanswered too long: abort the connection.
+
+        Answers come in order, so once one is missing nothing after it can be
+        matched to its request with confidence; and a server that stalls may
+        never read what is queued. So the connection is aborted at once, not
+        closed gracefully: a graceful close would send requests we no longer
+        wait for (the server might act on them) and hold their buffers for the
+        close grace. ``connectionLost`` then sends what else was outstanding
+        again, within its retries, or fails it.
+        """
+        if not self.connected or self.given_up:
+            return
+        self.given_up = True
+        self.closing = True
+        self.transport.abortConnection()
+
     def readConnectionLost(self) -> None:
         """The server sent EOF: nothing outstanding can be answered on this connection any more.
 
@@ -246,11 +271,16 @@ class AppClient(_Closable, FramedProtocol):
         self.closing = True
         unanswered = [p for p in self._outstanding if not p.abandoned]
         self._outstanding = deque()
+        for pending in unanswered:
+            pending.connection = None
         # A close or reset between answers, not in the middle of one. (A server
         # that closes with our next request unread makes its kernel send a
-        # reset, so a reset here is as ordinary as a close.)
-        between_answers = not self._decoder.in_frame
-        error = _loss_error(reason)
+        # reset, so a reset here is as ordinary as a close.) Not so if we gave it up.
+        between_answers = not self._decoder.in_frame and not self.given_up
+        if self.given_up:
+            error = ConnectionClosed("the connection was given up after a request on it timed out")
+        else:
+            error = _loss_error(reason)
         if self.on_lost is not None:
             self.on_lost(self, unanswered, self.answered, between_answers and not isinstance(error, TLSFailure), error)
         else:
@@ -274,7 +304,12 @@ class Client:
 
     ``connect_timeout`` bounds each connection attempt (``ConnectTimeout``);
     ``request_timeout`` bounds each request from send to answer
-    (``RequestTimeout``; a late answer is then discarded).
+    (``RequestTimeout``). A request that times out on a connection makes
+    the client give that connection up (``AppClient.giveUp``): answers come
+    in order, so after a missing one the stream cannot be trusted, and a
+    stalled server would otherwise collect every later request on it. What
+    else was outstanding there is treated as dropped (sent again within
+    ``retries`` if idempotent) and later requests go on a new connection.
     """
 
     def __init__(
@@ -298,7 +333,7 @@ class Client:
         self._protocol: AppClient | None = None  # the connection new requests go to
         self._connections: set[AppClient] = set()  # every connection still open, closing ones too
         self._connecting: Deferred[AppClient] | None = None
-        self._waiting: list[_Pending] = []
+        self._waiting: dict[_Pending, None] = {}  # waiting for a connection, in order; a dict to drop timed-out ones
         self._connection_waiters: list[Deferred[AppClient]] = []
         self._closed = False
 
@@ -321,7 +356,7 @@ class Client:
 
     def _connected(self, result: AppClient | Failure) -> None:
         self._connecting = None
-        waiting, self._waiting = self._waiting, []
+        waiting, self._waiting = self._waiting, {}
         waiters, self._connection_waiters = self._connection_waiters, []
         if isinstance(result, Failure):
             for pending in waiting:
@@ -372,7 +407,7 @@ class Client:
         if self._protocol is not None and self._protocol.usable:
             self._protocol.submit(pending)
             return
-        self._waiting.append(pending)
+        self._waiting[pending] = None
         if self._connecting is None:
             self._start_connecting()
 
@@ -387,11 +422,17 @@ class Client:
         pending = _Pending(frame, Deferred(), idempotent, self.retries)
         timeout = self.request_timeout if timeout is None else timeout
         if timeout is not None:
-            pending.timer = self.reactor.callLater(
-                timeout, pending.settle, RequestTimeout(f"no answer within {timeout:g} s")
-            )
+            pending.timer = self.reactor.callLater(timeout, self._timed_out, pending, timeout)
         self._dispatch(pending)
         return pending.answer
+
+    def _timed_out(self, pending: _Pending, timeout: float) -> None:
+        """No answer in time: fail the request and give up the connection it was sent on."""
+        connection = pending.connection
+        self._waiting.pop(pending, None)
+        pending.settle(RequestTimeout(f"no answer within {timeout:g} s"))
+        if connection is not None:
+            connection.giveUp()
 
     def send(
         self,
@@ -423,7 +464,7 @@ class Client:
 
         Fires once all of them are closed."""
         self._closed = True
-        waiting, self._waiting = self._waiting, []
+        waiting, self._waiting = self._waiting, {}
         for pending in waiting:
             pending.settle(ConnectionClosed("the client was closed"))
         if self._connecting is not None:

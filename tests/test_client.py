@@ -6,6 +6,7 @@ import json
 import sys
 
 import pytest
+import pytest_twisted
 from conftest import split_frames
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
@@ -14,7 +15,7 @@ from twisted.python.failure import Failure
 from sockapp.client import AppClient, EchoClient, request_frame
 from sockapp.errors import ConnectionClosed, ErrorCode, RemoteProtocolError, ServerError
 from sockapp.framing import encode_frame, encode_json
-from sockapp.server import SearchFactory
+from sockapp.server import SearchFactory, SearchProtocol
 
 
 def connect(cls=AppClient):
@@ -568,6 +569,109 @@ def test_requests_that_all_time_out_leave_nothing_behind():
     kept = sum(protocol.outstanding for protocol, _ in endpoint.connections if protocol.connected)
     assert kept == 0
     assert client.connections_made == 1000 and not clock.getDelayedCalls()
+
+
+# -- Cancelling connect() ------------------------------------------------------
+
+from twisted.internet.defer import CancelledError, TimeoutError  # noqa: E402
+from twisted.internet.endpoints import TCP4ClientEndpoint  # noqa: E402
+from twisted.internet.testing import MemoryReactorClock  # noqa: E402
+
+from sockapp.client import connect as client_connect  # noqa: E402
+
+
+def test_cancelling_connect_before_the_connection_is_made_stops_the_attempt():
+    reactor = MemoryReactorClock()
+    result = collect(client_connect(reactor, TCP4ClientEndpoint(reactor, "127.0.0.1", 5634)))
+    result_d = client_connect(reactor, TCP4ClientEndpoint(reactor, "127.0.0.1", 5634))
+    cancelled = collect(result_d)
+    result_d.cancel()
+    assert cancelled[0].check(CancelledError)
+    assert [c.stoppedConnecting for c in reactor.connectors] == [False, True]
+    assert result == []
+
+
+def test_connect_cut_off_by_add_timeout_stops_the_attempt():
+    reactor = MemoryReactorClock()
+    timed = collect(client_connect(reactor, TCP4ClientEndpoint(reactor, "127.0.0.1", 5634)).addTimeout(5, reactor))
+    reactor.advance(5)
+    assert timed[0].check(TimeoutError)  # addTimeout's own error: the Deferred was cancelled as usual
+    assert reactor.connectors[0].stoppedConnecting
+
+
+class HandshakeEndpoint:
+    """The connection is made at once but the endpoint fires only after a handshake
+    (a proxy or TLS in front), and cannot stop anything once the connection is up."""
+
+    def __init__(self):
+        self.transports = []
+        self.handshake = Deferred()
+
+    def connect(self, factory):
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.transports.append(transport)
+        return self.handshake.addCallback(lambda _: protocol)
+
+
+def test_cancelling_connect_after_the_connection_is_made_closes_it():
+    endpoint = HandshakeEndpoint()
+    result_d = client_connect(Clock(), endpoint)
+    cancelled = collect(result_d)
+    result_d.cancel()
+    assert cancelled[0].check(CancelledError)
+    (transport,) = endpoint.transports
+    assert transport.disconnecting
+
+
+def test_a_connection_that_arrives_after_connect_was_cancelled_is_closed():
+    """An endpoint that ignores cancellation: the connection it makes later is closed at once."""
+    late = []
+
+    class IgnoresCancel:
+        def connect(self, factory):
+            late.append(factory)
+            return Deferred()
+
+    result_d = client_connect(Clock(), IgnoresCancel())
+    cancelled = collect(result_d)
+    result_d.cancel()
+    assert cancelled[0].check(CancelledError)
+    protocol = late[0].buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    assert transport.disconnecting
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancelled_connects_leave_no_connection_open_on_the_server(listen):
+    from twisted.internet import reactor
+
+    open_on_server = set()
+
+    class Counted(SearchProtocol):
+        def connectionMade(self):
+            open_on_server.add(self)
+            super().connectionMade()
+
+        def connectionLost(self, reason=None):
+            open_on_server.discard(self)
+            super().connectionLost(reason)
+
+    factory = SearchFactory()
+    factory.protocol = Counted
+    endpoint = await listen(factory)
+    for _ in range(5):
+        attempt = client_connect(reactor, endpoint)
+        attempt.cancel()
+        with pytest.raises(CancelledError):
+            await attempt
+    # One live connection after them: by its answer, the server has accepted any made before it.
+    live = await client_connect(reactor, endpoint).addTimeout(30, reactor)
+    assert (await live.ping().addTimeout(30, reactor)).result == "pong"
+    assert len(open_on_server) == 1
+    await live.close().addTimeout(30, reactor)
 
 
 # -- The client's own limit ----------------------------------------------------

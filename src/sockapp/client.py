@@ -167,6 +167,7 @@ def _loss_error(reason: Failure | None) -> ConnectionClosed:
 class AppClient(_Closable, FramedProtocol):
     """Client side of the app protocol on one connection: requests out, answers matched in order."""
 
+    on_made: Callable[[AppClient], None] | None = None
     on_lost: LostHandler | None = None
     # Set once a request on this connection timed out and the connection was given up.
     given_up: bool = False
@@ -177,6 +178,8 @@ class AppClient(_Closable, FramedProtocol):
         self._outstanding: deque[_Pending] = deque()
         self.answered = 0
         self._start_close_tracking()
+        if self.on_made is not None:
+            self.on_made(self)
 
     @property
     def usable(self) -> bool:
@@ -348,16 +351,25 @@ class Client:
         return waiter
 
     def _start_connecting(self) -> None:
-        attempt = self.endpoint.connect(Factory.forProtocol(AppClient))
+        attempt = self.endpoint.connect(_AppClientFactory(self._made, self._lost))
         self._connecting = attempt
         if self.connect_timeout is not None:
             attempt.addTimeout(self.connect_timeout, self.reactor, onTimeoutCancel=_connect_timed_out)
         attempt.addBoth(self._connected)
 
+    def _made(self, protocol: AppClient) -> None:
+        """A connection is up (its endpoint may not have said so yet): track it, or close it
+        if the client was closed (or its ``connect()`` cancelled) while it was being made."""
+        self._connections.add(protocol)
+        if self._closed:
+            _close_within_grace(self.reactor, [protocol])
+
     def _connected(self, result: AppClient | Failure) -> None:
         self._connecting = None
         waiting, self._waiting = self._waiting, {}
         waiters, self._connection_waiters = self._connection_waiters, []
+        if not isinstance(result, Failure) and self._closed:
+            result = Failure(ConnectionClosed("the client was closed"))  # ``_made`` closed the connection
         if isinstance(result, Failure):
             for pending in waiting:
                 pending.settle(result.value)  # type: ignore[arg-type]
@@ -366,8 +378,6 @@ class Client:
             return
         self.connections_made += 1
         self._protocol = result
-        self._connections.add(result)
-        result.on_lost = self._lost
         for pending in waiting:
             result.submit(pending)
         for waiter in waiters:
@@ -469,14 +479,34 @@ class Client:
             pending.settle(ConnectionClosed("the client was closed"))
         if self._connecting is not None:
             self._connecting.cancel()
-        connections = list(self._connections)
-        closing = [protocol.close() for protocol in connections]
-        if not closing:
-            return succeed(None)
-        # A server that does not read would hold a graceful close open for ever.
-        overdue = self.reactor.callLater(CLOSE_GRACE, _abort_all, connections)
-        done = DeferredList(closing, consumeErrors=True)
-        return done.addCallback(lambda _: overdue.cancel() if overdue.active() else None)
+        return _close_within_grace(self.reactor, list(self._connections))
+
+
+class _AppClientFactory(Factory):
+    """Builds a ``Client``'s connections, each reporting to it when made and when lost."""
+
+    protocol = AppClient
+
+    def __init__(self, on_made: Callable[[AppClient], None], on_lost: LostHandler) -> None:
+        self.on_made = on_made
+        self.on_lost = on_lost
+
+    def buildProtocol(self, addr: Any) -> AppClient:
+        protocol: AppClient = super().buildProtocol(addr)  # type: ignore[assignment]
+        protocol.on_made = self.on_made
+        protocol.on_lost = self.on_lost
+        return protocol
+
+
+def _close_within_grace(reactor: Any, connections: list[AppClient]) -> Deferred[None]:
+    """Close ``connections``; fire once all are closed. A server that does not read would hold
+    a graceful close open for ever, so what is still open after ``CLOSE_GRACE`` is aborted."""
+    closing = [protocol.close() for protocol in connections]
+    if not closing:
+        return succeed(None)
+    overdue = reactor.callLater(CLOSE_GRACE, _abort_all, connections)
+    done = DeferredList(closing, consumeErrors=True)
+    return done.addCallback(lambda _: overdue.cancel() if overdue.active() else None)
 
 
 def _abort_all(connections: list[AppClient]) -> None:
@@ -548,12 +578,36 @@ def connect(
     request_timeout: float | None = None,
     retries: int = DEFAULT_RETRIES,
 ) -> Deferred[Client]:
-    """A ``Client`` for ``endpoint`` (a client endpoint string or object), once it is connected."""
+    """A ``Client`` for ``endpoint`` (a client endpoint string or object), once it is connected.
+
+    Cancelling the Deferred (directly or through ``addTimeout``) closes the
+    client: the connection attempt is stopped, and a connection already made
+    (or made later by an endpoint that cannot stop) is closed, so none is
+    left open on the server. The Deferred then fails with ``CancelledError``.
+    """
     try:
         client = Client(reactor, as_endpoint(reactor, endpoint), connect_timeout, request_timeout, retries)
     except BadEndpoint as e:  # reported through the Deferred, like a refused connection
         return fail(e)
-    return client.connection().addCallback(lambda _: client)
+    cancelled = False
+
+    def cancel(_: Deferred[Client]) -> None:
+        nonlocal cancelled
+        cancelled = True  # what closing does to the attempt is not the caller's result: CancelledError is
+        client.close()
+
+    connected: Deferred[Client] = Deferred(canceller=cancel)
+
+    def deliver(result: AppClient | Failure) -> None:
+        if cancelled:
+            return
+        if isinstance(result, Failure):
+            connected.errback(result)
+        else:
+            connected.callback(client)
+
+    client.connection().addBoth(deliver)
+    return connected
 
 
 def connect_echo(

@@ -6,6 +6,7 @@ import json
 import sys
 
 import pytest
+import pytest_twisted
 from conftest import split_frames
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
@@ -14,7 +15,7 @@ from twisted.python.failure import Failure
 from sockapp.client import AppClient, EchoClient, request_frame
 from sockapp.errors import ConnectionClosed, ErrorCode, RemoteProtocolError, ServerError
 from sockapp.framing import encode_frame, encode_json
-from sockapp.server import SearchFactory
+from sockapp.server import SearchFactory, SearchProtocol
 
 
 def connect(cls=AppClient):
@@ -307,15 +308,11 @@ def test_request_timeout_is_typed_and_a_late_answer_is_discarded():
     endpoint = StringEndpoint()
     client = Client(clock, endpoint, request_timeout=2)
     slow = collect(client.request("search", "ring"))
-    clock.advance(1)
-    later = collect(client.request("search", "morpheus", timeout=10))
-    clock.advance(1)
+    clock.advance(2)
     assert slow[0].check(RequestTimeout)
     protocol, _ = endpoint.connections[0]
-    protocol.dataReceived(encode_json({"result": "late answer to the first"}))
-    assert later == []
-    protocol.dataReceived(encode_json({"result": "answer to the second"}))
-    assert later[0].result == "answer to the second"
+    protocol.dataReceived(encode_json({"result": "late answer"}))  # the connection was given up: ignored
+    assert slow[0].check(RequestTimeout)
     assert not clock.getDelayedCalls()
 
 
@@ -447,3 +444,261 @@ def test_the_client_takes_large_dense_json_answers_a_server_would_refuse():
     dense = [[[]] * 10] * 20_000  # 100 KB, a '[' every 3 characters
     client.dataReceived(encode_json({"result": dense}))
     assert result[0].result == dense
+
+
+# -- A request timeout gives the connection up ---------------------------------
+
+from twisted.internet.error import ConnectionAborted  # noqa: E402
+
+
+class AbortingEndpoint(StringEndpoint):
+    """Like StringEndpoint, but an abort ends the connection as a real transport's does:
+    ``connectionLost`` follows on the next reactor turn (``clock.advance(0)``)."""
+
+    def __init__(self, clock):
+        super().__init__()
+        self.clock = clock
+
+    def connect(self, factory):
+        protocol = factory.buildProtocol(None)
+        transport = AbortingTransport(self.clock)
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        self.connections.append((protocol, transport))
+        return succeed(protocol)
+
+
+class AbortingTransport(StringTransport):
+    def __init__(self, clock):
+        super().__init__()
+        self.clock = clock
+
+    def abortConnection(self):
+        if not self.disconnected:
+            super().abortConnection()
+            self.clock.callLater(0, self.protocol.connectionLost, Failure(ConnectionAborted()))
+
+
+def sent_values(transport):
+    return [json.loads(content)["value"] for _, content in split_frames(transport.value())]
+
+
+def test_a_request_timeout_gives_up_its_connection_and_the_next_request_gets_a_new_one():
+    clock = Clock()
+    endpoint = AbortingEndpoint(clock)
+    client = Client(clock, endpoint, request_timeout=2)
+    slow = collect(client.request("search", "ring"))
+    clock.advance(2)
+    assert slow[0].check(RequestTimeout)
+    old, old_transport = endpoint.connections[0]
+    assert old_transport.disconnected  # aborted at once: nothing queued on it is of use any more
+    clock.advance(0)
+    assert not old.connected
+    later = collect(client.request("search", "morpheus"))
+    assert len(endpoint.connections) == 2
+    new, new_transport = endpoint.connections[1]
+    assert sent_values(new_transport) == ["morpheus"]
+    new.dataReceived(encode_json({"result": "two"}))
+    assert later[0].result == "two"
+    assert not clock.getDelayedCalls()
+
+
+def test_requests_pipelined_behind_a_timed_out_one_go_again_if_idempotent_else_fail():
+    clock = Clock()
+    endpoint = AbortingEndpoint(clock)
+    client = Client(clock, endpoint, request_timeout=10)
+    slow = collect(client.request("search", "ring", timeout=2))
+    behind = collect(client.request("search", "morpheus"))
+    once = collect(client.sendDocument({"action": "search", "value": "nobody"}, idempotent=False))
+    clock.advance(2)
+    old, _ = endpoint.connections[0]
+    old.dataReceived(encode_json({"result": "late answer to ring"}))  # the stream cannot be trusted any more
+    clock.advance(0)
+    assert slow[0].check(RequestTimeout) and behind == []
+    assert once[0].check(ConnectionClosed) and "timed out" in str(once[0].value)
+    new, new_transport = endpoint.connections[1]
+    assert sent_values(new_transport) == ["morpheus"]
+    assert client.retried == 1 and client.resent == 0  # counted against retries, not a tutorial close
+    new.dataReceived(encode_json({"result": "two"}))
+    assert behind[0].result == "two"
+
+
+def test_requests_behind_a_timed_out_one_fail_when_no_retries_are_left():
+    clock = Clock()
+    endpoint = AbortingEndpoint(clock)
+    client = Client(clock, endpoint, request_timeout=10, retries=0)
+    collect(client.request("search", "ring", timeout=2))
+    behind = collect(client.request("search", "morpheus"))
+    clock.advance(2)
+    clock.advance(0)
+    assert behind[0].check(ConnectionClosed)
+    assert len(endpoint.connections) == 1
+
+
+def test_a_request_that_times_out_before_its_connection_is_made_is_never_sent():
+    clock = Clock()
+    pending_connection = Deferred()
+
+    class SlowEndpoint(StringEndpoint):
+        def connect(self, factory):
+            return pending_connection.addCallback(lambda _: StringEndpoint.connect(self, factory))
+
+    endpoint = SlowEndpoint()
+    client = Client(clock, endpoint, request_timeout=2)
+    early = collect(client.request("search", "ring"))
+    clock.advance(2)
+    assert early[0].check(RequestTimeout)
+    later = collect(client.request("search", "morpheus"))
+    pending_connection.callback(None)
+    protocol, transport = endpoint.connections[0]
+    assert sent_values(transport) == ["morpheus"]
+    protocol.dataReceived(encode_json({"result": "two"}))
+    assert later[0].result == "two"
+
+
+def test_requests_that_all_time_out_leave_nothing_behind():
+    """A server that reads everything and never answers: what timed out is not kept."""
+    clock = Clock()
+    endpoint = AbortingEndpoint(clock)
+    client = Client(clock, endpoint, request_timeout=0.05)
+    for number in range(1000):
+        result = collect(client.request("search", str(number)))
+        clock.advance(0.05)
+        clock.advance(0)
+        assert result[0].check(RequestTimeout)
+    kept = sum(protocol.outstanding for protocol, _ in endpoint.connections if protocol.connected)
+    assert kept == 0
+    assert client.connections_made == 1000 and not clock.getDelayedCalls()
+
+
+# -- Cancelling connect() ------------------------------------------------------
+
+from twisted.internet.defer import CancelledError, TimeoutError  # noqa: E402
+from twisted.internet.endpoints import TCP4ClientEndpoint  # noqa: E402
+from twisted.internet.testing import MemoryReactorClock  # noqa: E402
+
+from sockapp.client import connect as client_connect  # noqa: E402
+
+
+def test_cancelling_connect_before_the_connection_is_made_stops_the_attempt():
+    reactor = MemoryReactorClock()
+    result = collect(client_connect(reactor, TCP4ClientEndpoint(reactor, "127.0.0.1", 5634)))
+    result_d = client_connect(reactor, TCP4ClientEndpoint(reactor, "127.0.0.1", 5634))
+    cancelled = collect(result_d)
+    result_d.cancel()
+    assert cancelled[0].check(CancelledError)
+    assert [c.stoppedConnecting for c in reactor.connectors] == [False, True]
+    assert result == []
+
+
+def test_connect_cut_off_by_add_timeout_stops_the_attempt():
+    reactor = MemoryReactorClock()
+    timed = collect(client_connect(reactor, TCP4ClientEndpoint(reactor, "127.0.0.1", 5634)).addTimeout(5, reactor))
+    reactor.advance(5)
+    assert timed[0].check(TimeoutError)  # addTimeout's own error: the Deferred was cancelled as usual
+    assert reactor.connectors[0].stoppedConnecting
+
+
+class HandshakeEndpoint:
+    """The connection is made at once but the endpoint fires only after a handshake
+    (a proxy or TLS in front), and cannot stop anything once the connection is up."""
+
+    def __init__(self):
+        self.transports = []
+        self.handshake = Deferred()
+
+    def connect(self, factory):
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.transports.append(transport)
+        return self.handshake.addCallback(lambda _: protocol)
+
+
+def test_cancelling_connect_after_the_connection_is_made_closes_it():
+    endpoint = HandshakeEndpoint()
+    result_d = client_connect(Clock(), endpoint)
+    cancelled = collect(result_d)
+    result_d.cancel()
+    assert cancelled[0].check(CancelledError)
+    (transport,) = endpoint.transports
+    assert transport.disconnecting
+
+
+def test_a_connection_that_arrives_after_connect_was_cancelled_is_closed():
+    """An endpoint that ignores cancellation: the connection it makes later is closed at once."""
+    late = []
+
+    class IgnoresCancel:
+        def connect(self, factory):
+            late.append(factory)
+            return Deferred()
+
+    result_d = client_connect(Clock(), IgnoresCancel())
+    cancelled = collect(result_d)
+    result_d.cancel()
+    assert cancelled[0].check(CancelledError)
+    protocol = late[0].buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    assert transport.disconnecting
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancelled_connects_leave_no_connection_open_on_the_server(listen):
+    from twisted.internet import reactor
+
+    open_on_server = set()
+
+    class Counted(SearchProtocol):
+        def connectionMade(self):
+            open_on_server.add(self)
+            super().connectionMade()
+
+        def connectionLost(self, reason=None):
+            open_on_server.discard(self)
+            super().connectionLost(reason)
+
+    factory = SearchFactory()
+    factory.protocol = Counted
+    endpoint = await listen(factory)
+    for _ in range(5):
+        attempt = client_connect(reactor, endpoint)
+        attempt.cancel()
+        with pytest.raises(CancelledError):
+            await attempt
+    # One live connection after them: by its answer, the server has accepted any made before it.
+    live = await client_connect(reactor, endpoint).addTimeout(30, reactor)
+    assert (await live.ping().addTimeout(30, reactor)).result == "pong"
+    assert len(open_on_server) == 1
+    await live.close().addTimeout(30, reactor)
+
+
+# -- The client's own limit ----------------------------------------------------
+
+
+def test_an_answer_over_the_clients_limit_says_so():
+    from conftest import raw_frame
+
+    client, transport = connect()
+    result = collect(client.request("search", "ring"))
+    header = {"byteorder": "little", "content-type": "text/json", "content-encoding": "utf-8"}
+    client.dataReceived(raw_frame(dict(header, **{"content-length": 64 * 1024 * 1024 + 1})))
+    assert result[0].check(RemoteProtocolError) and result[0].value.code is ErrorCode.CONTENT_TOO_LARGE
+    assert "over this client's limit of 67108864 bytes" in result[0].value.message
+
+
+
+def test_a_servers_words_for_its_limit_are_unchanged():
+    from conftest import raw_frame
+
+    from sockapp.framing import FrameDecoder
+
+    decoder = FrameDecoder(max_content_length=1000, max_json_length=100)  # a server's, as SearchProtocol makes it
+    header = {"byteorder": "little", "content-type": "text/json", "content-encoding": "utf-8", "content-length": 101}
+    decoder.receive_data(raw_frame(header))
+    with pytest.raises(RemoteProtocolError) as caught:
+        decoder.next_message()
+    assert caught.value.message == (
+        "text/json content-length 101 is over this server's limit of 100 bytes for JSON (--max-json-length)"
+    )

@@ -37,7 +37,7 @@ from sockapp.errors import (
     ServerError,
     TLSFailure,
 )
-from sockapp.framing import Header, Message, encode_frame, encode_json
+from sockapp.framing import FrameDecoder, Header, Message, encode_frame, encode_json
 from sockapp.protocol import CLOSE_GRACE, FramedProtocol
 
 DEFAULT_ENDPOINT: Final = "tcp:host=127.0.0.1:port=5634"
@@ -91,9 +91,10 @@ def _server_error(message: Message) -> ServerError | None:
 
 class _Pending:
     """A request on its way: its frame (kept for a re-send), its Deferred, its timer,
-    whether it may be sent twice and how many more times after a dropped connection."""
+    whether it may be sent twice and how many more times after a dropped connection,
+    and the connection it was last sent on (to give that up if it times out)."""
 
-    __slots__ = ("frame", "answer", "timer", "abandoned", "idempotent", "retries_left")
+    __slots__ = ("frame", "answer", "timer", "abandoned", "idempotent", "retries_left", "connection")
 
     def __init__(self, frame: bytes, answer: Deferred[Response], idempotent: bool = True, retries: int = 0) -> None:
         self.frame = frame
@@ -102,10 +103,12 @@ class _Pending:
         self.abandoned = False
         self.idempotent = idempotent
         self.retries_left = retries
+        self.connection: AppClient | None = None
 
     def settle(self, outcome: Response | Exception) -> None:
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
+        self.connection = None
         if self.abandoned:
             return
         self.abandoned = True
@@ -141,8 +144,8 @@ class _Closable:
 
 
 # Called when an AppClient's connection ends: (the AppClient, its unanswered
-# requests, answers received on it, whether it ended between answers rather
-# than inside one, the error to fail them with).
+# requests, answers received on it, whether the server ended it between answers
+# rather than inside one or we gave it up, the error to fail them with).
 LostHandler = Callable[["AppClient", list[_Pending], int, bool, ConnectionClosed], None]
 
 
@@ -164,13 +167,19 @@ def _loss_error(reason: Failure | None) -> ConnectionClosed:
 class AppClient(_Closable, FramedProtocol):
     """Client side of the app protocol on one connection: requests out, answers matched in order."""
 
+    on_made: Callable[[AppClient], None] | None = None
     on_lost: LostHandler | None = None
+    # Set once a request on this connection timed out and the connection was given up.
+    given_up: bool = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        self._decoder = FrameDecoder(self.max_content_length, self.max_json_length, side="client")
         self._outstanding: deque[_Pending] = deque()
         self.answered = 0
         self._start_close_tracking()
+        if self.on_made is not None:
+            self.on_made(self)
 
     @property
     def usable(self) -> bool:
@@ -179,9 +188,12 @@ class AppClient(_Closable, FramedProtocol):
 
     def submit(self, pending: _Pending) -> None:
         """Write an encoded request; its answer settles ``pending``."""
+        if pending.abandoned:
+            return
         if not self.usable:
             pending.settle(ConnectionClosed("the connection is closed"))
             return
+        pending.connection = self
         self._outstanding.append(pending)
         self.transport.write(pending.frame)
 
@@ -231,6 +243,23 @@ class AppClient(_Closable, FramedProtocol):
         self.closing = True
         return super().close()
 
+    def giveUp(self) -> None:
+        """A request on this connection went unanswered too long: abort the connection.
+
+        Answers come in order, so once one is missing nothing after it can be
+        matched to its request with confidence; and a server that stalls may
+        never read what is queued. So the connection is aborted at once, not
+        closed gracefully: a graceful close would send requests we no longer
+        wait for (the server might act on them) and hold their buffers for the
+        close grace. ``connectionLost`` then sends what else was outstanding
+        again, within its retries, or fails it.
+        """
+        if not self.connected or self.given_up:
+            return
+        self.given_up = True
+        self.closing = True
+        self.transport.abortConnection()
+
     def readConnectionLost(self) -> None:
         """The server sent EOF: nothing outstanding can be answered on this connection any more.
 
@@ -245,11 +274,16 @@ class AppClient(_Closable, FramedProtocol):
         self.closing = True
         unanswered = [p for p in self._outstanding if not p.abandoned]
         self._outstanding = deque()
+        for pending in unanswered:
+            pending.connection = None
         # A close or reset between answers, not in the middle of one. (A server
         # that closes with our next request unread makes its kernel send a
-        # reset, so a reset here is as ordinary as a close.)
-        between_answers = not self._decoder.in_frame
-        error = _loss_error(reason)
+        # reset, so a reset here is as ordinary as a close.) Not so if we gave it up.
+        between_answers = not self._decoder.in_frame and not self.given_up
+        if self.given_up:
+            error = ConnectionClosed("the connection was given up after a request on it timed out")
+        else:
+            error = _loss_error(reason)
         if self.on_lost is not None:
             self.on_lost(self, unanswered, self.answered, between_answers and not isinstance(error, TLSFailure), error)
         else:
@@ -273,7 +307,12 @@ class Client:
 
     ``connect_timeout`` bounds each connection attempt (``ConnectTimeout``);
     ``request_timeout`` bounds each request from send to answer
-    (``RequestTimeout``; a late answer is then discarded).
+    (``RequestTimeout``). A request that times out on a connection makes
+    the client give that connection up (``AppClient.giveUp``): answers come
+    in order, so after a missing one the stream cannot be trusted, and a
+    stalled server would otherwise collect every later request on it. What
+    else was outstanding there is treated as dropped (sent again within
+    ``retries`` if idempotent) and later requests go on a new connection.
     """
 
     def __init__(
@@ -297,7 +336,7 @@ class Client:
         self._protocol: AppClient | None = None  # the connection new requests go to
         self._connections: set[AppClient] = set()  # every connection still open, closing ones too
         self._connecting: Deferred[AppClient] | None = None
-        self._waiting: list[_Pending] = []
+        self._waiting: dict[_Pending, None] = {}  # waiting for a connection, in order; a dict to drop timed-out ones
         self._connection_waiters: list[Deferred[AppClient]] = []
         self._closed = False
 
@@ -312,16 +351,25 @@ class Client:
         return waiter
 
     def _start_connecting(self) -> None:
-        attempt = self.endpoint.connect(Factory.forProtocol(AppClient))
+        attempt = self.endpoint.connect(_AppClientFactory(self._made, self._lost))
         self._connecting = attempt
         if self.connect_timeout is not None:
             attempt.addTimeout(self.connect_timeout, self.reactor, onTimeoutCancel=_connect_timed_out)
         attempt.addBoth(self._connected)
 
+    def _made(self, protocol: AppClient) -> None:
+        """A connection is up (its endpoint may not have said so yet): track it, or close it
+        if the client was closed (or its ``connect()`` cancelled) while it was being made."""
+        self._connections.add(protocol)
+        if self._closed:
+            _close_within_grace(self.reactor, [protocol])
+
     def _connected(self, result: AppClient | Failure) -> None:
         self._connecting = None
-        waiting, self._waiting = self._waiting, []
+        waiting, self._waiting = self._waiting, {}
         waiters, self._connection_waiters = self._connection_waiters, []
+        if not isinstance(result, Failure) and self._closed:
+            result = Failure(ConnectionClosed("the client was closed"))  # ``_made`` closed the connection
         if isinstance(result, Failure):
             for pending in waiting:
                 pending.settle(result.value)  # type: ignore[arg-type]
@@ -330,8 +378,6 @@ class Client:
             return
         self.connections_made += 1
         self._protocol = result
-        self._connections.add(result)
-        result.on_lost = self._lost
         for pending in waiting:
             result.submit(pending)
         for waiter in waiters:
@@ -371,7 +417,7 @@ class Client:
         if self._protocol is not None and self._protocol.usable:
             self._protocol.submit(pending)
             return
-        self._waiting.append(pending)
+        self._waiting[pending] = None
         if self._connecting is None:
             self._start_connecting()
 
@@ -386,11 +432,17 @@ class Client:
         pending = _Pending(frame, Deferred(), idempotent, self.retries)
         timeout = self.request_timeout if timeout is None else timeout
         if timeout is not None:
-            pending.timer = self.reactor.callLater(
-                timeout, pending.settle, RequestTimeout(f"no answer within {timeout:g} s")
-            )
+            pending.timer = self.reactor.callLater(timeout, self._timed_out, pending, timeout)
         self._dispatch(pending)
         return pending.answer
+
+    def _timed_out(self, pending: _Pending, timeout: float) -> None:
+        """No answer in time: fail the request and give up the connection it was sent on."""
+        connection = pending.connection
+        self._waiting.pop(pending, None)
+        pending.settle(RequestTimeout(f"no answer within {timeout:g} s"))
+        if connection is not None:
+            connection.giveUp()
 
     def send(
         self,
@@ -422,19 +474,39 @@ class Client:
 
         Fires once all of them are closed."""
         self._closed = True
-        waiting, self._waiting = self._waiting, []
+        waiting, self._waiting = self._waiting, {}
         for pending in waiting:
             pending.settle(ConnectionClosed("the client was closed"))
         if self._connecting is not None:
             self._connecting.cancel()
-        connections = list(self._connections)
-        closing = [protocol.close() for protocol in connections]
-        if not closing:
-            return succeed(None)
-        # A server that does not read would hold a graceful close open for ever.
-        overdue = self.reactor.callLater(CLOSE_GRACE, _abort_all, connections)
-        done = DeferredList(closing, consumeErrors=True)
-        return done.addCallback(lambda _: overdue.cancel() if overdue.active() else None)
+        return _close_within_grace(self.reactor, list(self._connections))
+
+
+class _AppClientFactory(Factory):
+    """Builds a ``Client``'s connections, each reporting to it when made and when lost."""
+
+    protocol = AppClient
+
+    def __init__(self, on_made: Callable[[AppClient], None], on_lost: LostHandler) -> None:
+        self.on_made = on_made
+        self.on_lost = on_lost
+
+    def buildProtocol(self, addr: Any) -> AppClient:
+        protocol: AppClient = super().buildProtocol(addr)  # type: ignore[assignment]
+        protocol.on_made = self.on_made
+        protocol.on_lost = self.on_lost
+        return protocol
+
+
+def _close_within_grace(reactor: Any, connections: list[AppClient]) -> Deferred[None]:
+    """Close ``connections``; fire once all are closed. A server that does not read would hold
+    a graceful close open for ever, so what is still open after ``CLOSE_GRACE`` is aborted."""
+    closing = [protocol.close() for protocol in connections]
+    if not closing:
+        return succeed(None)
+    overdue = reactor.callLater(CLOSE_GRACE, _abort_all, connections)
+    done = DeferredList(closing, consumeErrors=True)
+    return done.addCallback(lambda _: overdue.cancel() if overdue.active() else None)
 
 
 def _abort_all(connections: list[AppClient]) -> None:
@@ -506,12 +578,36 @@ def connect(
     request_timeout: float | None = None,
     retries: int = DEFAULT_RETRIES,
 ) -> Deferred[Client]:
-    """A ``Client`` for ``endpoint`` (a client endpoint string or object), once it is connected."""
+    """A ``Client`` for ``endpoint`` (a client endpoint string or object), once it is connected.
+
+    Cancelling the Deferred (directly or through ``addTimeout``) closes the
+    client: the connection attempt is stopped, and a connection already made
+    (or made later by an endpoint that cannot stop) is closed, so none is
+    left open on the server. The Deferred then fails with ``CancelledError``.
+    """
     try:
         client = Client(reactor, as_endpoint(reactor, endpoint), connect_timeout, request_timeout, retries)
     except BadEndpoint as e:  # reported through the Deferred, like a refused connection
         return fail(e)
-    return client.connection().addCallback(lambda _: client)
+    cancelled = False
+
+    def cancel(_: Deferred[Client]) -> None:
+        nonlocal cancelled
+        cancelled = True  # what closing does to the attempt is not the caller's result: CancelledError is
+        client.close()
+
+    connected: Deferred[Client] = Deferred(canceller=cancel)
+
+    def deliver(result: AppClient | Failure) -> None:
+        if cancelled:
+            return
+        if isinstance(result, Failure):
+            connected.errback(result)
+        else:
+            connected.callback(client)
+
+    client.connection().addBoth(deliver)
+    return connected
 
 
 def connect_echo(

@@ -20,7 +20,7 @@ import json.decoder
 import json.encoder
 import re
 import sys
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from attrs import field, frozen, validators
 
@@ -35,6 +35,9 @@ DEFAULT_MAX_CONTENT_LENGTH: Final = 64 * 1024 * 1024
 DEFAULT_MAX_JSON_LENGTH: Final = 1024 * 1024
 REQUIRED_KEYS: Final = ("byteorder", "content-length", "content-type", "content-encoding")
 JSON_CONTENT_TYPE: Final = "text/json"
+# Whose limits a decoder applies: its errors say "this server's limit" or "this client's limit".
+Side = Literal["server", "client"]
+SIDES: Final = ("server", "client")
 
 
 class _NeedData:
@@ -192,14 +195,17 @@ _PARSED_HEADERS_LIMIT = 512
 _CACHED_HEADER_LENGTH = 256  # a usual header is about 100 bytes; longer ones are parsed each time
 
 
-def parse_header(raw: bytes, max_content_length: int, max_json_length: int | None = None) -> Header:
+def parse_header(
+    raw: bytes, max_content_length: int, max_json_length: int | None = None, side: Side = "server"
+) -> Header:
     """Validate a header's bytes; raise ``RemoteProtocolError`` naming the fault.
 
     Peers send the same header bytes again and again (same request shape,
     same length), so valid short headers are remembered: a few hundred of at
     most 256 bytes, so the cache holds well under 1 MiB whatever peers send.
     ``max_json_length`` (if given) limits ``text/json`` content, whose
-    parsed form is many times its size.
+    parsed form is many times its size. ``side`` is who applies the limits,
+    named in the error: a server's words go to its peer in an error frame.
     """
     header = _PARSED_HEADERS.get(raw)
     if header is None:
@@ -211,7 +217,7 @@ def parse_header(raw: bytes, max_content_length: int, max_json_length: int | Non
     if header.content_length > max_content_length:
         raise RemoteProtocolError(
             ErrorCode.CONTENT_TOO_LARGE,
-            f"content-length {peer_text(header.content_length, 24)} is over this server's limit of "
+            f"content-length {peer_text(header.content_length, 24)} is over this {side}'s limit of "
             f"{max_content_length} bytes",
         )
     if (
@@ -221,7 +227,7 @@ def parse_header(raw: bytes, max_content_length: int, max_json_length: int | Non
     ):
         raise RemoteProtocolError(
             ErrorCode.CONTENT_TOO_LARGE,
-            f"text/json content-length {peer_text(header.content_length, 24)} is over this server's limit of "
+            f"text/json content-length {peer_text(header.content_length, 24)} is over this {side}'s limit of "
             f"{max_json_length} bytes for JSON (--max-json-length)",
         )
     return header
@@ -424,16 +430,24 @@ class FrameDecoder:
     ``max_json_length`` (a server's) limits ``text/json`` content below
     ``max_content_length`` and refuses large JSON dense with arrays and
     objects (``content-too-complex``); without it (a client's) neither applies.
+    ``side`` names whose limits they are in the errors ("over this client's
+    limit"); it does not change what is accepted.
     """
 
     def __init__(
-        self, max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH, max_json_length: int | None = None
+        self,
+        max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH,
+        max_json_length: int | None = None,
+        side: Side = "server",
     ) -> None:
         for name, value in (("max_content_length", max_content_length), ("max_json_length", max_json_length)):
             if value is not None and (type(value) is not int or value < 0):
                 raise LocalProtocolError(f"{name} must be a non-negative int, not {value!r}")
+        if side not in SIDES:
+            raise LocalProtocolError(f"side must be 'server' or 'client', not {side!r}")
         self.max_content_length = max_content_length
         self.max_json_length = max_json_length
+        self.side = side
         self._buffer = bytearray()
         self._header: Header | None = None
         self._chunks: list[bytes] | None = None
@@ -488,7 +502,9 @@ class FrameDecoder:
             end = PREFIX_LENGTH + header_length
             if len(buffer) < end:
                 return NEED_DATA
-            header = parse_header(bytes(buffer[PREFIX_LENGTH:end]), self.max_content_length, self.max_json_length)
+            header = parse_header(
+                bytes(buffer[PREFIX_LENGTH:end]), self.max_content_length, self.max_json_length, self.side
+            )
             del buffer[:end]
             self._header = header
         content = self._take(header.content_length)

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 
+import pytest
 import pytest_twisted
 from conftest import tool
 from twisted.internet import reactor
@@ -14,13 +15,15 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.utils import getProcessOutputAndValue
 
 from sockapp.echo import EchoFactory
+from sockapp.framing import encode_frame, encode_result
+from sockapp.search import TUTORIAL_ANSWERS, SearchIndex
 from sockapp.server import SearchFactory
 
 
-async def sockapp(*args: str) -> tuple[str, str, int]:
-    env = dict(os.environ, PYTHONIOENCODING="utf-8")
+async def sockapp(*args: str, encoding: str = "utf-8") -> tuple[str, str, int]:
+    env = dict(os.environ, PYTHONIOENCODING=encoding)
     out, err, code = await getProcessOutputAndValue(tool("sockapp"), list(args), env=env).addTimeout(60, reactor)
-    return out.decode("utf-8"), err.decode("utf-8"), code
+    return out.decode(encoding), err.decode(encoding), code
 
 
 @pytest_twisted.ensureDeferred
@@ -151,3 +154,62 @@ async def test_retries_survive_dropped_connections(listen):
     assert code == 1 and "closed" in one_line_error(err)
     _, err, code = await sockapp("ping", "--retries", "-1")
     assert code == 2 and "Traceback" not in err and "--retries" in err
+
+
+class Answers(Protocol):
+    """Answers anything with ``factory.frame``."""
+
+    def dataReceived(self, data):
+        self.transport.write(self.factory.frame)
+        self.transport.loseConnection()
+
+
+def answering(frame: bytes) -> Factory:
+    factory = Factory.forProtocol(Answers)
+    factory.frame = frame
+    return factory
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
+@pytest_twisted.ensureDeferred
+async def test_an_answer_the_terminal_cannot_show_is_escaped(listen, encoding):
+    endpoint = await listen(SearchFactory())
+    out, err, code = await sockapp("request", "--connect", endpoint, "search", "morpheus", encoding=encoding)
+    assert (out, err, code) == ("Follow the white rabbit. \\U0001f430\n", "", 0)
+    out, err, code = await sockapp("request", "--json", "--connect", endpoint, "search", "ring", encoding=encoding)
+    assert (err, code) == ("", 0)
+    assert json.loads(out)["content"] == {"result": TUTORIAL_ANSWERS["ring"]}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lone_surrogate_in_an_answer_is_escaped(listen):
+    endpoint = await listen(SearchFactory(index=SearchIndex({"odd": "half \ud800 a pair"})))
+    out, err, code = await sockapp("request", "--connect", endpoint, "search", "odd")
+    assert (out, err, code) == ("half \\ud800 a pair\n", "", 0)
+    out, err, code = await sockapp("request", "--json", "--connect", endpoint, "search", "odd")
+    assert (err, code) == ("", 0)
+    assert json.loads(out)["content"] == {"result": "half \ud800 a pair"}
+
+
+UNPRINTABLE = "clear\x1b[2J nul\x00 csi\x9b1m line\u2028sep cr\rend"
+UNPRINTABLE_SHOWN = "clear\\x1b[2J nul\\x00 csi\\x9b1m line\\u2028sep cr\\rend"
+
+
+@pytest_twisted.ensureDeferred
+async def test_control_characters_in_answers_are_escaped(listen):
+    binary = encode_frame(UNPRINTABLE.encode("utf-8"), "binary/custom-server-binary-type", "binary")
+    out, err, code = await sockapp("request", "--connect", await listen(answering(binary)), "binary", "x")
+    assert (out, err, code) == (UNPRINTABLE_SHOWN + "\n", "", 0)
+    text = encode_result(UNPRINTABLE)
+    out, err, code = await sockapp("request", "--connect", await listen(answering(text)), "search", "x")
+    assert (out, err, code) == (UNPRINTABLE_SHOWN + "\n", "", 0)
+    out, err, code = await sockapp("request", "--json", "--connect", await listen(answering(text)), "search", "x")
+    assert (err, code) == ("", 0)
+    assert out.endswith("\n") and out[:-1].isprintable()  # no control character reaches the terminal
+    assert json.loads(out)["content"] == {"result": UNPRINTABLE}
+
+
+@pytest_twisted.ensureDeferred
+async def test_multi_line_answers_keep_their_lines(listen):
+    endpoint = await listen(SearchFactory(index=SearchIndex({"poem": "one\n\ttwo"})))
+    assert await sockapp("request", "--connect", endpoint, "search", "poem") == ("one\n\ttwo\n", "", 0)

@@ -7,7 +7,7 @@ import os
 import subprocess
 
 import pytest
-from conftest import split_frames, tool
+from conftest import send_and_read_all, split_frames, start_twistd, tool
 from twisted.application.service import IServiceMaker
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
 from twisted.plugin import getPlugins
@@ -150,6 +150,21 @@ def test_duplicate_queries_are_a_one_line_usage_error(tmp_path):
 
 def twistd_env() -> dict[str, str]:
     return dict(os.environ, PYTHONIOENCODING="utf-8")
+
+
+def test_twistd_serves_a_lone_surrogate_end_to_end(tmp_path, server_processes):
+    path = tmp_path / "answers.json"
+    path.write_bytes(SURROGATE_DATA)
+    port = start_twistd(server_processes, "sockapp", "--port", "tcp:0:interface=127.0.0.1", "--data", str(path))
+    data = send_and_read_all(("127.0.0.1", port), search_request("\ud800") + search_request("neo"), timeout=60)
+    assert answers(data) == ["half a pair", "the other \udc00 half"]
+    endpoint = f"tcp:host=127.0.0.1:port={port}"
+    command = [tool("sockapp"), "request", "--connect", endpoint]
+    shown = subprocess.run([*command, "search", "neo"], capture_output=True, timeout=60, env=twistd_env())
+    assert (shown.stdout, shown.stderr, shown.returncode) == (b"the other \\udc00 half\n", b"", 0)
+    whole = subprocess.run([*command, "--json", "search", "neo"], capture_output=True, timeout=60, env=twistd_env())
+    assert (whole.stderr, whole.returncode) == (b"", 0)
+    assert json.loads(whole.stdout)["content"] == {"result": "the other \udc00 half"}
 
 
 def twistd_refuses(path, cwd) -> str:

@@ -2,7 +2,8 @@
 
 Every failure a user can cause or meet (a refused connection, a bad
 endpoint string, a server that closes mid-answer) ends in one line on
-stderr and a non-zero exit, never a traceback.
+stderr and a non-zero exit, never a traceback. Whatever a server answers
+is printed as the terminal can show it.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import argparse
 import base64
 import json
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Final, TextIO
 
 from twisted.internet import defer, task
 from twisted.internet import error as neterror
@@ -26,6 +27,74 @@ from sockapp.progress import live_progress
 DEFAULT_TIMEOUT = 30.0
 TUTORIAL_ECHO_MESSAGE = "hello, universe.\nHi, friend."
 TUTORIAL_MULTICONN_MESSAGES = ("hello message 1 from client.", "hi message 2 from client.")
+# Not printable, but an answer's own line breaks and tabs are shown as they are.
+KEPT_CONTROLS: Final = frozenset("\n\t")
+
+
+def _encoding(stream: TextIO) -> str:
+    return getattr(stream, "encoding", None) or "utf-8"
+
+
+def _showable(char: str, encoding: str) -> bool:
+    if not char.isprintable() and char not in KEPT_CONTROLS:
+        return False
+    try:
+        char.encode(encoding)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _escape_unshowable(text: str, encoding: str, escape: Callable[[str], str]) -> str:
+    """``text`` with each character ``encoding`` cannot show replaced by ``escape(char)``."""
+    try:
+        text.encode(encoding)
+    except UnicodeEncodeError:
+        pass
+    else:
+        if text.replace("\n", "").replace("\t", "").isprintable():
+            return text  # the usual case, checked without a loop in Python
+    shown: dict[str, str] = {}
+    out = []
+    for char in text:
+        if char not in shown:
+            shown[char] = char if _showable(char, encoding) else escape(char)
+        out.append(shown[char])
+    return "".join(out)
+
+
+def terminal_text(text: str, encoding: str) -> str:
+    """``text`` as a terminal in ``encoding`` can show it, for a user to read.
+
+    Printable characters the encoding has, line breaks and tabs are kept;
+    any other character (a control character such as ESC or NUL, a line
+    separator, a lone surrogate, an emoji on an ASCII terminal) is written as
+    its Python backslash escape (``\\x1b``, ``\\ud800``, ``\\U0001f430``), so it
+    can neither move the cursor nor make printing fail.
+    """
+    return _escape_unshowable(text, encoding, lambda char: char.encode("unicode_escape").decode("ascii"))
+
+
+def terminal_json(document: object, encoding: str) -> str:
+    """``document`` as one line of JSON that a terminal in ``encoding`` can show.
+
+    As ``terminal_text``, but with JSON's escapes (``\\u001b``, ``\\ud83d\\udc30``),
+    so the line stays valid JSON that reads back as ``document``.
+    """
+    # json.dumps writes only ASCII outside strings, so every character escaped is inside one.
+    return _escape_unshowable(json.dumps(document, ensure_ascii=False), encoding, lambda char: json.dumps(char)[1:-1])
+
+
+def show(text: str, stream: TextIO | None = None) -> None:
+    """Print ``text`` as ``stream`` (stdout by default) can show it."""
+    stream = stream if stream is not None else sys.stdout
+    print(terminal_text(text, _encoding(stream)), file=stream)
+
+
+def show_json(document: object, stream: TextIO | None = None) -> None:
+    """Print ``document`` as one line of JSON that ``stream`` (stdout by default) can show."""
+    stream = stream if stream is not None else sys.stdout
+    print(terminal_json(document, _encoding(stream)), file=stream)
 
 
 def _response_json(response: Response) -> dict[str, Any]:
@@ -53,9 +122,9 @@ async def run_request(reactor: Any, args: argparse.Namespace) -> int:
     finally:
         await client.close()
     if args.json:
-        print(json.dumps(_response_json(response), ensure_ascii=False))
+        show_json(_response_json(response))
     else:
-        print(_response_text(response))
+        show(_response_text(response))
     return 0
 
 
@@ -65,7 +134,7 @@ async def run_ping(reactor: Any, args: argparse.Namespace) -> int:
         response = await client.ping()
     finally:
         await client.close()
-    print(response.result)
+    show(str(response.result))
     return 0 if response.result == "pong" else 1
 
 
@@ -76,7 +145,7 @@ async def run_echo(reactor: Any, args: argparse.Namespace) -> int:
         echoed = await client.roundTrip(data)
     finally:
         await client.close()
-    print(echoed.decode("utf-8", "backslashreplace"))
+    show(echoed.decode("utf-8", "backslashreplace"))
     return 0 if echoed == data else 1
 
 
@@ -100,10 +169,10 @@ async def run_multiconn(reactor: Any, args: argparse.Namespace) -> int:
         if ok and value == expected:
             good += 1
         elif ok:
-            print(f"connection {number}: echo differs: sent {expected!r}, got {value!r}", file=sys.stderr)
+            show(f"connection {number}: echo differs: sent {expected!r}, got {value!r}", sys.stderr)
         else:
-            print(f"connection {number}: {describe_error(value.value)}", file=sys.stderr)
-    print(f"{good} of {args.connections} connections echoed {len(expected)} bytes exactly")
+            show(f"connection {number}: {describe_error(value.value)}", sys.stderr)
+    show(f"{good} of {args.connections} connections echoed {len(expected)} bytes exactly")
     return 0 if good == args.connections else 1
 
 
@@ -126,9 +195,9 @@ async def run_bench(reactor: Any, args: argparse.Namespace) -> int:
     with live_progress(reactor, bench):
         summary = await bench.run()
     if args.json:
-        print(json.dumps(summary.as_dict(), ensure_ascii=False))
+        show_json(summary.as_dict())
     else:
-        print("\n".join(summary.lines()))
+        show("\n".join(summary.lines()))
     return 1 if summary.error_count or not summary.requests else 0
 
 
@@ -261,10 +330,10 @@ async def _guarded(reactor: Any, args: argparse.Namespace) -> None:
     try:
         code = await work
     except defer.TimeoutError:
-        print(f"sockapp {args.command}: error: no complete answer within {args.timeout:g} s", file=sys.stderr)
+        show(f"sockapp {args.command}: error: no complete answer within {args.timeout:g} s", sys.stderr)
         raise SystemExit(1) from None
     except Exception as e:
-        print(f"sockapp {args.command}: error: {describe_error(e)}", file=sys.stderr)
+        show(f"sockapp {args.command}: error: {describe_error(e)}", sys.stderr)
         raise SystemExit(1) from None
     if code:
         raise SystemExit(code)

@@ -131,3 +131,43 @@ def test_load_answers_errors_are_one_line(tmp_path, content, fragment):
 def test_ping_is_answered_pong():
     header, content = answer_of(SearchIndex().respond(json_message({"action": "ping"})))
     assert header["content-type"] == "text/json" and json.loads(content) == {"result": "pong"}
+
+
+@pytest.mark.parametrize(
+    "content, shown",
+    [
+        (b'{"neo": "The One.", "neo": "Someone else."}', "'neo'"),
+        (b'{"\\ud800": "a", "\\ud800": "b"}', "'\\ud800'"),
+        (b'{"line\\nbreak\\u001b[2J": "a", "line\\nbreak\\u001b[2J": "b"}', "'line\\nbreak\\x1b[2J'"),
+    ],
+)
+def test_duplicate_queries_are_refused_naming_the_query(tmp_path, content, shown):
+    path = tmp_path / "answers.json"
+    path.write_bytes(content)
+    with pytest.raises(DataFileError) as caught:
+        load_answers(str(path))
+    message = str(caught.value)
+    assert f"duplicate query {shown}" in message
+    assert message.isprintable()  # one line, and printable whatever the query holds
+    message.encode("utf-8")
+
+
+def test_a_lone_surrogate_in_a_query_or_an_answer_is_served(tmp_path):
+    """Valid JSON, so accepted; answers carry it as the JSON escape, which reads back the same."""
+    path = tmp_path / "answers.json"
+    path.write_bytes(b'{"\\ud800": "half a pair", "neo": "\\udc00 other half"}')
+    index = SearchIndex(load_answers(str(path)))
+    for query, answer in [("\ud800", "half a pair"), ("neo", "\udc00 other half")]:
+        header, content = answer_of(index.respond(json_message({"action": "search", "value": query})))
+        assert header["content-length"] == len(content)
+        assert json.loads(content) == {"result": answer}
+    _, content = answer_of(index.respond(json_message({"action": "search", "value": "\udfff"})))
+    assert json.loads(content) == {"result": "No match for '\udfff'."}
+
+
+def test_a_path_that_is_not_printable_is_escaped_in_errors(tmp_path):
+    path = tmp_path / "clear\x1b[2J-\udcff.json"  # \udcff: the byte 0xff of a name not in UTF-8
+    with pytest.raises(DataFileError) as caught:
+        load_answers(str(path))
+    message = str(caught.value)
+    assert "clear\\x1b[2J-\\udcff.json" in message and message.isprintable()

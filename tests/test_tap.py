@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 
 import pytest
+from conftest import send_and_read_all, split_frames, start_twistd, tool
 from twisted.application.service import IServiceMaker
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
 from twisted.plugin import getPlugins
 from twisted.python import usage
 
 from sockapp.echo import EchoFactory
+from sockapp.framing import encode_json
 from sockapp.search import TUTORIAL_ANSWERS
 from sockapp.server import SearchFactory
 from sockapp.tap import echo, options_from_environment, search
@@ -109,3 +113,76 @@ def test_options_from_environment():
     with pytest.raises(SystemExit) as caught:
         options_from_environment(echo.Options(), {"SOCKAPP_ARGS": "--port nonsense:1"})
     assert str(caught.value).startswith("SOCKAPP_ARGS: --port nonsense:1")
+
+
+SURROGATE_DATA = b'{"\\ud800": "half a pair", "neo": "the other \\udc00 half"}'
+DUPLICATE_DATA = b'{"neo": "The One.", "\\ud800\\n": "a", "\\ud800\\n": "b"}'
+
+
+def search_request(query: str) -> bytes:
+    return encode_json({"action": "search", "value": query})
+
+
+def answers(data: bytes) -> list[object]:
+    return [json.loads(content)["result"] for _, content in split_frames(data)]
+
+
+def test_a_lone_surrogate_in_the_data_file_is_served(tmp_path):
+    path = tmp_path / "answers.json"
+    path.write_bytes(SURROGATE_DATA)
+    reactor = MemoryReactorClock()
+    search.makeService(parse(search, "--port", "6002", "--data", str(path)), reactor).startService()
+    ((_port, factory, _backlog, _interface),) = reactor.tcpServers
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(search_request("\ud800") + search_request("neo"))
+    assert answers(transport.value()) == ["half a pair", "the other \udc00 half"]
+
+
+def test_duplicate_queries_are_a_one_line_usage_error(tmp_path):
+    path = tmp_path / "answers.json"
+    path.write_bytes(DUPLICATE_DATA)
+    with pytest.raises(usage.UsageError) as caught:
+        parse(search, "--data", str(path))
+    assert str(caught.value) == f"data file {path}: duplicate query '\\ud800\\n'"
+
+
+def twistd_env() -> dict[str, str]:
+    return dict(os.environ, PYTHONIOENCODING="utf-8")
+
+
+def test_twistd_serves_a_lone_surrogate_end_to_end(tmp_path, server_processes):
+    path = tmp_path / "answers.json"
+    path.write_bytes(SURROGATE_DATA)
+    port = start_twistd(server_processes, "sockapp", "--port", "tcp:0:interface=127.0.0.1", "--data", str(path))
+    data = send_and_read_all(("127.0.0.1", port), search_request("\ud800") + search_request("neo"), timeout=60)
+    assert answers(data) == ["half a pair", "the other \udc00 half"]
+    endpoint = f"tcp:host=127.0.0.1:port={port}"
+    command = [tool("sockapp"), "request", "--connect", endpoint]
+    shown = subprocess.run([*command, "search", "neo"], capture_output=True, timeout=60, env=twistd_env())
+    assert (shown.stdout, shown.stderr, shown.returncode) == (b"the other \\udc00 half\n", b"", 0)
+    whole = subprocess.run([*command, "--json", "search", "neo"], capture_output=True, timeout=60, env=twistd_env())
+    assert (whole.stderr, whole.returncode) == (b"", 0)
+    assert json.loads(whole.stdout)["content"] == {"result": "the other \udc00 half"}
+
+
+def twistd_refuses(path, cwd) -> str:
+    """The last line twistd writes when it refuses ``--data PATH`` (it must exit 1, without a traceback)."""
+    argv = [tool("twistd"), "-n", "--pidfile=", "sockapp", "--port", "tcp:0:interface=127.0.0.1", "--data", str(path)]
+    result = subprocess.run(argv, capture_output=True, timeout=60, env=twistd_env(), cwd=cwd)
+    output = (result.stdout + result.stderr).decode("utf-8")
+    assert result.returncode == 1 and "Traceback" not in output, output
+    return output.splitlines()[-1]
+
+
+def test_twistd_refuses_duplicate_queries_with_one_line(tmp_path):
+    path = tmp_path / "answers.json"
+    path.write_bytes(DUPLICATE_DATA)
+    assert twistd_refuses(path, tmp_path).endswith(f": data file {path}: duplicate query '\\ud800\\n'")
+
+
+def test_twistd_names_a_data_file_not_named_in_utf8_with_one_line(tmp_path):
+    path = tmp_path / "missing-\udcff.json"  # the byte 0xff: not UTF-8, so not printable as it is
+    shown = f"{tmp_path}/missing-\\udcff.json"
+    assert twistd_refuses(path, tmp_path).endswith(f"cannot read data file {shown}: No such file or directory")

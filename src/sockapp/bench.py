@@ -92,6 +92,7 @@ class Summary:
     elapsed: float
     latencies: dict[str, float]
     retries: int = 0
+    interrupted: bool = False  # stopped by a signal: the figures cover the run until then
 
     @property
     def error_count(self) -> int:
@@ -111,12 +112,13 @@ class Summary:
             "elapsed_s": round(self.elapsed, 6),
             "throughput_per_s": round(self.throughput, 3),
             "latency_ms": {k: round(v * 1000, 4) for k, v in self.latencies.items()},
+            "interrupted": self.interrupted,
         }
 
     def lines(self) -> list[str]:
         errors = ", ".join(f"{kind} {n}" for kind, n in sorted(self.errors.items())) or "none"
         latency = "  ".join(f"{k} {v * 1000:.3f} ms" for k, v in self.latencies.items()) or "no answers"
-        return [
+        lines = [
             f"bench:      {self.description}",
             f"requests:   {self.requests} answered correctly, {self.error_count} errors ({errors})",
             f"retries:    {self.retries} requests sent again after a dropped connection",
@@ -124,6 +126,9 @@ class Summary:
             f"throughput: {self.throughput:.1f} requests/s",
             f"latency:    {latency}",
         ]
+        if self.interrupted:
+            lines.append("interrupted: the run was cut short; the figures cover it until then")
+        return lines
 
 
 class Latencies:

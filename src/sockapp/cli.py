@@ -2,7 +2,9 @@
 
 Every failure a user can cause or meet (a refused connection, a bad
 endpoint string, a server that closes mid-answer) ends in one line on
-stderr and a non-zero exit, never a traceback.
+stderr and a non-zero exit, never a traceback. SIGINT and SIGTERM end a
+command with one line and status 128 + the signal's number (130, 143), as
+shells do. Whatever a server answers is printed as the terminal can show it.
 """
 
 from __future__ import annotations
@@ -10,15 +12,18 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import signal
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Final, TextIO
 
+from attrs import evolve
 from twisted.internet import defer, task
 from twisted.internet import error as neterror
+from twisted.internet.interfaces import IDelayedCall
 
 from sockapp import __version__
-from sockapp.bench import Bench, BenchConfig
+from sockapp.bench import Bench, BenchConfig, Summary
 from sockapp.client import DEFAULT_ENDPOINT, DEFAULT_RETRIES, Response, connect, connect_echo
 from sockapp.errors import SockappError
 from sockapp.progress import live_progress
@@ -26,6 +31,102 @@ from sockapp.progress import live_progress
 DEFAULT_TIMEOUT = 30.0
 TUTORIAL_ECHO_MESSAGE = "hello, universe.\nHi, friend."
 TUTORIAL_MULTICONN_MESSAGES = ("hello message 1 from client.", "hi message 2 from client.")
+INTERRUPTING_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+# After SIGINT/SIGTERM, how long bench's requests in flight get to be answered and counted.
+INTERRUPT_GRACE: Final = 1.0
+# Not printable, but an answer's own line breaks and tabs are shown as they are.
+KEPT_CONTROLS: Final = frozenset("\n\t")
+
+
+def _encoding(stream: TextIO) -> str:
+    return getattr(stream, "encoding", None) or "utf-8"
+
+
+def _showable(char: str, encoding: str) -> bool:
+    if not char.isprintable() and char not in KEPT_CONTROLS:
+        return False
+    try:
+        char.encode(encoding)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _escape_unshowable(text: str, encoding: str, escape: Callable[[str], str]) -> str:
+    """``text`` with each character ``encoding`` cannot show replaced by ``escape(char)``."""
+    try:
+        text.encode(encoding)
+    except UnicodeEncodeError:
+        pass
+    else:
+        if text.replace("\n", "").replace("\t", "").isprintable():
+            return text  # the usual case, checked without a loop in Python
+    shown: dict[str, str] = {}
+    out = []
+    for char in text:
+        if char not in shown:
+            shown[char] = char if _showable(char, encoding) else escape(char)
+        out.append(shown[char])
+    return "".join(out)
+
+
+def terminal_text(text: str, encoding: str) -> str:
+    """``text`` as a terminal in ``encoding`` can show it, for a user to read.
+
+    Printable characters the encoding has, line breaks and tabs are kept;
+    any other character (a control character such as ESC or NUL, a line
+    separator, a lone surrogate, an emoji on an ASCII terminal) is written as
+    its Python backslash escape (``\\x1b``, ``\\ud800``, ``\\U0001f430``), so it
+    can neither move the cursor nor make printing fail.
+    """
+    return _escape_unshowable(text, encoding, lambda char: char.encode("unicode_escape").decode("ascii"))
+
+
+def terminal_json(document: object, encoding: str) -> str:
+    """``document`` as one line of JSON that a terminal in ``encoding`` can show.
+
+    As ``terminal_text``, but with JSON's escapes (``\\u001b``, ``\\ud83d\\udc30``),
+    so the line stays valid JSON that reads back as ``document``.
+    """
+    # json.dumps writes only ASCII outside strings, so every character escaped is inside one.
+    return _escape_unshowable(json.dumps(document, ensure_ascii=False), encoding, lambda char: json.dumps(char)[1:-1])
+
+
+def show(text: str, stream: TextIO | None = None) -> None:
+    """Print ``text`` as ``stream`` (stdout by default) can show it."""
+    stream = stream if stream is not None else sys.stdout
+    print(terminal_text(text, _encoding(stream)), file=stream)
+
+
+def show_json(document: object, stream: TextIO | None = None) -> None:
+    """Print ``document`` as one line of JSON that ``stream`` (stdout by default) can show."""
+    stream = stream if stream is not None else sys.stdout
+    print(terminal_json(document, _encoding(stream)), file=stream)
+
+
+class Interruption:
+    """The first SIGINT or SIGTERM a command gets, and what the command does about it.
+
+    The signal handlers only pass the signal to the reactor thread: the
+    command then winds down (closing its connections) while the reactor
+    still runs, rather than having the reactor stopped under it.
+    ``on_interrupt`` is what the running command does (bench: stop and
+    summarise); without one, the command is cancelled.
+    """
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self.on_interrupt: Callable[[], None] | None = None
+
+    @property
+    def exit_status(self) -> int:
+        """128 + the signal's number, as a shell reports a process the signal ended."""
+        assert self.signal is not None
+        return 128 + self.signal
+
+    def describe(self) -> str:
+        assert self.signal is not None
+        return f"interrupted by {signal.Signals(self.signal).name}"
 
 
 def _response_json(response: Response) -> dict[str, Any]:
@@ -46,37 +147,37 @@ def _response_text(response: Response) -> str:
     return response.content.decode("utf-8", "backslashreplace")
 
 
-async def run_request(reactor: Any, args: argparse.Namespace) -> int:
+async def run_request(reactor: Any, args: argparse.Namespace, interruption: Interruption) -> int:
     client = await connect(reactor, args.connect, retries=args.retries)
     try:
         response = await client.request(args.action, args.value)
     finally:
         await client.close()
     if args.json:
-        print(json.dumps(_response_json(response), ensure_ascii=False))
+        show_json(_response_json(response))
     else:
-        print(_response_text(response))
+        show(_response_text(response))
     return 0
 
 
-async def run_ping(reactor: Any, args: argparse.Namespace) -> int:
+async def run_ping(reactor: Any, args: argparse.Namespace, interruption: Interruption) -> int:
     client = await connect(reactor, args.connect, retries=args.retries)
     try:
         response = await client.ping()
     finally:
         await client.close()
-    print(response.result)
+    show(str(response.result))
     return 0 if response.result == "pong" else 1
 
 
-async def run_echo(reactor: Any, args: argparse.Namespace) -> int:
+async def run_echo(reactor: Any, args: argparse.Namespace, interruption: Interruption) -> int:
     data = args.message.encode("utf-8")
     client = await connect_echo(reactor, args.connect)
     try:
         echoed = await client.roundTrip(data)
     finally:
         await client.close()
-    print(echoed.decode("utf-8", "backslashreplace"))
+    show(echoed.decode("utf-8", "backslashreplace"))
     return 0 if echoed == data else 1
 
 
@@ -88,7 +189,7 @@ async def _one_multiconn(reactor: Any, endpoint: str, messages: list[bytes]) -> 
         await client.close()
 
 
-async def run_multiconn(reactor: Any, args: argparse.Namespace) -> int:
+async def run_multiconn(reactor: Any, args: argparse.Namespace, interruption: Interruption) -> int:
     messages = [m.encode("utf-8") for m in (args.message or TUTORIAL_MULTICONN_MESSAGES)]
     expected = b"".join(messages)
     results = await defer.DeferredList(
@@ -100,14 +201,14 @@ async def run_multiconn(reactor: Any, args: argparse.Namespace) -> int:
         if ok and value == expected:
             good += 1
         elif ok:
-            print(f"connection {number}: echo differs: sent {expected!r}, got {value!r}", file=sys.stderr)
+            show(f"connection {number}: echo differs: sent {expected!r}, got {value!r}", sys.stderr)
         else:
-            print(f"connection {number}: {describe_error(value.value)}", file=sys.stderr)
-    print(f"{good} of {args.connections} connections echoed {len(expected)} bytes exactly")
+            show(f"connection {number}: {describe_error(value.value)}", sys.stderr)
+    show(f"{good} of {args.connections} connections echoed {len(expected)} bytes exactly")
     return 0 if good == args.connections else 1
 
 
-async def run_bench(reactor: Any, args: argparse.Namespace) -> int:
+async def run_bench(reactor: Any, args: argparse.Namespace, interruption: Interruption) -> int:
     config = BenchConfig(
         endpoint=args.connect,
         protocol=args.protocol,
@@ -123,13 +224,46 @@ async def run_bench(reactor: Any, args: argparse.Namespace) -> int:
         retries=args.retries,
     )
     bench = Bench(reactor, config)
+    finished = defer.ensureDeferred(bench.run())
+    grace: IDelayedCall | None = None  # once interrupted: when to stop waiting for requests in flight
+    elapsed_when_interrupted = 0.0
+
+    def interrupted() -> None:
+        nonlocal grace, elapsed_when_interrupted
+        elapsed_when_interrupted = bench.elapsed()
+        bench.stop()
+        grace = reactor.callLater(INTERRUPT_GRACE, finished.cancel)
+
+    interruption.on_interrupt = interrupted
     with live_progress(reactor, bench):
-        summary = await bench.run()
+        try:
+            summary = await finished
+        except defer.CancelledError:
+            if grace is None:
+                raise
+            summary = _measured_so_far(bench, elapsed_when_interrupted)  # requests in flight stayed unanswered
+        finally:
+            if grace is not None and grace.active():
+                grace.cancel()
+    if interruption.signal is not None:
+        summary = evolve(summary, interrupted=True)
     if args.json:
-        print(json.dumps(summary.as_dict(), ensure_ascii=False))
+        show_json(summary.as_dict())
     else:
-        print("\n".join(summary.lines()))
+        show("\n".join(summary.lines()))
     return 1 if summary.error_count or not summary.requests else 0
+
+
+def _measured_so_far(bench: Bench, elapsed: float) -> Summary:
+    """A ``Summary`` of a run that did not wind down: its retries are not known outside ``run``."""
+    return Summary(
+        description=bench.config.describe(),
+        requests=bench.completed,
+        errors=dict(bench.errors),
+        elapsed=elapsed,
+        latencies=bench.latencies.summary(),
+        interrupted=True,
+    )
 
 
 def describe_error(error: BaseException) -> str:
@@ -254,18 +388,51 @@ _count = _number(int, "a whole number", 1)
 _retries = _number(int, "a whole number", 0)
 
 
+def _catch_interruptions(reactor: Any, interrupt: Callable[[int], None]) -> None:
+    """Hand SIGINT and SIGTERM to ``interrupt`` in the reactor thread, from now on.
+
+    Installed at once and again once the reactor runs, since starting it
+    installs Twisted's own handlers (which would stop the reactor under the
+    command, leaving ``task.react`` to exit 0).
+    """
+
+    def handler(number: int, frame: object) -> None:
+        reactor.callFromThread(interrupt, number)
+
+    def install() -> None:
+        for number in INTERRUPTING_SIGNALS:
+            signal.signal(number, handler)
+
+    install()
+    reactor.callWhenRunning(install)
+
+
 async def _guarded(reactor: Any, args: argparse.Namespace) -> None:
-    work = defer.ensureDeferred(args.run(reactor, args))
+    interruption = Interruption()
+    work = defer.ensureDeferred(args.run(reactor, args, interruption))
+
+    def interrupt(number: int) -> None:
+        if interruption.signal is not None or work.called:
+            return
+        interruption.signal = number
+        (interruption.on_interrupt or work.cancel)()
+
+    _catch_interruptions(reactor, interrupt)
     if args.timeout:
         work.addTimeout(args.timeout, reactor)
     try:
         code = await work
-    except defer.TimeoutError:
-        print(f"sockapp {args.command}: error: no complete answer within {args.timeout:g} s", file=sys.stderr)
-        raise SystemExit(1) from None
     except Exception as e:
-        print(f"sockapp {args.command}: error: {describe_error(e)}", file=sys.stderr)
-        raise SystemExit(1) from None
+        if interruption.signal is None:
+            if isinstance(e, defer.TimeoutError):
+                show(f"sockapp {args.command}: error: no complete answer within {args.timeout:g} s", sys.stderr)
+            else:
+                show(f"sockapp {args.command}: error: {describe_error(e)}", sys.stderr)
+            raise SystemExit(1) from None
+        code = 0  # a failure while the command wound down is part of being interrupted
+    if interruption.signal is not None:
+        show(f"sockapp {args.command}: {interruption.describe()}", sys.stderr)
+        raise SystemExit(interruption.exit_status)
     if code:
         raise SystemExit(code)
 

@@ -16,6 +16,7 @@ from attrs import field, frozen
 
 from sockapp.errors import ErrorCode, RemoteProtocolError
 from sockapp.framing import Message, encode_frame, encode_json, encode_result
+from sockapp.text import peer_text
 
 TUTORIAL_ANSWERS: Final[Mapping[str, str]] = types.MappingProxyType(
     {
@@ -105,25 +106,59 @@ class SearchIndex:
         return encode_result(self.answer(query)), SEARCH, MISS
 
 
+class _DuplicateQuery(ValueError):
+    def __init__(self, query: str) -> None:
+        super().__init__(query)
+        self.query = query
+
+
+def _refuse_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """``json.loads``' object hook: a repeated key is an error, not "the last one wins"."""
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateQuery(key)
+            seen.add(key)
+    return document
+
+
+PATH_LIMIT: Final = 4096  # Linux's PATH_MAX
+
+
+def _quoted(query: str) -> str:
+    """``query`` for a one-line message: ``repr`` escapes what is not printable (a lone surrogate
+    too), ``peer_text`` caps the length."""
+    return peer_text(repr(query))
+
+
 def load_answers(path: str) -> Mapping[str, str]:
     """Read a JSON object of query -> answer strings from ``path``.
 
+    A lone surrogate (``"\\ud800"``: valid JSON, not encodable as UTF-8) is
+    accepted in a query or an answer: answers carry it as the JSON escape,
+    which a client reads back as the same string. A query given twice is
+    refused (JSON leaves duplicates undefined; Python would keep the last).
     Raises ``DataFileError`` with a one-line reason on any problem.
     """
+    shown = peer_text(path, limit=PATH_LIMIT)  # a path not in UTF-8 holds lone surrogates too
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as e:
-        raise DataFileError(f"cannot read data file {path}: {e.strerror or e}") from None
+        raise DataFileError(f"cannot read data file {shown}: {e.strerror or e}") from None
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = json.loads(raw.decode("utf-8"), object_pairs_hook=_refuse_duplicates)
     except UnicodeDecodeError as e:
-        raise DataFileError(f"data file {path} is not UTF-8: {e.reason} at byte {e.start}") from None
+        raise DataFileError(f"data file {shown} is not UTF-8: {e.reason} at byte {e.start}") from None
+    except _DuplicateQuery as e:
+        raise DataFileError(f"data file {shown}: duplicate query {_quoted(e.query)}") from None
     except (ValueError, RecursionError) as e:
-        raise DataFileError(f"data file {path} is not valid JSON: {e}") from None
+        raise DataFileError(f"data file {shown} is not valid JSON: {e}") from None
     if not isinstance(data, dict):
-        raise DataFileError(f"data file {path} must hold a JSON object of query -> answer")
+        raise DataFileError(f"data file {shown} must hold a JSON object of query -> answer")
     for query, answer in data.items():
         if not isinstance(answer, str):
-            raise DataFileError(f"data file {path}: the answer for {query!r} must be a string")
+            raise DataFileError(f"data file {shown}: the answer for {_quoted(query)} must be a string")
     return types.MappingProxyType(data)

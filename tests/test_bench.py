@@ -276,3 +276,12 @@ def test_progress_is_shown_on_a_terminal(server_processes):
     text = shown.decode("utf-8", "replace")
     assert " done " in text and "/s" in text and "errors" in text  # the live line
     assert "throughput:" in text  # and the summary after it
+
+
+def test_echo_refuses_empty_blocks():
+    with pytest.raises(ValueError, match="size"):
+        BenchConfig(endpoint="tcp:host=127.0.0.1:port=1", protocol="echo", requests=1, size=0)
+    result = bench_cli("--protocol", "echo", "--size", "0", "--connect", "tcp:host=127.0.0.1:port=1", "-n", "1")
+    assert result.returncode == 2
+    error = result.stderr.strip().splitlines()[-1]  # under argparse's usage line
+    assert error == "sockapp bench: error: --size must be at least 1 with --protocol echo"

@@ -63,6 +63,9 @@ class BenchConfig:
     def __attrs_post_init__(self) -> None:
         if (self.duration is None) == (self.requests is None):
             raise ValueError("give exactly one of duration and requests")
+        if self.protocol == "echo" and self.size == 0:
+            # An empty round trip measures nothing and completes at once, again and again.
+            raise ValueError("echo blocks need a size of at least 1 byte")
 
     @property
     def expected_answer(self) -> str:

@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     retries(bench)
     bench.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    bench.set_defaults(run=run_bench)
+    bench.set_defaults(run=run_bench, usage_error=bench.error)
     return parser
 
 
@@ -272,4 +272,6 @@ async def _guarded(reactor: Any, args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command == "bench" and args.protocol == "echo" and args.size == 0:
+        args.usage_error("--size must be at least 1 with --protocol echo")  # an empty echo measures nothing
     task.react(lambda reactor: defer.ensureDeferred(_guarded(reactor, args)))

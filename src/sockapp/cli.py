@@ -211,7 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--pipeline", "-p", type=_count, default=1, metavar="D", help="requests in flight per connection"
     )
-    bench.add_argument("--rate", type=_positive_number, metavar="R", help="start at most R requests per second overall")
+    bench.add_argument(
+        "--rate",
+        type=_positive_number,
+        metavar="R",
+        help="send R requests per second overall on a fixed timetable; latency then counts from each send's due time",
+    )
     bench.add_argument(
         "--size",
         type=_size,

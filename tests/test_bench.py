@@ -12,11 +12,16 @@ import pytest
 import pytest_twisted
 from conftest import start_twistd, tool
 from twisted.internet import reactor
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import ensureDeferred, succeed
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, deferLater
+from twisted.test import iosim
+from zope.interface import implementer
 
-from sockapp.bench import Bench, BenchConfig, Latencies, RateLimiter
+from sockapp.bench import Bench, BenchConfig, Latencies, SendSchedule
 from sockapp.echo import EchoFactory
+from sockapp.protocol import FramedProtocol
 from sockapp.search import SearchIndex
 from sockapp.server import SearchFactory
 
@@ -29,10 +34,13 @@ def test_percentiles_are_exact_nearest_rank():
     assert Latencies().summary() == {}
 
 
-def test_rate_limiter_spaces_sends_evenly():
-    limiter = RateLimiter(rate=100)
-    assert [round(limiter.delay(10.0), 6) for _ in range(4)] == [0.0, 0.01, 0.02, 0.03]
-    assert limiter.delay(20.0) == 0.0  # idle for a while: no burst credit is kept beyond now
+def test_send_schedule_spaces_sends_evenly_and_skips_none():
+    schedule = SendSchedule(rate=100, start=10.0, end=11.0)
+    assert [round(schedule.take(), 6) for _ in range(4)] == [10.0, 10.01, 10.02, 10.03]
+    assert round(schedule.next_due(), 6) == 10.04  # however late it is now: sends fall behind, never away
+    assert schedule.due_by(10.5) == 51 and schedule.due_by(99.0) == 100  # none due at or after the end
+    schedule.taken = 100
+    assert schedule.next_due() is None
 
 
 @pytest.mark.parametrize(
@@ -276,3 +284,191 @@ def test_progress_is_shown_on_a_terminal(server_processes):
     text = shown.decode("utf-8", "replace")
     assert " done " in text and "/s" in text and "errors" in text  # the live line
     assert "throughput:" in text  # and the summary after it
+
+
+# In memory, on a Clock: fake servers built here, connected through iosim's transports, so the
+# bench's clock, the requests' timeouts and the servers' stalls all run on one fake time.
+
+
+@implementer(IStreamClientEndpoint)
+class MemoryEndpoint:
+    """Each connection goes to a new protocol of ``server`` in memory; ``pump()`` moves the bytes."""
+
+    def __init__(self, server: Factory, clock: Clock) -> None:
+        self.server = server
+        self.clock = clock
+        self.pumps: list[iosim.IOPump] = []
+
+    def connect(self, factory):
+        client = factory.buildProtocol(iosim.FakeAddress())
+        server = self.server.buildProtocol(iosim.FakeAddress())
+        server_io = iosim.FakeTransport(server, isServer=True)
+        client_io = iosim.FakeTransport(client, isServer=False)
+        self.pumps.append(iosim.connect(server, server_io, client, client_io, greet=False, clock=self.clock))
+        return succeed(client)
+
+    def pump(self) -> None:
+        for pump in self.pumps:
+            pump.flush()
+
+
+def run_in_memory(server: Factory, clock: Clock, step: float = 0.001, limit: float = 60.0, **kwargs):
+    """Run a bench against ``server`` on ``clock`` until it ends (or ``limit`` fake seconds pass)."""
+    endpoint = MemoryEndpoint(server, clock)
+    bench = Bench(clock, BenchConfig(endpoint=endpoint, **kwargs), now=clock.seconds, clock=clock)
+    done = ensureDeferred(bench.run())
+    while not done.called and clock.seconds() < limit:
+        endpoint.pump()
+        clock.advance(step)
+    endpoint.pump()
+    assert done.called, f"the bench was still running after {limit:g} s on its clock"
+    return done.result, bench
+
+
+class FakeSearch(FramedProtocol):
+    """Answers each request as the search server does (``factory.answer`` may hold or repeat it)."""
+
+    def messageReceived(self, message):
+        if not (message.is_json and message.document["value"].startswith("sockapp-bench-check-")):
+            self.factory.received.append(self.factory.clock.seconds())  # the run's own requests
+        self.factory.answer(self, SearchIndex().respond(message))
+
+
+class FakeSearchFactory(Factory):
+    protocol = FakeSearch
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.received = []  # when each request arrived, on the clock
+
+    def answer(self, protocol, frame):
+        protocol.transport.write(frame)
+
+
+class StallsOnce(FakeSearchFactory):
+    """Holds every answer for ``stall`` seconds once, from request number ``at`` on."""
+
+    def __init__(self, clock, at, stall):
+        super().__init__(clock)
+        self.at, self.stall, self.held = at, stall, None
+
+    def answer(self, protocol, frame):
+        if len(self.received) == self.at:
+            self.held = []
+            self.clock.callLater(self.stall, self.release)
+        if self.held is not None:
+            self.held.append((protocol, frame))
+        else:
+            protocol.transport.write(frame)
+
+    def release(self):
+        held, self.held = self.held, None
+        for protocol, frame in held:
+            protocol.transport.write(frame)
+
+
+class AnswersTwice(FakeSearchFactory):
+    def answer(self, protocol, frame):
+        protocol.transport.write(frame + frame)
+
+
+class SilentEcho(Protocol):
+    """Reads everything and echoes nothing."""
+
+
+def test_rate_latency_counts_from_the_intended_start_across_a_stall():
+    """Coordinated omission: a 2 s stall holds up 200 sends at 100/s; each counts from when it should have started."""
+    clock = Clock()
+    summary, _ = run_in_memory(StallsOnce(clock, at=150, stall=2.0), clock, connections=1, duration=5, rate=100)
+    assert summary.errors == {}
+    assert summary.requests == 500  # every slot of 5 s at 100/s, none dropped
+    assert summary.latencies["p99"] >= 1.9  # on the fake clock: the stall is inside the percentiles
+    assert summary.latencies["p90"] >= 1.0
+    assert summary.latencies["p50"] < 0.01
+
+
+def test_rate_sends_nothing_after_the_duration():
+    clock = Clock()
+    server = FakeSearchFactory(clock)
+    summary, _ = run_in_memory(server, clock, connections=10, duration=1, rate=2)
+    assert server.received == pytest.approx([0.0, 0.5])  # two slots in 1 s; nothing scheduled beyond the stop
+    assert summary.requests == 2 and summary.elapsed == pytest.approx(1)
+
+
+def test_echo_refuses_empty_blocks():
+    with pytest.raises(ValueError, match="size"):
+        BenchConfig(endpoint="tcp:host=127.0.0.1:port=1", protocol="echo", requests=1, size=0)
+    result = bench_cli("--protocol", "echo", "--size", "0", "--connect", "tcp:host=127.0.0.1:port=1", "-n", "1")
+    assert result.returncode == 2
+    error = result.stderr.strip().splitlines()[-1]  # under argparse's usage line
+    assert error == "sockapp bench: error: --size must be at least 1 with --protocol echo"
+
+
+def test_echo_requests_time_out():
+    clock = Clock()
+    silent = Factory.forProtocol(SilentEcho)
+    summary, _ = run_in_memory(silent, clock, protocol="echo", connections=2, pipeline=2, duration=2, request_timeout=1)
+    assert summary.requests == 0 and summary.errors == {"timeout": 4}  # each connection closed at its first
+
+
+def test_answers_to_requests_never_made_are_counted():
+    clock = Clock()
+    summary, _ = run_in_memory(AnswersTwice(clock), clock, connections=2, requests=100)
+    assert summary.errors.get("unexpected-answer") == 2  # one for each connection
+    assert any("more answers than requests" in line for line in summary.lines())
+
+
+def test_answers_to_requests_never_made_are_counted_with_a_rate():
+    clock = Clock()
+    summary, _ = run_in_memory(AnswersTwice(clock), clock, connections=2, duration=1, rate=50)
+    # Between sends, an extra answer arrives with no request waiting and closes its connection unseen;
+    # the two check requests, sent side by side, still catch the server at it.
+    assert summary.errors.get("unexpected-answer") == 2
+
+
+def test_stop_at_any_time_gives_what_was_measured_so_far():
+    clock = Clock()
+    server = FakeSearchFactory(clock)
+    endpoint = MemoryEndpoint(server, clock)
+    config = BenchConfig(endpoint=endpoint, connections=2, duration=10, rate=10)
+    bench = Bench(clock, config, now=clock.seconds, clock=clock)
+    assert bench.summary().requests == 0  # before it runs
+    done = ensureDeferred(bench.run())
+    for _ in range(950):  # 0.95 s of the 10: ten slots
+        endpoint.pump()
+        clock.advance(0.001)
+    bench.stop()
+    so_far = bench.summary()
+    assert (so_far.requests, so_far.errors) == (10, {})
+    endpoint.pump()
+    clock.advance(10)
+    endpoint.pump()
+    assert done.called and done.result.requests == 10 and len(server.received) == 10
+
+    stopped_first = Bench(clock, BenchConfig(endpoint=endpoint, requests=5), now=clock.seconds, clock=clock)
+    stopped_first.stop()
+    done = ensureDeferred(stopped_first.run())
+    endpoint.pump()
+    summary = done.result
+    assert (summary.requests, summary.errors) == (0, {})
+
+
+class Deaf(Protocol):
+    """Accepts a connection and never reads from it."""
+
+    def connectionMade(self):
+        self.transport.pauseProducing()
+
+
+@pytest.mark.parametrize("protocol", ["app", "echo"])
+@pytest_twisted.ensureDeferred
+async def test_the_run_ends_against_a_server_that_does_not_read(listen, protocol):
+    """Requests the server never reads are dropped at the end and the connection aborted after a grace period."""
+    endpoint = await listen(Factory.forProtocol(Deaf))
+    config = BenchConfig(
+        endpoint=endpoint, protocol=protocol, connections=1, size=8_000_000, duration=0.5, request_timeout=0.3,
+        retries=0,
+    )
+    run = ensureDeferred(Bench(reactor, config).run())
+    summary = await run.addTimeout(30, reactor)  # a bound for a hang, not a timing assertion
+    assert summary.requests == 0 and set(summary.errors) == {"timeout"}

@@ -2,9 +2,16 @@
 
 N connections each keep ``pipeline`` requests in flight (search or binary
 requests of the app protocol, or blocks through an echo server) for a
-duration or a number of requests, optionally capped to a total rate. Every
-answer is checked; a wrong one counts as an error. The result is a
-``Summary`` with throughput and exact latency percentiles.
+duration or a number of requests. Every answer is checked; a wrong one
+counts as an error. The result is a ``Summary`` with throughput and exact
+latency percentiles.
+
+Without a rate the load is closed-loop: a connection sends its next request
+when an answer comes back, and latency is service time from the actual send.
+With a rate the sends follow a fixed timetable (one every 1/rate s from the
+start, none skipped, as wrk2 does) and latency counts from the intended
+send time, so a stalled server's queueing delay is measured rather than
+hidden (coordinated omission).
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from array import array
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -33,9 +40,11 @@ from sockapp.client import (
 )
 from sockapp.errors import ConnectionClosed, RemoteProtocolError, RequestTimeout, ServerError
 from sockapp.framing import encode_frame, encode_json
+from sockapp.protocol import CLOSE_GRACE
 from sockapp.search import BINARY_RESPONSE_PREFIX, TUTORIAL_ANSWERS
 
 PERCENTILES = (50, 90, 99)
+UNEXPECTED_ANSWER = "unexpected-answer"
 
 
 def _positive(instance: object, attribute: Any, value: float | None) -> None:
@@ -63,6 +72,9 @@ class BenchConfig:
     def __attrs_post_init__(self) -> None:
         if (self.duration is None) == (self.requests is None):
             raise ValueError("give exactly one of duration and requests")
+        if self.protocol == "echo" and self.size == 0:
+            # An empty round trip measures nothing and completes at once, again and again.
+            raise ValueError("echo blocks need a size of at least 1 byte")
 
     @property
     def expected_answer(self) -> str:
@@ -92,6 +104,7 @@ class Summary:
     elapsed: float
     latencies: dict[str, float]
     retries: int = 0
+    unsent: int = 0
     interrupted: bool = False  # stopped by a signal: the figures cover the run until then
 
     @property
@@ -109,6 +122,7 @@ class Summary:
             "errors": self.error_count,
             "errors_by_kind": dict(self.errors),
             "retries": self.retries,
+            "unsent": self.unsent,
             "elapsed_s": round(self.elapsed, 6),
             "throughput_per_s": round(self.throughput, 3),
             "latency_ms": {k: round(v * 1000, 4) for k, v in self.latencies.items()},
@@ -126,6 +140,13 @@ class Summary:
             f"throughput: {self.throughput:.1f} requests/s",
             f"latency:    {latency}",
         ]
+        if self.unsent:
+            lines.append(f"unsent:     {self.unsent} sends the rate called for had not started when the run ended")
+        if self.errors.get(UNEXPECTED_ANSWER):
+            lines.append(
+                f"answers:    the server sent more answers than requests on {self.errors[UNEXPECTED_ANSWER]} "
+                "connections, so answers may have been counted for the wrong requests"
+            )
         if self.interrupted:
             lines.append("interrupted: the run was cut short; the figures cover it until then")
         return lines
@@ -153,25 +174,52 @@ class Latencies:
         return out
 
 
-class RateLimiter:
-    """Spaces sends evenly so that no more than ``rate`` start per second overall."""
+class SendSchedule:
+    """The timetable of a run with a rate: send number k is due at ``start + k / rate``.
 
-    def __init__(self, rate: float) -> None:
-        self.interval = 1.0 / rate
-        self._next: float | None = None
+    A send that could not start on time (every connection busy) stays due:
+    none is skipped, and its latency counts from its due time.
+    """
 
-    def delay(self, now: float) -> float:
-        """Seconds to wait before the next send may start (and reserve that slot)."""
-        slot = now if self._next is None or self._next < now else self._next
-        self._next = slot + self.interval
-        return slot - now
+    def __init__(self, rate: float, start: float, end: float | None = None) -> None:
+        self.rate = rate
+        self.start = start
+        self.end = end
+        self.taken = 0
+
+    def due_time(self, number: int) -> float:
+        return self.start + number / self.rate
+
+    def next_due(self) -> float | None:
+        """When the next send is due; None once the next would be due at or after ``end``."""
+        due = self.due_time(self.taken)
+        return None if self.end is not None and due >= self.end else due
+
+    def take(self) -> float:
+        """The next send's due time, which is then the caller's to send."""
+        due = self.due_time(self.taken)
+        self.taken += 1
+        return due
+
+    def due_by(self, now: float) -> int:
+        """How many sends were due by ``now`` (before ``end``)."""
+        if now < self.start:
+            return 0
+        due = math.floor((now - self.start) * self.rate) + 1
+        if self.end is not None:
+            due = min(due, math.ceil((self.end - self.start) * self.rate))
+        return due
 
 
 class _AppWorker:
     """Sends app requests on one reconnecting ``Client`` and checks each answer."""
 
-    def __init__(self, client: Client, config: BenchConfig) -> None:
+    usable = True  # the Client reconnects whenever it needs to
+
+    def __init__(self, client: Client, config: BenchConfig, number: int) -> None:
         self.client = client
+        self.number = number
+        self.timed_out = False
         if config.size is not None:
             content = bytes(i % 251 for i in range(config.size))
             self.frame = encode_frame(content, BINARY_REQUEST_TYPE, BINARY_REQUEST_ENCODING)
@@ -184,32 +232,110 @@ class _AppWorker:
     def send(self) -> Deferred[str | None]:
         return self.client.sendFrame(self.frame).addCallback(lambda r: None if self.check(r) else "wrong-answer")
 
+    def answers_match(self, timeout: float) -> Deferred[bool | None]:
+        """Whether two searches for queries of their own, sent together, each get their own answer.
+
+        Answers come back in order and carry no request number, so an extra
+        answer is taken for the next request's. Two fresh requests side by
+        side expose that: one gets an answer meant for another. None if the
+        check says nothing (no answer in time, an error frame, a closed
+        connection).
+        """
+        queries = [f"sockapp-bench-check-{self.number}-{n}" for n in (1, 2)]
+        answers = [self.client.sendDocument({"action": "search", "value": q}, timeout=timeout) for q in queries]
+
+        def judge(results: list[tuple[bool, Any]]) -> bool | None:
+            if not all(ok for ok, _ in results):
+                return None
+            return all(isinstance(r.result, str) and q in r.result for q, (_, r) in zip(queries, results))
+
+        return DeferredList(answers, consumeErrors=True).addCallback(judge)
+
     @property
     def retries(self) -> int:
         """Requests sent again because their connection closed before their answer."""
         return self.client.retried + self.client.resent
 
     def close(self) -> Deferred[None]:
+        """Requests still queued are dropped; a connection that cannot flush in CLOSE_GRACE is aborted."""
         return self.client.close()
 
 
 class _EchoWorker:
-    """Sends blocks through one echo connection and checks each comes back intact."""
+    """Sends blocks through one echo connection and checks each comes back intact.
 
-    def __init__(self, client: EchoClient, config: BenchConfig, number: int) -> None:
-        self.client = client
-        size = config.size if config.size is not None else 64
-        self.block = bytes((i + number) % 256 for i in range(size))
+    A block not echoed within the request timeout ends the connection: a late
+    echo could not be told apart from the next block's, so every block still
+    outstanding on it counts as timed out too.
+    """
 
     retries = 0  # an echo stream cannot be replayed safely
 
+    def __init__(self, reactor: Any, client: EchoClient, config: BenchConfig, number: int) -> None:
+        self.reactor = reactor
+        self.client = client
+        self.timeout = config.request_timeout
+        size = config.size if config.size is not None else 64
+        self.block = bytes((i + number) % 256 for i in range(size))
+        self.usable = True
+        self.timed_out = False
+        self._outstanding: deque[Deferred[bytes]] = deque()
+
+    def _round_trip(self, data: bytes, timeout: float) -> Deferred[bytes]:
+        echoed: Deferred[bytes] = Deferred()
+        self._outstanding.append(echoed)
+        timer = self.reactor.callLater(timeout, self._timed_out, timeout)
+
+        def settle(result: bytes | Failure) -> None:
+            if timer.active():
+                timer.cancel()
+            if echoed in self._outstanding:
+                self._outstanding.remove(echoed)
+                if isinstance(result, Failure):
+                    echoed.errback(result)
+                else:
+                    echoed.callback(result)
+
+        self.client.roundTrip(data).addBoth(settle)
+        return echoed
+
+    def _timed_out(self, timeout: float) -> None:
+        self.usable = False
+        self.timed_out = True
+        outstanding, self._outstanding = self._outstanding, deque()
+        for echoed in outstanding:
+            echoed.errback(RequestTimeout(f"no echo within {timeout:g} s"))
+        self.client.transport.abortConnection()
+
     def send(self) -> Deferred[str | None]:
-        return self.client.roundTrip(self.block).addCallback(
-            lambda echoed: None if echoed == self.block else "wrong-answer"
-        )
+        def judged(outcome: bytes | Failure) -> str | None | Failure:
+            if isinstance(outcome, Failure):
+                self.usable = False  # the stream's position is lost: not used again
+                return outcome
+            return None if outcome == self.block else "wrong-answer"
+
+        return self._round_trip(self.block, self.timeout).addBoth(judged)
+
+    def answers_match(self, timeout: float) -> Deferred[bool | None]:
+        """Whether two blocks of their own, sent together, come back as sent (see ``_AppWorker``):
+        echoed bytes beyond what was sent would shift them."""
+        blocks = [b"sockapp-bench-check-1:" + self.block[:8], b"sockapp-bench-check-2:" + self.block[:8]]
+        echoes = [self._round_trip(block, timeout) for block in blocks]
+
+        def judge(results: list[tuple[bool, Any]]) -> bool | None:
+            if not all(ok for ok, _ in results):
+                return None
+            return all(echoed == block for block, (_, echoed) in zip(blocks, results))
+
+        return DeferredList(echoes, consumeErrors=True).addCallback(judge)
 
     def close(self) -> Deferred[None]:
-        return self.client.close()
+        """Close; a connection that cannot send what it has queued within CLOSE_GRACE is aborted."""
+        closed = self.client.close()
+        if closed.called:
+            return closed
+        overdue = self.reactor.callLater(CLOSE_GRACE, self.client.transport.abortConnection)
+        return closed.addBoth(lambda result: overdue.cancel() if overdue.active() else None)
 
 
 def error_kind(failure: Failure) -> str:
@@ -225,12 +351,20 @@ def error_kind(failure: Failure) -> str:
     return type(failure.value).__name__
 
 
+Worker = _AppWorker | _EchoWorker
+
+
 class Bench:
     """One run of a ``BenchConfig`` on ``reactor``.
 
     ``now`` reads the time for latencies and the elapsed time; ``clock`` (the
-    reactor by default) times the duration and the rate's spacing, so a test
-    can drive both with a ``Clock`` while the connections use the reactor.
+    reactor by default) times the duration and the rate's timetable, so a
+    test can drive both with a ``Clock`` while the connections use the reactor.
+
+    ``stop()`` may be called at any time (before ``run``, while connecting,
+    during the load): nothing more is sent, and ``run`` ends once the
+    requests in flight are answered or time out. ``summary()`` gives what was
+    measured so far at any time.
     """
 
     def __init__(
@@ -250,7 +384,13 @@ class Bench:
         self.in_flight = 0
         self.started = 0.0
         self.finished_at: float | None = None
-        self._limiter = RateLimiter(config.rate) if config.rate else None
+        self.unsent = 0
+        self.workers: list[Worker] = []
+        self._schedule: SendSchedule | None = None
+        self._free: deque[Worker] = deque()  # one entry per request a connection may still have in flight
+        self._next_send: Any = None  # the timer for the schedule's next due send
+        self._end_of_duration: Any = None
+        self._pumping = False
         self._done: Deferred[None] = Deferred()
         self._stopping = False
         self._running = False
@@ -263,51 +403,81 @@ class Bench:
         end = self.finished_at if self.finished_at is not None else self.now()
         return max(0.0, end - self.started) if self._running else 0.0
 
-    async def _open(self, number: int) -> _AppWorker | _EchoWorker:
-        config = self.config
-        if config.protocol == "echo":
-            return _EchoWorker(await connect_echo(self.reactor, config.endpoint), config, number)
-        client = Client(
-            self.reactor,
-            as_endpoint(self.reactor, config.endpoint),
-            request_timeout=config.request_timeout,
-            retries=config.retries,
-        )
-        await client.connection()
-        return _AppWorker(client, config)
-
-    async def run(self) -> Summary:
-        """Connect every connection, run the load, close, and summarise."""
-        opened = await DeferredList(
-            [ensureDeferred(self._open(n)) for n in range(self.config.connections)], consumeErrors=True
-        )
-        workers = [value for ok, value in opened if ok]
-        failures = [value for ok, value in opened if not ok]
-        if failures:
-            for worker in workers:
-                worker.close()
-            failures[0].raiseException()
-        self.started = self.now()
-        self._running = True
-        if self.config.duration is not None:
-            self.clock.callLater(self.config.duration, self.stop)
-        for worker in workers:
-            for _ in range(self.config.pipeline):
-                self._issue(worker)
-        await self._done
-        await DeferredList([worker.close() for worker in workers], consumeErrors=True)
+    def summary(self) -> Summary:
+        """What was measured so far (all of it, once ``run`` has ended)."""
         return Summary(
             description=self.config.describe(),
             requests=self.completed,
             errors=dict(self.errors),
             elapsed=self.elapsed(),
             latencies=self.latencies.summary(),
-            retries=sum(worker.retries for worker in workers),
+            retries=sum(worker.retries for worker in self.workers),
+            unsent=self.unsent,
         )
 
+    async def _open(self, number: int) -> Worker:
+        config = self.config
+        if config.protocol == "echo":
+            client = await connect_echo(self.reactor, config.endpoint)
+            return _EchoWorker(self.reactor, client, config, number)
+        app = Client(
+            self.reactor,
+            as_endpoint(self.reactor, config.endpoint),
+            request_timeout=config.request_timeout,
+            retries=config.retries,
+        )
+        await app.connection()
+        return _AppWorker(app, config, number)
+
+    async def run(self) -> Summary:
+        """Connect every connection, run the load, check the answers kept count, close, and summarise."""
+        opened = await DeferredList(
+            [ensureDeferred(self._open(n)) for n in range(self.config.connections)], consumeErrors=True
+        )
+        self.workers = [value for ok, value in opened if ok]
+        failures = [value for ok, value in opened if not ok]
+        if failures and not self._stopping:
+            for worker in self.workers:
+                worker.close()
+            failures[0].raiseException()
+        self.started = self.now()
+        self._running = True
+        if self._stopping:
+            self.finished_at = self.started
+        else:
+            self._start_load()
+            await self._done
+        if self._end_of_duration is not None and self._end_of_duration.active():
+            self._end_of_duration.cancel()
+        await self._count_unexpected_answers()
+        await DeferredList([worker.close() for worker in self.workers], consumeErrors=True)
+        return self.summary()
+
+    def _start_load(self) -> None:
+        config = self.config
+        end = None
+        if config.duration is not None:
+            end = self.started + config.duration
+            self._end_of_duration = self.clock.callLater(config.duration, self.stop)
+        if config.rate:
+            self._schedule = SendSchedule(config.rate, self.started, end)
+        for _ in range(config.pipeline):
+            self._free.extend(self.workers)
+        self._pump()
+
     def stop(self) -> None:
-        """Send nothing more; the run ends when the requests in flight are answered."""
+        """Send nothing more, not even sends already due; the run ends when the requests in flight are done."""
+        if self._stopping:
+            return
         self._stopping = True
+        if self._next_send is not None and self._next_send.active():
+            self._next_send.cancel()
+        self._next_send = None
+        if self._schedule is not None and self._running:
+            due = self._schedule.due_by(self.now())
+            if self.config.requests is not None:
+                due = min(due, self.config.requests)
+            self.unsent = max(0, due - self._schedule.taken)
         self._check_done()
 
     def _may_issue(self) -> bool:
@@ -315,38 +485,76 @@ class Bench:
             return False
         if self.config.requests is not None and self.issued >= self.config.requests:
             return False
-        return True
+        return self._schedule is None or self._schedule.next_due() is not None
 
-    def _issue(self, worker: _AppWorker | _EchoWorker) -> None:
-        if not self._may_issue():
-            self._check_done()
+    def _pump(self) -> None:
+        """Send on free connections whatever is due: at once without a rate, else by the timetable.
+
+        Re-entrant calls (an answer that completes within its own send) return
+        at once: the loop that is running sends on the connection they freed.
+        """
+        if self._pumping:
             return
+        self._pumping = True
+        try:
+            while self._free and self._may_issue():
+                due: float | None = None
+                if self._schedule is not None:
+                    due = self._schedule.next_due()
+                    assert due is not None  # _may_issue
+                    wait = due - self.now()
+                    if wait > 0:
+                        if self._next_send is None:
+                            self._next_send = self.clock.callLater(wait, self._send_due)
+                        break
+                    self._schedule.take()
+                self._send(self._free.popleft(), due)
+        finally:
+            self._pumping = False
+        self._check_done()
+
+    def _send_due(self) -> None:
+        self._next_send = None
+        self._pump()
+
+    def _send(self, worker: Worker, due: float | None) -> None:
+        """Send one request; its latency counts from ``due`` (its place in the timetable) if given."""
         self.issued += 1
         self.in_flight += 1
-        delay = self._limiter.delay(self.now()) if self._limiter else 0.0
-        if delay > 0:
-            self.clock.callLater(delay, self._send, worker)
-        else:
-            self._send(worker)
+        started = self.now() if due is None else due
+        worker.send().addBoth(self._answered, worker, started)
 
-    def _send(self, worker: _AppWorker | _EchoWorker) -> None:
-        sent = self.now()
-        worker.send().addBoth(self._answered, worker, sent)
-
-    def _answered(self, outcome: str | None | Failure, worker: _AppWorker | _EchoWorker, sent: float) -> None:
+    def _answered(self, outcome: str | None | Failure, worker: Worker, started: float) -> None:
         self.in_flight -= 1
         if outcome is None:
-            self.latencies.add(self.now() - sent)
-            self._issue(worker)
-            return
-        self.errors[outcome if isinstance(outcome, str) else error_kind(outcome)] += 1
-        if isinstance(outcome, Failure) and isinstance(worker, _EchoWorker):
-            self._check_done()  # an echo connection that failed is not used again
+            self.latencies.add(self.now() - started)
         else:
-            self._issue(worker)
+            if isinstance(outcome, Failure) and outcome.check(RequestTimeout):
+                worker.timed_out = True
+            self.errors[outcome if isinstance(outcome, str) else error_kind(outcome)] += 1
+        if worker.usable:  # an echo connection that failed is not used again
+            self._free.append(worker)
+        self._pump()
 
     def _check_done(self) -> None:
-        """End the run once nothing is in flight; called whenever nothing more was sent."""
-        if self.in_flight == 0 and self._running and not self._done.called:
-            self.finished_at = self.now()
-            self._done.callback(None)
+        """End the run once nothing is in flight and nothing more will be sent."""
+        if not self._running or self._done.called or self.in_flight:
+            return
+        bound = self.config.requests
+        if not (self._stopping or (bound is not None and self.issued >= bound) or not self._free):
+            return  # more to send, now or when due; a duration ends with stop()
+        if self._next_send is not None and self._next_send.active():
+            self._next_send.cancel()
+        self.finished_at = self.now()
+        self._done.callback(None)
+
+    async def _count_unexpected_answers(self) -> None:
+        """After the load: each connection that answered in time checks its answers still match its requests."""
+        if not self.issued:
+            return
+        checked = [w for w in self.workers if w.usable and not w.timed_out]
+        timeout = min(self.config.request_timeout, CLOSE_GRACE)
+        results = await DeferredList([w.answers_match(timeout) for w in checked], consumeErrors=True)
+        mismatched = sum(1 for ok, matched in results if ok and matched is False)
+        if mismatched:
+            self.errors[UNEXPECTED_ANSWER] += mismatched

@@ -255,15 +255,8 @@ async def run_bench(reactor: Any, args: argparse.Namespace, interruption: Interr
 
 
 def _measured_so_far(bench: Bench, elapsed: float) -> Summary:
-    """A ``Summary`` of a run that did not wind down: its retries are not known outside ``run``."""
-    return Summary(
-        description=bench.config.describe(),
-        requests=bench.completed,
-        errors=dict(bench.errors),
-        elapsed=elapsed,
-        latencies=bench.latencies.summary(),
-        interrupted=True,
-    )
+    """A ``Summary`` of a run cut short before it wound down, timed to the interruption."""
+    return evolve(bench.summary(), elapsed=elapsed, interrupted=True)
 
 
 def describe_error(error: BaseException) -> str:
@@ -345,7 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--pipeline", "-p", type=_count, default=1, metavar="D", help="requests in flight per connection"
     )
-    bench.add_argument("--rate", type=_positive_number, metavar="R", help="start at most R requests per second overall")
+    bench.add_argument(
+        "--rate",
+        type=_positive_number,
+        metavar="R",
+        help="send R requests per second overall on a fixed timetable; latency then counts from each send's due time",
+    )
     bench.add_argument(
         "--size",
         type=_size,
@@ -361,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     retries(bench)
     bench.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    bench.set_defaults(run=run_bench)
+    bench.set_defaults(run=run_bench, usage_error=bench.error)
     return parser
 
 
@@ -439,4 +437,6 @@ async def _guarded(reactor: Any, args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command == "bench" and args.protocol == "echo" and args.size == 0:
+        args.usage_error("--size must be at least 1 with --protocol echo")  # an empty echo measures nothing
     task.react(lambda reactor: defer.ensureDeferred(_guarded(reactor, args)))

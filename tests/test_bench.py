@@ -471,4 +471,7 @@ async def test_the_run_ends_against_a_server_that_does_not_read(listen, protocol
     )
     run = ensureDeferred(Bench(reactor, config).run())
     summary = await run.addTimeout(30, reactor)  # a bound for a hang, not a timing assertion
-    assert summary.requests == 0 and set(summary.errors) == {"timeout"}
+    # A timeout gives its connection up (sockapp.client): a request queued behind it on that
+    # connection fails as connection-closed rather than being sent to a server that does not read.
+    assert summary.requests == 0 and "timeout" in summary.errors
+    assert set(summary.errors) <= {"timeout", "connection-closed"}

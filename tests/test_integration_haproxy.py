@@ -246,8 +246,8 @@ def test_tls_at_each_server(server_processes, haproxy_binary, tls_files, tmp_pat
     config = edited_config(
         tmp_path,
         (
-            "default-server check inter 2s",
-            f"default-server check-ssl verify required ca-file {tls_files['ca']} check inter 2s",
+            "default-server check ",
+            f"default-server check-ssl verify required ca-file {tls_files['ca']} check ",
         ),
     )
     servers = start_backends(
@@ -261,7 +261,7 @@ def test_proxy_protocol_gives_the_servers_the_real_client_address(server_process
     # deploy/README.md: servers on haproxy: ports; send-proxy-v2 and check-send-proxy on the server lines.
     config = edited_config(
         tmp_path,
-        ("default-server check inter 2s", "default-server send-proxy-v2 check-send-proxy check inter 2s"),
+        ("default-server check ", "default-server send-proxy-v2 check-send-proxy check "),
     )
     servers = start_backends(server_processes, "haproxy:tcp:0:interface=127.0.0.1", "--log-format", "json")
     _, front, _ = start_haproxy(server_processes, haproxy_binary, config, servers, tmp_path)

@@ -44,3 +44,41 @@ def test_timeouts_outlast_the_servers_idle_timeout():
     for side in ("client", "server"):
         (seconds,) = re.findall(rf"^\s*timeout {side} (\d+)s\s*$", text, re.MULTILINE)
         assert int(seconds) > DEFAULT_IDLE_TIMEOUT
+
+
+def check_timing() -> dict[str, float]:
+    """The health-check settings of deploy/haproxy.cfg, times in seconds (HAProxy's ms/s units)."""
+    text = CONFIG.read_text()
+
+    def seconds(value: str) -> float:
+        number, unit = re.fullmatch(r"(\d+)(ms|s)", value).groups()
+        return int(number) / (1000 if unit == "ms" else 1)
+
+    (server,) = re.findall(r"^\s*default-server (.*)$", text, re.MULTILINE)
+    words = dict(re.findall(r"\b(inter|fastinter|fall)\s+(\S+)", server))
+    timeouts = dict(re.findall(r"^\s*timeout (check|connect) (\S+)\s*$", text, re.MULTILINE))
+    inter = seconds(words["inter"])
+    return {
+        "inter": inter,
+        "fastinter": seconds(words["fastinter"]) if "fastinter" in words else inter,
+        "fall": int(words["fall"]),
+        "check": seconds(timeouts["check"]),
+        "connect": seconds(timeouts["connect"]),
+    }
+
+
+def test_a_hung_server_is_marked_down_within_seconds_like_a_dead_one():
+    # A dead server's check fails at once (connection refused); a hung one (stopped, swapping,
+    # deadlocked) still accepts, so each check fails only when it times out: after `timeout check`,
+    # but under load HAProxy 2.6 was seen to wait up to min(timeout connect, interval) instead
+    # (make integration). The next check starts `inter` after the last one ended, `fastinter`
+    # once a check has failed; `fall` failures in a row mark it DOWN. The worst case:
+    t = check_timing()
+
+    def hung_check(interval: float) -> float:
+        return max(t["check"], min(t["connect"], interval))
+
+    dead = t["inter"] + (t["fall"] - 1) * t["fastinter"]
+    hung = t["inter"] + hung_check(t["inter"]) + (t["fall"] - 1) * (t["fastinter"] + hung_check(t["fastinter"]))
+    # deploy/README.md promises either out within about 4 s (measured in make integration).
+    assert hung <= 4, f"a hung server is out only after up to {hung:g} s, a dead one {dead:g} s: {t}"

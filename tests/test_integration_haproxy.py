@@ -1,5 +1,6 @@
-"""deploy/haproxy.cfg for real: HAProxy in front of 3 sockapp servers on loopback, one killed mid-load;
-then the other setups deploy/README.md describes (TLS at HAProxy, TLS at each server, PROXY protocol).
+"""deploy/haproxy.cfg for real: HAProxy in front of 3 sockapp servers on loopback, one killed mid-load,
+then one hung (SIGSTOP) mid-load; then the other setups deploy/README.md describes (TLS at HAProxy,
+TLS at each server, PROXY protocol).
 
 Run by ``make integration`` (which installs Debian's haproxy when it is
 missing), not by the default ``pytest`` run: ``-m integration`` selects it.
@@ -32,6 +33,9 @@ KILLED = 2  # sockapp2, the second server in deploy/haproxy.cfg
 BENCH_SECONDS = 10
 KILL_AFTER_HITS = 2000  # the backend is killed once every backend has answered this many searches
 HITS = ("sockapp_requests_total", (("action", "search"), ("outcome", "hit")))
+HUNG = 3  # sockapp3, stopped with SIGSTOP in the hung-backend test
+HUNG_BENCH_SECONDS = 20  # long enough to see the hung backend marked DOWN while load goes on
+HANG_AFTER_HITS = 500
 PINGS = ("sockapp_requests_total", (("action", "ping"), ("outcome", "ok")))
 
 
@@ -192,6 +196,91 @@ def test_haproxy_spreads_load_and_routes_around_a_killed_backend(server_processe
         assert all(json.loads(line)["level"] for line in servers[n].log().splitlines() if line.strip())
 
 
+def test_haproxy_routes_around_a_hung_backend(server_processes, haproxy_binary, tmp_path):
+    """A backend that accepts connections but never answers (SIGSTOP: a stuck process, a paused VM).
+
+    The kernel still completes its TCP handshakes, so only the ping check's read
+    timeout (``timeout check``) can tell: HAProxy must mark it DOWN, cut its
+    sessions so their requests are sent again elsewhere, and the other two
+    must go on answering. Prints the seconds from SIGSTOP to DOWN and the worst
+    latency the client saw (figures for deploy/README.md, not asserted).
+    """
+    servers = start_backends(
+        server_processes, "tcp:0:interface=127.0.0.1:backlog=1024", "--metrics", "tcp:0:interface=127.0.0.1"
+    )
+    metrics_ports = [int(server.wait_for_log(r"MetricsSite starting on (\d+)").group(1)) for server in servers]
+    haproxy, front, stats_socket = start_haproxy(
+        server_processes, haproxy_binary, ROOT / "deploy" / "haproxy.cfg", servers, tmp_path
+    )
+    names = [f"sockapp{n + 1}" for n in range(BACKENDS)]
+    hung = servers[HUNG - 1]
+    live = [n for n in range(BACKENDS) if n != HUNG - 1]
+
+    bench = subprocess.Popen(
+        [tool("sockapp"), "bench", "--connect", f"tcp:host=127.0.0.1:port={front}", "--connections", "30",
+         "--duration", str(HUNG_BENCH_SECONDS), "--request-timeout", "60", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_until(
+            lambda: bench.poll() is not None or all(scrape(port)[HITS] >= HANG_AFTER_HITS for port in metrics_ports),
+            f"every backend answering {HANG_AFTER_HITS} searches",
+        )
+        assert bench.poll() is None, "sockapp bench ended before the backend hung"
+        hits_at_stop = {n: scrape(metrics_ports[n])[HITS] for n in live}
+        os.killpg(hung.proc.pid, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        live_check_ms = []  # how long the live backends took to answer a ping under this load
+
+        def hung_is_down():
+            rows = haproxy_stats(stats_socket)
+            live_check_ms.extend(int(rows[names[n]]["check_duration"] or 0) for n in live)
+            return rows[names[HUNG - 1]]["status"].startswith("DOWN") and rows
+
+        down = wait_until(hung_is_down, "the hung backend marked DOWN by the health check")
+        seconds_to_down = time.monotonic() - stopped_at
+        # Requests went on being answered by the other two while it hung.
+        hits_at_down = {n: scrape(metrics_ports[n])[HITS] for n in live}
+        out, err = bench.communicate(timeout=HUNG_BENCH_SECONDS + 90)
+        # Resumed, it answers the ping again and HAProxy takes it back.
+        os.killpg(hung.proc.pid, signal.SIGCONT)
+        back_up = wait_until(
+            lambda: (rows := haproxy_stats(stats_socket))[names[HUNG - 1]]["status"] == "UP" and rows,
+            "the resumed backend marked UP again",
+        )
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
+        if hung.proc.poll() is None:
+            # A stopped process ignores SIGTERM until it is continued: resume it so the fixture can stop it.
+            os.killpg(hung.proc.pid, signal.SIGCONT)
+    assert bench.returncode == 0, f"sockapp bench failed:\n{out}\n{err}"
+    summary = json.loads(out)
+
+    report = {
+        "seconds_from_SIGSTOP_to_DOWN": round(seconds_to_down, 2),
+        "worst_client_latency_s": round(summary["latency_ms"]["max"] / 1000, 3),
+        "client": {k: summary[k] for k in ("requests", "errors", "retries", "latency_ms")},
+        "haproxy_at_down": {
+            name: {"status": row["status"], "check": row["check_status"]} for name, row in down.items()
+        },
+        "live_backend_slowest_ping_check_ms": max(live_check_ms),
+        "live_backend_searches_while_hung": {names[n]: hits_at_down[n] - hits_at_stop[n] for n in live},
+    }
+    print("\nhung backend summary:", json.dumps(report, indent=2))
+
+    # Found by the ping check's read timeout: it connected, but no pong came.
+    assert down[names[HUNG - 1]]["check_status"] == "L7TOUT"
+    assert all(down[names[n]]["status"] == "UP" for n in live)
+    assert all(hits_at_down[n] > hits_at_stop[n] for n in live), (hits_at_stop, hits_at_down)
+    # Not one request failed: those stuck on the hung backend were cut at DOWN and sent again.
+    assert summary["errors"] == 0 and summary["requests"] > 0
+    assert summary["retries"] > 0
+    assert back_up[names[HUNG - 1]]["check_status"] == "L7OK"
+    assert haproxy.proc.poll() is None
+
+
 def edited_config(tmp_path, *edits: tuple[str, str]):
     """deploy/haproxy.cfg with the changes deploy/README.md describes, each replacing one line exactly."""
     text = (ROOT / "deploy" / "haproxy.cfg").read_text()
@@ -246,8 +335,8 @@ def test_tls_at_each_server(server_processes, haproxy_binary, tls_files, tmp_pat
     config = edited_config(
         tmp_path,
         (
-            "default-server check inter 2s",
-            f"default-server check-ssl verify required ca-file {tls_files['ca']} check inter 2s",
+            "default-server check ",
+            f"default-server check-ssl verify required ca-file {tls_files['ca']} check ",
         ),
     )
     servers = start_backends(
@@ -261,7 +350,7 @@ def test_proxy_protocol_gives_the_servers_the_real_client_address(server_process
     # deploy/README.md: servers on haproxy: ports; send-proxy-v2 and check-send-proxy on the server lines.
     config = edited_config(
         tmp_path,
-        ("default-server check inter 2s", "default-server send-proxy-v2 check-send-proxy check inter 2s"),
+        ("default-server check ", "default-server send-proxy-v2 check-send-proxy check "),
     )
     servers = start_backends(server_processes, "haproxy:tcp:0:interface=127.0.0.1", "--log-format", "json")
     _, front, _ = start_haproxy(server_processes, haproxy_binary, config, servers, tmp_path)

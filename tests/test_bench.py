@@ -475,3 +475,14 @@ async def test_the_run_ends_against_a_server_that_does_not_read(listen, protocol
     # connection fails as connection-closed rather than being sent to a server that does not read.
     assert summary.requests == 0 and "timeout" in summary.errors
     assert set(summary.errors) <= {"timeout", "connection-closed"}
+
+
+@pytest.mark.parametrize("check, served", [(True, 36), (False, 30)])
+@pytest_twisted.ensureDeferred
+async def test_the_answer_check_can_be_skipped_for_exact_counts(listen, check, served):
+    from sockapp.metrics import ServerMetrics
+
+    metrics = ServerMetrics(process=False)
+    summary = await run(listen, SearchFactory(metrics=metrics), connections=3, requests=30, check_answers=check)
+    assert (summary.requests, summary.errors) == (30, {})
+    assert sum(metrics.requests.values()) == served  # 2 check requests a connection, or none

@@ -222,6 +222,7 @@ async def run_bench(reactor: Any, args: argparse.Namespace, interruption: Interr
         expect=args.expect,
         request_timeout=args.request_timeout,
         retries=args.retries,
+        check_answers=args.check_answers,
     )
     bench = Bench(reactor, config)
     finished = defer.ensureDeferred(bench.run())
@@ -358,6 +359,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--request-timeout", type=_positive_seconds, default=30.0, metavar="SECONDS", help="per request (default 30)"
     )
     retries(bench)
+    bench.add_argument(
+        "--no-answer-check",
+        dest="check_answers",
+        action="store_false",
+        help="skip the two requests per connection that, after the load, check answers still match requests "
+        "(for runs whose requests must be counted exactly)",
+    )
     bench.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     bench.set_defaults(run=run_bench, usage_error=bench.error)
     return parser

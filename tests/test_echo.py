@@ -41,8 +41,11 @@ def test_half_close_flushes_then_closes():
 
 
 def test_transport_is_its_own_producer():
+    from sockapp.protocol import ReadingProducer
+
     _, transport = connect()
-    assert transport.producer is transport and transport.streaming
+    assert isinstance(transport.producer, ReadingProducer) and transport.streaming
+    assert transport.producer.transport is transport
 
 
 class GreedyClient(Protocol):

@@ -232,6 +232,22 @@ BAD_FRAMES = {
         raw_frame(dict(HEADER, **{"content-length": DEFAULT_MAX_CONTENT_LENGTH + 1})),
         ErrorCode.CONTENT_TOO_LARGE,
     ),
+}
+
+
+@pytest.mark.parametrize("pieces", [None, 1])
+@pytest.mark.parametrize("name", list(BAD_FRAMES))
+def test_bad_frames_raise_typed_errors(name, pieces):
+    data, code = BAD_FRAMES[name]
+    error, messages = decode_error(data, pieces=pieces)
+    assert error.code is code
+    assert error.message
+    assert messages == []
+
+
+# A sound frame whose content cannot be read: handed out with the fault, and the frames after
+# it are decoded as usual.
+CONTENT_FAULTS = {
     "json content not utf-8": (
         raw_frame(
             dict(HEADER, **{"content-type": "text/json", "content-encoding": "utf-8", "content-length": 3}), b'"\xff"'
@@ -260,13 +276,14 @@ BAD_FRAMES = {
 
 
 @pytest.mark.parametrize("pieces", [None, 1])
-@pytest.mark.parametrize("name", list(BAD_FRAMES))
-def test_bad_frames_raise_typed_errors(name, pieces):
-    data, code = BAD_FRAMES[name]
-    error, messages = decode_error(data, pieces=pieces)
-    assert error.code is code
-    assert error.message
-    assert messages == []
+@pytest.mark.parametrize("name", list(CONTENT_FAULTS))
+def test_unreadable_content_is_a_message_with_its_fault_and_the_stream_goes_on(name, pieces):
+    data, code = CONTENT_FAULTS[name]
+    messages, decoder = decode_all(data + binary_request(b"next"), pieces=pieces)
+    assert [m.error.code if m.error else None for m in messages] == [code, None]
+    assert messages[0].error.message and messages[0].document is None
+    assert messages[1].content == b"next"
+    assert messages[0].error.__traceback__ is None  # holds nothing of the decoder
 
 
 def test_good_frames_before_a_bad_one_are_delivered_first():

@@ -17,6 +17,8 @@ from sockapp.server import SearchFactory
 
 ADDRESS = IPv4Address("TCP", "127.0.0.1", 40000)
 
+EMPTY_HEADER = b"\x00\x00"  # a frame fault: an error frame, then the close
+
 
 class Recorder:
     def __init__(self):
@@ -284,7 +286,7 @@ def test_an_error_frame_close_is_aborted_after_the_grace_period():
     clock = Clock()
     factory = SearchFactory(reactor=clock)
     protocol, transport = connect_unflushable(factory)
-    protocol.dataReceived(json_request([1, 2]))
+    protocol.dataReceived(EMPTY_HEADER)
     assert transport.disconnecting and not transport.aborted
     clock.advance(factory.close_grace)
     assert transport.aborted
@@ -348,10 +350,10 @@ def test_no_second_error_frame_once_the_connection_is_closing():
     request = json_request({"action": "search", "value": "ring"})
     protocol.dataReceived(request[:20])  # the frame deadline starts
     clock.advance(1)
-    protocol.dataReceived(request[20:] + json_request([1, 2]))  # answered, then request-not-object
+    protocol.dataReceived(request[20:] + EMPTY_HEADER)  # answered, then empty-header
     clock.advance(10)
     frames = [json.loads(content) for _, content in split_frames(transport.value())]
-    assert [f.get("error", {}).get("code") for f in frames] == [None, "request-not-object"]
+    assert [f.get("error", {}).get("code") for f in frames] == [None, "empty-header"]
     assert sum(metrics.error_frames.values()) == 1
 
 
@@ -475,7 +477,7 @@ def test_one_log_line_for_one_fault_even_when_the_close_is_cut():
     events = []
     globalLogPublisher.addObserver(events.append)
     try:
-        protocol.dataReceived(json_request([1, 2]))
+        protocol.dataReceived(EMPTY_HEADER)
         clock.advance(factory.close_grace)
     finally:
         globalLogPublisher.removeObserver(events.append)

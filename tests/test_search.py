@@ -73,17 +73,31 @@ def test_empty_binary_request_is_answered():
     [
         ([1, 2], ErrorCode.REQUEST_NOT_OBJECT),
         ("search", ErrorCode.REQUEST_NOT_OBJECT),
-        ({}, ErrorCode.BAD_REQUEST),
-        ({"action": 5, "value": "x"}, ErrorCode.BAD_REQUEST),
-        ({"action": "search"}, ErrorCode.BAD_REQUEST),
         ({"action": "search", "value": ["x"]}, ErrorCode.BAD_REQUEST),
-        ({"action": "search", "value": 7}, ErrorCode.BAD_REQUEST),
+        ({"action": "search", "value": {"q": "x"}}, ErrorCode.BAD_REQUEST),
     ],
 )
-def test_malformed_requests_are_typed_errors(document, code):
-    with pytest.raises(RemoteProtocolError) as caught:
-        SearchIndex().respond(json_message(document))
-    assert caught.value.code is code
+def test_requests_the_tutorials_server_crashes_on_get_an_error_answer(document, code):
+    _, content = answer_of(SearchIndex().respond(json_message(document)))
+    assert json.loads(content)["error"]["code"] == code
+
+
+@pytest.mark.parametrize(
+    "document, result",
+    [
+        ({}, "Error: invalid action 'None'."),
+        ({"action": 5, "value": "x"}, "Error: invalid action '5'."),
+        ({"action": [1, {"a": None}]}, "Error: invalid action '[1, {'a': None}]'."),
+        ({"action": "search"}, "No match for 'None'."),
+        ({"action": "search", "value": 7}, "No match for '7'."),
+        ({"action": "search", "value": 1.5}, "No match for '1.5'."),
+        ({"action": "search", "value": True}, "No match for 'True'."),
+    ],
+)
+def test_requests_the_tutorials_server_answers_get_its_answer(document, result):
+    """As libserver.py: the action and the value are formatted with Python's str()."""
+    _, content = answer_of(SearchIndex().respond(json_message(document)))
+    assert json.loads(content) == {"result": result}
 
 
 def test_custom_answers_replace_the_tutorials():

@@ -35,6 +35,7 @@ def results(transport: StringTransport) -> list:
     return out
 
 
+JSON_HEADER = {"byteorder": "little", "content-type": "text/json", "content-encoding": "utf-8", "content-length": 2}
 both = pytest.mark.parametrize("one_byte", [False, True], ids=["whole", "bytewise"])
 
 
@@ -84,8 +85,6 @@ def test_connection_stays_open_between_requests():
         (b"\x00\x00", "empty-header"),
         (raw_frame(None, header_bytes=b"not json"), "header-not-json"),
         (raw_frame({"byteorder": "little"}), "header-missing-key"),
-        (json_request([1, 2]), "request-not-object"),
-        (json_request({"action": "search", "value": 3}), "bad-request"),
     ],
 )
 def test_malformed_input_gets_an_error_frame_then_the_connection_closes(data, code, one_byte):
@@ -98,6 +97,28 @@ def test_malformed_input_gets_an_error_frame_then_the_connection_closes(data, co
     assert answers[1]["error"]["message"]
     assert transport.disconnecting
     assert transport.producer is None  # unregistered, or loseConnection would never finish
+
+
+@both
+@pytest.mark.parametrize(
+    "data, code",
+    [
+        (json_request([1, 2]), "request-not-object"),
+        (json_request({"action": "search", "value": [3]}), "bad-request"),
+        (raw_frame({**JSON_HEADER, "content-encoding": "klingon"}, b"{}"), "unknown-encoding"),
+        (raw_frame({**JSON_HEADER, "content-length": 5}, b"hello"), "content-not-json"),
+    ],
+)
+def test_a_bad_request_in_a_sound_frame_is_answered_in_its_place_and_the_connection_serves_on(data, code, one_byte):
+    protocol, transport = connect()
+    search = json_request({"action": "search", "value": "ring"})
+    feed(protocol, search + data + binary_request(b"answered"), one_byte)
+    answers = results(transport)
+    assert len(answers) == 3, answers
+    assert answers[0]["result"].startswith("In the caves")
+    assert answers[1]["error"]["code"] == code and answers[1]["error"]["message"]
+    assert answers[2] == b"First 10 bytes of request: answered"
+    assert not transport.disconnecting
 
 
 def test_an_error_on_one_connection_leaves_others_alone():
@@ -170,12 +191,12 @@ def test_behind_a_proxy_header_the_logs_name_the_real_client():
         wrapper.makeConnection(transport)
         # Twisted's wrapper needs the header's first 8 bytes in one read (HAProxy sends it in one write).
         wrapper.dataReceived(b"PROXY TCP4 203.0.113.7 10.0.0.1 40000 5634\r\n")
-        feed(wrapper, json_request(["not", "an", "object"]), one_byte_at_a_time=True)
+        feed(wrapper, b"\x00\x00", one_byte_at_a_time=True)
     finally:
         globalLogPublisher.removeObserver(events.append)
-    (warning,) = [e for e in events if e.get("code") == "request-not-object"]
+    (warning,) = [e for e in events if e.get("code") == "empty-header"]
     assert warning["peer"] == "203.0.113.7:40000"
-    assert results(transport)[0]["error"]["code"] == "request-not-object"
+    assert results(transport)[0]["error"]["code"] == "empty-header"
 
 
 # -- every well-framed request gets an answer; nothing a peer sends breaks a log line ----
@@ -216,7 +237,7 @@ def test_a_lone_surrogate_is_answered_not_a_traceback(request_, answer):
 def test_an_unknown_encoding_with_control_characters_is_logged_escaped_and_cut():
     from twisted.logger import formatEvent
 
-    protocol, transport = connect()
+    protocol, transport = connect(SearchFactory(verbose=True))  # in-band faults are logged with --verbose
     name = "\x1b[2K\rFAKE 127.0.0.1: all good\u2028\ud800" + "x" * 60_000
     header = {"byteorder": "little", "content-type": "text/json", "content-encoding": name, "content-length": 2}
     frame = raw_frame(header, b"{}", header_bytes=json.dumps(header).encode("ascii"))

@@ -92,11 +92,15 @@ class Header:
 @frozen
 class Message:
     """One complete frame: its header, its raw content, and for ``text/json``
-    content the parsed JSON ``document`` (``None`` for any other type)."""
+    content the parsed JSON ``document`` (``None`` for any other type, or
+    when the content could not be parsed: then ``error`` says why)."""
 
     header: Header
     content: bytes = field(validator=validators.instance_of(bytes))
     document: Any = field(default=None, eq=False)
+    # A sound frame whose text/json content could not be read (unknown encoding, not
+    # decodable, not JSON, too complex): the fault, for the server to answer in-band.
+    error: RemoteProtocolError | None = field(default=None, eq=False)
 
     @property
     def is_json(self) -> bool:
@@ -424,8 +428,11 @@ class FrameDecoder:
     complete on arrival is kept as the list of received chunks and joined
     once, so a 64 MiB frame in 64 KiB pieces is copied once, not per piece.
 
-    After a ``RemoteProtocolError`` the stream cannot be resynchronised: the
-    decoder keeps raising it and ignores further data.
+    A broken frame (its header, or its content-length) raises
+    ``RemoteProtocolError``; the stream cannot be resynchronised after it, so
+    the decoder keeps raising it and ignores further data. A sound frame
+    whose ``text/json`` content cannot be read is handed out with the fault
+    in ``Message.error``: the frames after it are unaffected.
 
     ``max_json_length`` (a server's) limits ``text/json`` content below
     ``max_content_length`` and refuses large JSON dense with arrays and
@@ -511,11 +518,14 @@ class FrameDecoder:
         if content is None:
             return NEED_DATA
         self._header = None
-        document = (
-            parse_json_content(content, header.content_encoding, self.max_json_length is not None)
-            if header.content_type == JSON_CONTENT_TYPE
-            else None
-        )
+        if header.content_type != JSON_CONTENT_TYPE:
+            return Message(header=header, content=content)
+        try:
+            document = parse_json_content(content, header.content_encoding, self.max_json_length is not None)
+        except RemoteProtocolError as e:
+            # The frame itself is sound, so the stream goes on; a fresh exception, not the
+            # raised one, whose traceback would hold this decoder.
+            return Message(header=header, content=content, error=RemoteProtocolError(e.code, e.message))
         return Message(header=header, content=content, document=document)
 
     def _take(self, length: int) -> bytes | None:

@@ -10,8 +10,9 @@ second; plain counters read at scrape time cost 7% (``app-pipe``: 27% and
 needs a lock.
 
 Each server has its own registry (not the library's global one), so several
-servers in one process (tests) never collide. Label values come from fixed
-sets, never from what a peer sent: a client cannot create series.
+servers in one process (tests) never collide. Label values come from the
+app's registered actions and error codes, never from what a peer sent: a
+client cannot create series.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from sockapp.app import BINARY, OK, OTHER, App
 from sockapp.errors import ErrorCode
 from sockapp.protocol import describe_address
-from sockapp.search import OUTCOMES
 from sockapp.text import peer_text
 
 # From a cached answer on loopback (tens of microseconds) to a 64 MiB frame (tenths of a second).
@@ -55,6 +56,16 @@ LATENCY_BUCKETS: Final = (
     2.5,
     float("inf"),
 )
+# What a request that reaches no action may be answered, in-band.
+IN_BAND_CODES: Final = (
+    "unknown-action",
+    ErrorCode.BAD_REQUEST.value,
+    ErrorCode.REQUEST_NOT_OBJECT.value,
+    ErrorCode.UNKNOWN_ENCODING.value,
+    ErrorCode.CONTENT_NOT_DECODABLE.value,
+    ErrorCode.CONTENT_NOT_JSON.value,
+    ErrorCode.CONTENT_TOO_COMPLEX.value,
+)
 # Codes only a client raises never appear in a server's error frames.
 SERVER_ERROR_CODES: Final = tuple(code for code in ErrorCode if code is not ErrorCode.UNEXPECTED_RESPONSE)
 
@@ -67,7 +78,7 @@ class ServerMetrics:
         self.connections_open = 0
         self.connections_accepted = 0
         self.connections_refused = 0
-        self.requests = dict.fromkeys(OUTCOMES, 0)
+        self.requests: dict[tuple[str, str], int] = {}
         self.error_frames = dict.fromkeys(SERVER_ERROR_CODES, 0)
         self.bytes_received = 0
         self.bytes_sent = 0
@@ -95,8 +106,22 @@ class ServerMetrics:
     def sent(self, length: int) -> None:
         self.bytes_sent += length
 
+    def serving(self, app: App) -> None:
+        """Start ``app``'s usual series at 0: each action answered ``ok``, and the faults
+        any request may meet. Others (an action's own error codes) appear when first counted."""
+        for action in app.actions:
+            self.requests.setdefault((action, OK), 0)
+        if app.answers_binary:
+            self.requests.setdefault((BINARY, OK), 0)
+        for code in IN_BAND_CODES:
+            self.requests.setdefault((OTHER, code), 0)
+
     def answered(self, action: str, outcome: str) -> None:
-        self.requests[action, outcome] += 1
+        key = (action, outcome)
+        try:
+            self.requests[key] += 1
+        except KeyError:
+            self.requests[key] = 1
 
     def error_frame(self, code: ErrorCode) -> None:
         self.error_frames[code] += 1

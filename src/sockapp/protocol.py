@@ -39,24 +39,25 @@ def error_document(error: RemoteProtocolError) -> dict[str, dict[str, str]]:
 
 def read_only_as_fast_as_peer_reads(
     transport: ITransport, on_pause: Callable[[], object] | None = None, on_resume: Callable[[], object] | None = None
-) -> None:
-    """Register the transport as its own streaming producer.
+) -> ReadingProducer:
+    """Register the transport's reading as its own streaming producer.
 
     When the peer stops reading and our write buffer fills, Twisted pauses
     the producer, which for a transport means it stops reading from the
     peer; it resumes once the buffer drains. Memory per connection stays
     bounded by the transport's buffer plus one read. ``on_pause`` and
-    ``on_resume`` are told when reading stops and starts again.
+    ``on_resume`` are told when reading stops and starts again. The protocol
+    may also stop reading for its own reasons (``ReadingProducer.hold``).
     """
-    if on_pause is None and on_resume is None:
-        transport.registerProducer(transport, True)
-    else:
-        transport.registerProducer(_ReadingProducer(transport, on_pause, on_resume), True)
+    producer = ReadingProducer(transport, on_pause, on_resume)
+    transport.registerProducer(producer, True)
+    return producer
 
 
 @implementer(IPushProducer)
-class _ReadingProducer:
-    """The transport's own reading, paused and resumed, with the protocol told of each."""
+class ReadingProducer:
+    """The transport's own reading, stopped while the peer does not read our answers
+    (Twisted pauses it) or while the protocol holds it; it reads only when neither does."""
 
     def __init__(
         self, transport: Any, on_pause: Callable[[], object] | None, on_resume: Callable[[], object] | None
@@ -64,16 +65,39 @@ class _ReadingProducer:
         self.transport = transport
         self.on_pause = on_pause
         self.on_resume = on_resume
+        self.paused = False  # by Twisted: the peer is not reading
+        self.held = False  # by the protocol
 
     def pauseProducing(self) -> None:
-        self.transport.pauseProducing()
-        if self.on_pause is not None:
-            self.on_pause()
+        self.paused = True
+        self._update(not self.held)
 
     def resumeProducing(self) -> None:
-        self.transport.resumeProducing()
-        if self.on_resume is not None:
-            self.on_resume()
+        self.paused = False
+        self._update(not self.held, resume=True)
+
+    def hold(self) -> None:
+        """Stop reading until ``release``, whatever the peer does."""
+        if not self.held:
+            self.held = True
+            self._update(not self.paused)
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self._update(not self.paused, resume=True)
+
+    def _update(self, changed: bool, resume: bool = False) -> None:
+        if not changed:
+            return
+        if resume:
+            self.transport.resumeProducing()
+            if self.on_resume is not None:
+                self.on_resume()
+        else:
+            self.transport.pauseProducing()
+            if self.on_pause is not None:
+                self.on_pause()
 
     def stopProducing(self) -> None:
         self.transport.stopProducing()
@@ -167,6 +191,12 @@ class FramedProtocol(Protocol):
 
     max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH
     max_json_length: int | None = None  # None: text/json content has the same limit as any other
+    # False: a message whose content could not be read (``Message.error``) is a protocol error,
+    # as a client treats an answer; True: it goes to ``messageReceived`` (a server answers it in-band).
+    content_faults_in_band: bool = False
+    # True while the protocol wants no more messages for now (too many unanswered): complete
+    # frames wait in the decoder, and ``resumeMessages`` hands them out.
+    holding: bool = False
     log = Logger()
 
     _decoder: FrameDecoder
@@ -184,12 +214,21 @@ class FramedProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
             return
-        decoder = self._decoder
-        decoder.receive_data(data)
-        self._batch = []
+        self._decoder.receive_data(data)
         self.completed_in_read = 0
+        self._deliver()
+
+    def resumeMessages(self) -> None:
+        """Stop ``holding``: hand out the complete frames that waited meanwhile."""
+        self.holding = False
+        if not self.closing:
+            self._deliver()
+
+    def _deliver(self) -> None:
+        decoder = self._decoder
+        self._batch = []
         try:
-            while not self.closing:
+            while not self.closing and not self.holding:
                 try:
                     message = decoder.next_message()
                 except RemoteProtocolError as error:
@@ -198,6 +237,9 @@ class FramedProtocol(Protocol):
                 if message is NEED_DATA:
                     return
                 self.completed_in_read += 1
+                if message.error is not None and not self.content_faults_in_band:  # type: ignore[union-attr]
+                    self.protocolError(message.error)  # type: ignore[union-attr]
+                    return
                 self.messageReceived(message)  # type: ignore[arg-type]
         finally:
             self._flush()

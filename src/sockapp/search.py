@@ -1,8 +1,11 @@
-"""The search application: its data and its answers, with no I/O.
+"""The tutorial's search, as the first application on ``sockapp.app``.
 
-``SearchIndex.respond`` maps a request ``Message`` to the response frame's
-bytes exactly as the tutorial's ``libserver.py`` builds them, so a server
-built on it is byte-for-byte the tutorial's server on the wire.
+Wherever the tutorial's ``libserver.py`` answers a well-framed request,
+``SearchApp`` answers with the same bytes: a search (hit or "No match", for
+a value of any JSON scalar type), any other action ("Error: invalid
+action ..."), and binary requests. Where the tutorial's server crashes (a
+value that is an array or object, a request that is not an object), it
+answers in-band with an error code instead.
 """
 
 from __future__ import annotations
@@ -10,12 +13,13 @@ from __future__ import annotations
 import json
 import types
 from collections.abc import Mapping
-from typing import Final
+from typing import Any, Final
 
 from attrs import field, frozen
 
-from sockapp.errors import ErrorCode, RemoteProtocolError
-from sockapp.framing import Message, encode_frame, encode_json, encode_result
+from sockapp.app import App, ActionError, Reply
+from sockapp.errors import ErrorCode
+from sockapp.framing import JSON_CONTENT_TYPE, Message, encode_json
 from sockapp.text import peer_text
 
 TUTORIAL_ANSWERS: Final[Mapping[str, str]] = types.MappingProxyType(
@@ -29,20 +33,8 @@ TUTORIAL_ANSWERS: Final[Mapping[str, str]] = types.MappingProxyType(
 BINARY_RESPONSE_TYPE: Final = "binary/custom-server-binary-type"
 BINARY_RESPONSE_ENCODING: Final = "binary"
 BINARY_RESPONSE_PREFIX: Final = b"First 10 bytes of request: "
-# Beyond the tutorial: a health check for load balancers ({"action": "ping"}).
+# Beyond the tutorial: a health check for load balancers ({"action": "ping"}), as every app has.
 PONG: Final = encode_json({"result": "pong"})
-
-# What an answered request was (SearchIndex.handle): an action and an outcome,
-# from these fixed sets whatever the peer sent, so they can label metrics.
-SEARCH: Final = "search"
-PING: Final = "ping"
-BINARY: Final = "binary"
-OTHER: Final = "other"  # a text/json request whose action the server does not know
-HIT: Final = "hit"
-MISS: Final = "miss"
-OK: Final = "ok"
-INVALID_ACTION: Final = "invalid-action"
-OUTCOMES: Final = ((SEARCH, HIT), (SEARCH, MISS), (PING, OK), (BINARY, OK), (OTHER, INVALID_ACTION))
 
 
 class DataFileError(Exception):
@@ -55,55 +47,69 @@ def _read_only(answers: Mapping[str, str]) -> Mapping[str, str]:
 
 @frozen
 class SearchIndex:
-    """Answers search requests from a fixed query -> answer mapping."""
+    """The search's data: a fixed query -> answer mapping."""
 
     answers: Mapping[str, str] = field(default=TUTORIAL_ANSWERS, converter=_read_only)
-    _frames: Mapping[str, bytes] = field(init=False, eq=False, repr=False)
+    _replies: Mapping[str, Reply] = field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        # The answer frame of every stored query, encoded once: a hit costs a lookup.
-        frames = {query: encode_json({"result": answer}) for query, answer in self.answers.items() if answer}
-        object.__setattr__(self, "_frames", types.MappingProxyType(frames))
+        # The answer of every stored query, encoded once: a hit costs a lookup.
+        replies = {
+            query: Reply(json.dumps({"result": answer}, ensure_ascii=False).encode("utf-8", "backslashreplace"),
+                         JSON_CONTENT_TYPE, "utf-8")
+            for query, answer in self.answers.items()
+            if answer
+        }
+        object.__setattr__(self, "_replies", types.MappingProxyType(replies))
 
-    def answer(self, query: str) -> str:
+    def answer(self, query: Any) -> str:
         """The tutorial's answer text for ``query`` (an empty answer counts as no match)."""
         return self.answers.get(query) or f"No match for '{query}'."
 
-    def respond(self, message: Message) -> bytes:
-        """The response frame for one request (see ``handle``)."""
-        return self.handle(message)[0]
-
-    def handle(self, message: Message) -> tuple[bytes, str, str]:
-        """The response frame for one request, with its action and outcome (from ``OUTCOMES``).
-
-        A ``text/json`` request must be an object with a string ``action``
-        (and a string ``value`` for ``search``); anything else raises
-        ``RemoteProtocolError``. ``ping`` is answered ``{"result": "pong"}``.
-        Every other content type is a binary request, answered with the
-        first 10 bytes of its content.
-        """
-        if not message.is_json:
-            frame = encode_frame(
-                BINARY_RESPONSE_PREFIX + message.content[:10], BINARY_RESPONSE_TYPE, BINARY_RESPONSE_ENCODING
+    def search(self, query: Any) -> Reply | str:
+        """A search's result: a stored answer, encoded once, or the tutorial's "No match"."""
+        if type(query) is str:
+            reply = self._replies.get(query)
+            if reply is not None:
+                return reply
+        elif isinstance(query, (list, dict)):  # the tutorial's server crashes on these
+            raise ActionError(
+                ErrorCode.BAD_REQUEST.value, "a search value must be a string (or a number, boolean or null)"
             )
-            return frame, BINARY, OK
-        request = message.document
-        if not isinstance(request, dict):
-            raise RemoteProtocolError(ErrorCode.REQUEST_NOT_OBJECT, "a text/json request must be a JSON object")
-        action = request.get("action")
-        if not isinstance(action, str):
-            raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "request needs an 'action' that is a string")
-        if action == "ping":
-            return PONG, PING, OK
-        if action != "search":
-            return encode_result(f"Error: invalid action '{action}'."), OTHER, INVALID_ACTION
-        query = request.get("value")
-        if not isinstance(query, str):
-            raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "a search request needs a 'value' that is a string")
-        stored = self._frames.get(query)
-        if stored is not None:
-            return stored, SEARCH, HIT
-        return encode_result(self.answer(query)), SEARCH, MISS
+        return self.answer(query)
+
+    def respond(self, message: Message) -> bytes:
+        """The answer frame to one request, as the search app gives it."""
+        answer = SearchApp(self).dispatch(message, _no_context)
+        assert not hasattr(answer, "addCallback"), "the search app answers at once"
+        return answer.frame  # type: ignore[union-attr]
+
+
+def _no_context(message: Message) -> Any:
+    raise AssertionError("the search app's handlers take no context")
+
+
+class SearchApp(App):
+    """The tutorial's search server as an ``App`` (``twistd sockapp`` without ``--app``)."""
+
+    def __init__(self, index: SearchIndex | None = None) -> None:
+        super().__init__("search")
+        self.index = index if index is not None else SearchIndex()
+        self.action("search")(self._search)
+        self.binary(self._binary_request)
+
+    def _search(self, value: Any) -> Reply | str:
+        """Look VALUE up: its answer, or "No match for 'VALUE'."."""
+        return self.index.search(value)
+
+    @staticmethod
+    def _binary_request(content: bytes) -> Reply:
+        """Any content type but text/json: answered with the first 10 bytes of the content."""
+        return Reply(BINARY_RESPONSE_PREFIX + content[:10], BINARY_RESPONSE_TYPE, BINARY_RESPONSE_ENCODING)
+
+    def unknown_action(self, request: dict[str, Any]) -> str:
+        """As the tutorial: any other action, or none, is answered in the result."""
+        return f"Error: invalid action '{request.get('action')}'."
 
 
 class _DuplicateQuery(ValueError):

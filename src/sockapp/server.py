@@ -1,43 +1,72 @@
-"""The search server as a Twisted ``Protocol``/``Factory`` pair.
+"""The server of an ``App`` as a Twisted ``Protocol``/``Factory`` pair.
 
-The protocol only moves bytes: framing comes from ``FramedProtocol``,
-answers from ``SearchIndex``, limits and shutdown from ``ServerFactory``.
-Unlike the tutorial's server, a connection stays open after an answer and
-serves further (also pipelined) requests.
+The protocol moves bytes and keeps order: framing comes from
+``FramedProtocol``, answers from ``App.dispatch``, limits and shutdown from
+``ServerFactory``. Unlike the tutorial's server, a connection stays open
+after an answer and serves further (also pipelined) requests; requests on
+one connection run concurrently, and their answers go out in request order.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from sockapp.app import OTHER, Answer, App, Context, error_answer
 
 from sockapp.errors import ErrorCode, RemoteProtocolError
 from sockapp.framing import DEFAULT_MAX_CONTENT_LENGTH, DEFAULT_MAX_JSON_LENGTH, Message
 from sockapp.lifecycle import ClosesInTime, ServerFactory
 from sockapp.protocol import (
     FramedProtocol,
+    ReadingProducer,
     abort_if_peer_not_reading,
     describe_address,
     read_only_as_fast_as_peer_reads,
 )
-from sockapp.search import SearchIndex
+from sockapp.search import SearchApp, SearchIndex
 from sockapp.text import peer_text
 
 if TYPE_CHECKING:
     from sockapp.metrics import ServerMetrics
 
 
-class SearchProtocol(ClosesInTime, FramedProtocol):
-    """Answers each request frame with the tutorial's response frame."""
+DEFAULT_MAX_PENDING: Final = 64
+DEFAULT_ACTION_TIMEOUT: Final = 30.0
 
-    factory: SearchFactory
+
+class _Pending:
+    """One request whose answer is not written yet: it waits for its handler, or for
+    the answers before it."""
+
+    __slots__ = ("answer", "deferred", "timer", "timed_out")
+
+    def __init__(self) -> None:
+        self.answer: Answer | None = None
+        self.deferred: Deferred[Answer] | None = None
+        self.timer: IDelayedCall | None = None
+        self.timed_out = False
+
+
+class AppProtocol(ClosesInTime, FramedProtocol):
+    """Answers each request frame with its app's answer, in request order."""
+
+    factory: AppFactory
     log = Logger()
     draining = False
     metrics: ServerMetrics | None = None
     answered_in_read = 0
+    content_faults_in_band = True  # a sound frame with unreadable content is answered, not fatal
+    reading: ReadingProducer
+    lost = False
+    _pending: deque[_Pending] | None = None  # created when the first answer has to wait
+    _close_when_answered = False
 
     @property
     def peer(self) -> str:
@@ -54,9 +83,12 @@ class SearchProtocol(ClosesInTime, FramedProtocol):
             self.count_sent = self.metrics.sent
         super().connectionMade()
         self.deadlines = factory.deadlines_for(self)
-        # While the server itself does not read (the peer is slow to read its answers), a frame
-        # in the kernel's queue is not late: its deadline stands still.
-        read_only_as_fast_as_peer_reads(self.transport, self.deadlines.pause_frame, self.deadlines.resume_frame)
+        # While the server itself does not read (the peer is slow to read its answers, or too
+        # many of its requests are unanswered), a frame in the kernel's queue is not late: its
+        # deadline stands still.
+        self.reading = read_only_as_fast_as_peer_reads(
+            self.transport, self.deadlines.pause_frame, self.deadlines.resume_frame
+        )
         factory.opened(self)
         if factory.verbose:
             self.log.info("connection from {peer}", peer=self.peer)
@@ -77,6 +109,16 @@ class SearchProtocol(ClosesInTime, FramedProtocol):
             if self.draining and not in_frame:
                 self.closeAfterFlush()
 
+    def context(self, message: Message) -> Context:
+        """What a handler that asks for it knows of its request."""
+        return Context(
+            peer=self.transport.getPeer(),
+            header=message.header,
+            request=message.document,
+            reactor=self.factory.reactor,
+            client_certificate=None,
+        )
+
     def messageReceived(self, message: Message) -> None:
         if self.factory.verbose:
             self.log.info(
@@ -85,15 +127,104 @@ class SearchProtocol(ClosesInTime, FramedProtocol):
                 content_type=peer_text(message.header.content_type, 64),
                 length=message.header.content_length,
             )
-        try:
-            response, action, outcome = self.factory.index.handle(message)
-        except RemoteProtocolError as error:
-            self.protocolError(error)
-            return
-        self.writeFrame(response)
-        if self.metrics is not None:
-            self.metrics.answered(action, outcome)
+        answer = self.factory.app.dispatch(message, self.context)
+        pending = self._pending
+        if type(answer) is Answer:
+            if not pending:  # the usual case: nothing waits before it
+                self._write_answer(answer)
+                return
+            slot = _Pending()
+            slot.answer = answer
+            pending.append(slot)
+        else:
+            if pending is None:
+                pending = self._pending = deque()
+            slot = _Pending()
+            pending.append(slot)
+            slot.deferred = answer  # type: ignore[assignment]
+            timeout = self.factory.action_timeout
+            if timeout:
+                slot.timer = self.factory.reactor.callLater(timeout, self._timed_out, slot)
+            answer.addCallbacks(self._ready, self._failed, callbackArgs=(slot,), errbackArgs=(slot,))  # type: ignore[union-attr]
+        if len(pending) >= self.factory.max_pending and not self.holding:
+            # Backpressure: no more requests from this peer until one is answered.
+            self.holding = True
+            self.reading.hold()
+
+    def _write_answer(self, answer: Answer) -> None:
+        FramedProtocol.writeFrame(self, answer.frame)
+        if self.metrics is not None and answer.action:  # not an error frame queued behind answers
+            self.metrics.answered(answer.action, answer.outcome)
             self.answered_in_read += 1
+        if answer.reason and self.factory.verbose:
+            # A fault in a sound frame is answered and the connection serves on: one line per
+            # request would let a peer fill the log, so only --verbose shows them.
+            self.log.info(
+                "{peer}: {action}: {code}: {reason}",
+                peer=self.peer,
+                action=peer_text(answer.action, 64),
+                code=answer.outcome,
+                reason=answer.reason,
+            )
+
+    def _ready(self, answer: Answer, slot: _Pending) -> None:
+        if slot.timer is not None and slot.timer.active():
+            slot.timer.cancel()
+        slot.timer = None
+        slot.deferred = None
+        slot.answer = answer
+        self._send_ready()
+
+    def _failed(self, failure: Failure, slot: _Pending) -> None:
+        # App.dispatch turns every failure into an answer but a cancellation: ours.
+        if slot.timer is not None and slot.timer.active():
+            slot.timer.cancel()
+        slot.timer = None
+        slot.deferred = None
+        if self.lost:
+            return None  # cancelled because the connection is gone: nothing to answer, nothing to log
+        if slot.timed_out:
+            timeout = self.factory.action_timeout
+            slot.answer = error_answer(OTHER, "timeout", f"no answer within {timeout:g} s (--action-timeout)")
+        else:
+            # A handler's own CancelledError: the app did not answer, which is an internal error.
+            slot.answer = error_answer(OTHER, "internal-error", "the action was cancelled")
+            if not failure.check(CancelledError):
+                self.log.failure("unexpected failure of an answer", failure)
+        self._send_ready()
+        return None
+
+    def _timed_out(self, slot: _Pending) -> None:
+        slot.timer = None
+        slot.timed_out = True
+        if slot.deferred is not None:
+            slot.deferred.cancel()
+
+    def _send_ready(self) -> None:
+        """Write the answers at the head of the queue that are ready, in order."""
+        pending = self._pending
+        if self.lost or not pending or pending[0].answer is None:
+            return
+        self._batch = []
+        try:
+            while pending and pending[0].answer is not None:
+                self._write_answer(pending.popleft().answer)  # type: ignore[arg-type]
+        finally:
+            self._flush()
+        if self.holding and len(pending) < self.factory.max_pending and not self.closing:
+            self.reading.release()
+            self.resumeMessages()
+        if not pending and self._close_when_answered:
+            self._close_when_answered = False
+            self.closeAfterFlush()
+
+    def writeFrame(self, frame: bytes) -> None:
+        if self._pending:  # an error frame, say, goes after the answers still to come
+            slot = _Pending()
+            slot.answer = Answer(frame, "", "")
+            self._pending.append(slot)
+            return
+        super().writeFrame(frame)
 
     def protocolError(self, error: RemoteProtocolError) -> None:
         if self.closing:  # one error frame at most; a closing connection is not judged again
@@ -113,6 +244,11 @@ class SearchProtocol(ClosesInTime, FramedProtocol):
         self.closeWithin(self.factory.close_grace)
 
     def closeAfterFlush(self) -> None:
+        if self._pending:
+            # Answers are still to come: stop taking requests, close once they are written.
+            self.closing = True
+            self._close_when_answered = True
+            return
         super().closeAfterFlush()
         self.closeWithin(None)  # closing: the idle and frame deadlines no longer apply
 
@@ -133,31 +269,58 @@ class SearchProtocol(ClosesInTime, FramedProtocol):
         abort_if_peer_not_reading(self.transport)
 
     def drain(self) -> None:
-        """Graceful shutdown: close now if between requests, else once the current one is answered."""
+        """Graceful shutdown: close between requests, once every request received is answered."""
         self.draining = True
         if not self.closing and not self._decoder.in_frame:
             self.closeAfterFlush()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.lost = True
         self.deadlines.cancel()
+        pending, self._pending = self._pending, None
+        while pending:
+            slot = pending.popleft()
+            if slot.timer is not None and slot.timer.active():
+                slot.timer.cancel()
+            if slot.deferred is not None:
+                slot.deferred.cancel()  # the handler sees CancelledError; _failed ignores it
         self.factory.closed(self)
         if self.factory.verbose:
             self.log.info("connection from {peer} closed", peer=self.peer)
 
 
-class SearchFactory(ServerFactory):
-    """Builds ``SearchProtocol`` connections sharing one ``SearchIndex``."""
+class AppFactory(ServerFactory):
+    """Builds ``AppProtocol`` connections serving one ``App``."""
 
-    protocol = SearchProtocol
+    protocol = AppProtocol
 
     def __init__(
         self,
-        index: SearchIndex | None = None,
+        app: App,
         max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH,
         max_json_length: int = DEFAULT_MAX_JSON_LENGTH,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        action_timeout: float | None = DEFAULT_ACTION_TIMEOUT,
         **limits: Any,
     ) -> None:
         super().__init__(**limits)
-        self.index = index if index is not None else SearchIndex()
+        if type(max_pending) is not int or max_pending < 1:
+            raise ValueError(f"max_pending must be an int of at least 1, not {max_pending!r}")
+        self.app = app
         self.max_content_length = max_content_length
         self.max_json_length = max_json_length
+        self.max_pending = max_pending
+        self.action_timeout = action_timeout or None
+        if self.metrics is not None:
+            self.metrics.serving(app)
+
+
+class SearchFactory(AppFactory):
+    """The tutorial's search server: an ``AppFactory`` of ``SearchApp`` over ``index``."""
+
+    def __init__(self, index: SearchIndex | None = None, **options: Any) -> None:
+        self.index = index if index is not None else SearchIndex()
+        super().__init__(SearchApp(self.index), **options)
+
+
+SearchProtocol = AppProtocol  # the name before applications other than the search existed

@@ -16,7 +16,8 @@ from twisted.python import usage
 from sockapp.echo import EchoFactory
 from sockapp.framing import encode_json
 from sockapp.search import TUTORIAL_ANSWERS
-from sockapp.server import SearchFactory
+from sockapp.search import SearchApp
+from sockapp.server import AppFactory
 from sockapp.tap import echo, options_from_environment, search
 
 
@@ -87,7 +88,7 @@ def test_sockapp_service_listens_with_its_options():
     service.startService()
     ((port, factory, _backlog, interface),) = reactor.tcpServers
     assert (port, interface) == (6000, "127.0.0.1")
-    assert isinstance(factory, SearchFactory)
+    assert isinstance(factory, AppFactory) and isinstance(factory.app, SearchApp)
     assert factory.max_content_length == 1000 and factory.verbose
 
 
@@ -186,3 +187,70 @@ def test_twistd_names_a_data_file_not_named_in_utf8_with_one_line(tmp_path):
     path = tmp_path / "missing-\udcff.json"  # the byte 0xff: not UTF-8, so not printable as it is
     shown = f"{tmp_path}/missing-\\udcff.json"
     assert twistd_refuses(path, tmp_path).endswith(f"cannot read data file {shown}: No such file or directory")
+
+
+# -- --app MODULE:NAME ---------------------------------------------------------------
+
+APP_MODULE = '''
+from sockapp.app import App
+
+app = App("mine")
+
+@app.action("double")
+def double(value):
+    """Twice VALUE."""
+    return value * 2
+
+def make():
+    return app
+
+not_an_app = 5
+'''
+
+
+@pytest.fixture
+def in_module_dir(tmp_path, monkeypatch):
+    (tmp_path / "mymodule_for_tap.py").write_text(APP_MODULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", str(tmp_path))])
+    yield tmp_path
+    __import__("sys").modules.pop("mymodule_for_tap", None)
+
+
+@pytest.mark.parametrize("name", ["app", "make"])
+def test_app_option_loads_an_app_or_a_callable_returning_one_from_the_working_directory(in_module_dir, name):
+    options = parse(search, "--app", f"mymodule_for_tap:{name}")
+    assert options["application"].name == "mine"
+    assert "double" in options["application"].actions
+
+
+@pytest.mark.parametrize(
+    "spec, says",
+    [
+        ("mymodule_for_tap", "expected MODULE:NAME"),
+        ("no_such_module_here:app", "cannot import no_such_module_here"),
+        ("mymodule_for_tap:missing", "has no missing"),
+        ("mymodule_for_tap:not_an_app", "is not a sockapp.app.App"),
+    ],
+)
+def test_a_bad_app_is_a_one_line_usage_error(in_module_dir, spec, says):
+    with pytest.raises(usage.UsageError) as caught:
+        parse(search, "--app", spec)
+    assert says in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_data_is_for_the_search_app_only(in_module_dir):
+    (in_module_dir / "answers.json").write_text("{}")
+    with pytest.raises(usage.UsageError, match="--data is for the search app"):
+        parse(search, "--app", "mymodule_for_tap:app", "--data", "answers.json")
+
+
+def test_max_pending_and_action_timeout_reach_the_factory():
+    from twisted.internet.task import Clock
+
+    options = parse(search, "--max-pending", "3", "--action-timeout", "0")
+    service = search.makeService(options, reactor=Clock())
+    factory = service.factory
+    assert (factory.max_pending, factory.action_timeout) == (3, None)
+    with pytest.raises(usage.UsageError):
+        parse(search, "--max-pending", "0")

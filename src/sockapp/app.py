@@ -26,6 +26,7 @@ from __future__ import annotations
 import inspect
 import re
 import time
+import types
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeVar
@@ -121,7 +122,8 @@ class Action:
     summary: str
     takes_value: bool
     wants_context: bool
-    value_type: type | None = None
+    value_type: type | None = None  # an attrs class the value is structured into
+    value_optional: bool = False  # the annotation was ``value_type | None``: no value passes None
 
 
 def error_frame(code: str, message: str) -> bytes:
@@ -157,6 +159,11 @@ def _inspect_handler(name: str, handler: Callable[..., Any]) -> Action:
                 annotation = typing.get_type_hints(handler).get(values[0].name)
             except Exception:  # noqa: BLE001 - an annotation that cannot be resolved is not a type to check
                 annotation = None
+        optional = False
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+            members = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(members) == 1 and len(typing.get_args(annotation)) == 2:  # X | None
+                annotation, optional = members[0], True
         if isinstance(annotation, type) and attrs.has(annotation):
             value_type = annotation
     return Action(
@@ -166,6 +173,7 @@ def _inspect_handler(name: str, handler: Callable[..., Any]) -> Action:
         takes_value=bool(values),
         wants_context=wants_context,
         value_type=value_type,
+        value_optional=value_type is not None and optional,
     )
 
 
@@ -287,7 +295,7 @@ class App:
     ) -> Answer | Deferred[Answer]:
         name = action.name
         try:
-            if action.value_type is not None:
+            if action.value_type is not None and not (value is None and action.value_optional):
                 value = _structure(value, action.value_type)
             args = (value,) if action.takes_value else ()
             if action.wants_context:

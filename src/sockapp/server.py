@@ -316,11 +316,12 @@ class AppFactory(ServerFactory):
 
 
 class SearchFactory(AppFactory):
-    """The tutorial's search server: an ``AppFactory`` of ``SearchApp`` over ``index``."""
+    """The tutorial's search server: an ``AppFactory`` of a ``SearchApp`` (over ``index``)."""
 
-    def __init__(self, index: SearchIndex | None = None, **options: Any) -> None:
-        self.index = index if index is not None else SearchIndex()
-        super().__init__(SearchApp(self.index), **options)
+    def __init__(self, index: SearchIndex | SearchApp | None = None, **options: Any) -> None:
+        app = index if isinstance(index, SearchApp) else SearchApp(index)
+        self.index = app.index
+        super().__init__(app, **options)
 
 
 SearchProtocol = AppProtocol  # the name before applications other than the search existed

@@ -164,7 +164,9 @@ class ListenOptions(usage.Options):
                 continue
             value = self.opts[name]
             if option.endswith("="):
-                if value is not None:
+                if isinstance(value, list):  # a repeatable option
+                    args.extend(f"--{name}={item}" for item in value)
+                elif value is not None:
                     args.append(f"--{name}={value}")
             elif value:
                 args.append(f"--{name}")

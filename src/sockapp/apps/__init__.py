@@ -1,0 +1,1 @@
+"""Applications shipped with sockapp, beyond the tutorial's search (``sockapp.search``)."""

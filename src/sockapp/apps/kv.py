@@ -1,0 +1,104 @@
+"""A key-value store on SQLite, through ``twisted.enterprise.adbapi``.
+
+Serve it with ``twistd -n sockapp --app sockapp.apps.kv:app`` (the database
+``kv.sqlite3`` in the working directory) or name the file with
+``--app-option database=PATH``. Every handler is async on a real database:
+adbapi runs the SQL in a thread and hands back a Deferred. A ``set`` is
+answered only after its transaction has committed, so an acknowledged write
+survives a crash or restart.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any, Final
+
+import attrs
+from twisted.enterprise import adbapi
+
+from sockapp.app import ActionError, App
+
+DEFAULT_DATABASE: Final = "kv.sqlite3"
+MAX_KEYS: Final = 1000  # the most ``keys`` answers at once
+MAX_KEY_LENGTH: Final = 1024
+
+
+@attrs.frozen
+class SetValue:
+    key: str
+    value: Any
+
+
+@attrs.frozen
+class KeysValue:
+    prefix: str = ""
+    limit: int = 100
+
+
+def _prepare(connection: sqlite3.Connection) -> None:
+    """Each pool connection: durable writes that readers do not block, and the schema."""
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=FULL")
+    connection.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    connection.commit()
+
+
+def _key(key: object) -> str:
+    if not isinstance(key, str):
+        raise ActionError("bad-request", "a key is a string")
+    if not key or len(key) > MAX_KEY_LENGTH:
+        raise ActionError("bad-request", f"a key is 1 to {MAX_KEY_LENGTH} characters")
+    return key
+
+
+def app(database: str = DEFAULT_DATABASE) -> App:
+    """The kv app on the SQLite file ``database`` (created, with its table, if missing)."""
+    import json
+
+    pool = adbapi.ConnectionPool(
+        "sqlite3", database, check_same_thread=False, cp_min=1, cp_max=1, cp_openfun=_prepare, cp_noisy=False
+    )
+    kv = App("kv")
+    kv.pool = pool  # type: ignore[attr-defined]  # for tests and tools that close it
+
+    @kv.action("get")
+    async def get(value: Any) -> Any:
+        """The value stored under the key VALUE (error not-found if none)."""
+        rows = await pool.runQuery("SELECT value FROM kv WHERE key = ?", (_key(value),))
+        if not rows:
+            raise ActionError("not-found", "no such key")
+        return json.loads(rows[0][0])
+
+    @kv.action("set")
+    async def set_(value: SetValue) -> bool:
+        """Store {"key": K, "value": V}; answered once the write has committed."""
+        text = json.dumps(value.value, ensure_ascii=False)
+        await pool.runOperation(
+            "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (_key(value.key), text),
+        )
+        return True
+
+    @kv.action("delete")
+    async def delete(value: Any) -> bool:
+        """Remove the key VALUE; true if it was there."""
+
+        def remove(transaction: Any) -> bool:
+            transaction.execute("DELETE FROM kv WHERE key = ?", (_key(value),))
+            return bool(transaction.rowcount)
+
+        return bool(await pool.runInteraction(remove))
+
+    @kv.action("keys")
+    async def keys(value: KeysValue | None) -> list[str]:
+        """Keys in order: {"prefix": P, "limit": N} (both optional; at most 1000)."""
+        options = value or KeysValue()
+        if not 0 <= options.limit <= MAX_KEYS:
+            raise ActionError("bad-request", f"limit is 0 to {MAX_KEYS}")
+        # Keys with a prefix are contiguous in key order, from the prefix itself on.
+        rows = await pool.runQuery(
+            "SELECT key FROM kv WHERE key >= ? ORDER BY key LIMIT ?", (options.prefix, options.limit)
+        )
+        return [key for (key,) in rows if key.startswith(options.prefix)]
+
+    return kv

@@ -52,6 +52,9 @@ def test_send_schedule_spaces_sends_evenly_and_skips_none():
         {"requests": 10, "connections": 0},
         {"requests": 10, "protocol": "smtp"},
         {"requests": 10, "size": -1},
+        {"requests": 10, "action": "add", "size": 10},
+        {"requests": 10, "action": "add", "protocol": "echo", "size": 10},
+        {"requests": 10, "action": 5},
     ],
 )
 def test_config_is_validated(kwargs):
@@ -95,6 +98,43 @@ async def test_expected_answer_can_be_given(listen):
     index = SearchIndex({"neo": "The One."})
     summary = await run(listen, SearchFactory(index=index), requests=20, query="neo", expect="The One.")
     assert (summary.requests, summary.errors) == (20, {})
+
+
+def recording_app():
+    from sockapp.app import ActionError, App
+
+    app = App("recording")
+    app.seen = []
+
+    @app.action("put")
+    def put(value):
+        app.seen.append(value)
+        if value.get("fail"):
+            raise ActionError("refused", "as asked")
+        return True
+
+    return app
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_action_with_a_placeholder_gets_a_value_of_its_own_for_every_request(listen):
+    from sockapp.server import AppFactory
+
+    app = recording_app()
+    value = {"key": "k{n}", "tags": ["{n}", "fixed"]}
+    summary = await run(listen, AppFactory(app), connections=5, requests=200, pipeline=2, action="put", value=value)
+    assert (summary.requests, summary.errors) == (200, {})
+    keys = [seen["key"] for seen in app.seen]
+    assert len(keys) == len(set(keys)) == 200
+    assert all(seen["tags"] == [seen["key"][1:], "fixed"] for seen in app.seen)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_action_answered_with_an_error_counts_its_code(listen):
+    from sockapp.server import AppFactory
+
+    summary = await run(listen, AppFactory(recording_app()), requests=7, action="put", value={"fail": True})
+    assert summary.requests == 0 and summary.errors == {"server-error:refused": 7}
 
 
 @pytest_twisted.ensureDeferred

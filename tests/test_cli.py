@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 
 import pytest
@@ -323,3 +324,26 @@ async def test_control_characters_in_answers_are_escaped(listen):
 async def test_multi_line_answers_keep_their_lines(listen):
     endpoint = await listen(SearchFactory(index=SearchIndex({"poem": "one\n\ttwo"})))
     assert await sockapp("request", "--connect", endpoint, "search", "poem") == ("one\n\ttwo\n", "", 0)
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [("5", 5), ('{"a": 1}', {"a": 1}), ('"quoted"', "quoted"), ("word", "word"), ("two words", "two words"), ("null", None)],
+)
+def test_a_call_value_is_json_or_else_a_word(text, value):
+    from sockapp.cli import json_or_word
+
+    assert json_or_word(text) == value
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--action", "add", "--size", "10"], "--action sends text/json requests"),
+        (["--action", "add", "--protocol", "echo"], "--action sends text/json requests"),
+        (["--value", "5"], "--value is the value of an --action"),
+    ],
+)
+def test_bench_action_options_that_do_not_go_together_are_a_usage_error(args, says):
+    result = subprocess.run([tool("sockapp"), "bench", *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and says in result.stderr and "Traceback" not in result.stderr

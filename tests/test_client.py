@@ -702,3 +702,82 @@ def test_a_servers_words_for_its_limit_are_unchanged():
     assert caught.value.message == (
         "text/json content-length 101 is over this server's limit of 100 bytes for JSON (--max-json-length)"
     )
+
+
+# -- call: any action of any app -------------------------------------------------
+
+
+def answer_with(app, protocol, transport):
+    """Answer what was written with a real server of ``app``."""
+    from sockapp.server import AppFactory
+
+    server = AppFactory(app, reactor=Clock()).buildProtocol(None)
+    server_transport = StringTransport()
+    server.makeConnection(server_transport)
+    server.dataReceived(transport.value())
+    transport.clear()
+    for header, content in split_frames(server_transport.value()):
+        protocol.dataReceived(encode_frame(content, header["content-type"], header["content-encoding"]))
+
+
+def small_app():
+    from sockapp.app import ActionError, App
+
+    app = App("small")
+
+    @app.action("add")
+    def add(value):
+        """Add two numbers."""
+        return value["a"] + value["b"]
+
+    @app.action("fail")
+    def fail(value):
+        raise ActionError("nope", "not this one")
+
+    @app.action("raw")
+    def raw(value):
+        return b"\x00raw"
+
+    return app
+
+
+def test_call_sends_the_action_and_value_and_fires_with_the_result():
+    endpoint = StringEndpoint()
+    client = Client(Clock(), endpoint)
+    added = collect(client.call("add", {"a": 2, "b": 3}))
+    (protocol, transport), = endpoint.connections
+    frames = split_frames(transport.value())
+    assert [(h["content-type"], json.loads(c)) for h, c in frames] == [
+        ("text/json", {"action": "add", "value": {"a": 2, "b": 3}})
+    ]
+    answer_with(small_app(), protocol, transport)
+    assert added == [5]
+
+
+def test_an_in_band_error_fails_the_call_and_the_connection_serves_on():
+    endpoint = StringEndpoint()
+    client = Client(Clock(), endpoint)
+    failed = collect(client.call("fail"))
+    added = collect(client.call("add", {"a": 1, "b": 1}))
+    raw = collect(client.call("raw"))
+    described = collect(client.describe())
+    answer_with(small_app(), *endpoint.connections[0])
+    assert isinstance(failed[0], Failure) and failed[0].check(ServerError)
+    assert (failed[0].value.code, failed[0].value.message) == ("nope", "not this one")
+    assert added == [2] and raw == [b"\x00raw"]
+    assert described[0]["name"] == "small" and described[0]["actions"]["add"] == "Add two numbers."
+    assert len(endpoint.connections) == 1 and not endpoint.connections[0][1].disconnecting
+
+
+def test_a_call_is_sent_again_after_a_dropped_connection_only_if_idempotent():
+    endpoint = StringEndpoint()
+    client = Client(Clock(), endpoint, retries=2)
+    once = collect(client.call("add", {"a": 1, "b": 2}))
+    again = collect(client.call("add", {"a": 3, "b": 4}, idempotent=True))
+    protocol, transport = endpoint.connections[0]
+    transport.clear()
+    protocol.connectionLost(Failure(ConnectionDone()))  # between answers: both were dropped
+    assert once[0].check(ConnectionClosed)
+    assert len(endpoint.connections) == 2
+    answer_with(small_app(), *endpoint.connections[1])
+    assert again == [7]

@@ -181,6 +181,14 @@ REQUESTS = {
         b"\x00\x01\x02\x03",
     ),
     "json in utf-16": json_request({"action": "search", "value": "ring"}, encoding="utf-16"),
+    # The tutorial's server formats what it was sent with str(): sockapp answers the same.
+    "search value a number": json_request({"action": "search", "value": 5}),
+    "search value a float, a boolean": json_request({"action": "search", "value": 1.5}),
+    "search value true": json_request({"action": "search", "value": True}),
+    "search value missing": json_request({"action": "search"}),
+    "no action": json_request({"value": "morpheus"}),
+    "action a number": json_request({"action": 7, "value": "x"}),
+    "action an array": json_request({"action": [1, "two", None], "value": "x"}),
 }
 
 

@@ -16,12 +16,13 @@ hidden (coordinated omission).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from array import array
 from collections import Counter, deque
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from attrs import field, frozen, validators
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
@@ -65,15 +66,19 @@ class BenchConfig:
     rate: float | None = field(default=None, validator=_positive)
     size: int | None = field(default=None, validator=validators.optional(validators.ge(0)))
     query: str = "morpheus"
-    expect: str | None = None
+    expect: Any = None  # the answer's result; default: the tutorial's answer to ``query``
     request_timeout: float = field(default=30.0, validator=_positive)
     retries: int = field(default=DEFAULT_RETRIES, validator=validators.ge(0))
     # After the load, two requests per connection check that answers still match requests.
     check_answers: bool = True
+    action: str | None = field(default=None, validator=validators.optional(validators.instance_of(str)))
+    value: Any = field(default=None, eq=False)  # the action's value (any JSON)
 
     def __attrs_post_init__(self) -> None:
         if (self.duration is None) == (self.requests is None):
             raise ValueError("give exactly one of duration and requests")
+        if self.action is not None and (self.protocol != "app" or self.size is not None):
+            raise ValueError("an action is a text/json request of the app protocol: not with echo or a size")
         if self.protocol == "echo" and self.size == 0:
             # An empty round trip measures nothing and completes at once, again and again.
             raise ValueError("echo blocks need a size of at least 1 byte")
@@ -89,6 +94,8 @@ class BenchConfig:
             what = f"echo of {self.size if self.size is not None else 64}-byte blocks"
         elif self.size is not None:
             what = f"binary requests of {self.size} bytes"
+        elif self.action is not None:
+            what = f"{self.action!r} requests"
         else:
             what = f"search requests for {self.query!r}"
         bound = f"{self.duration:g} s" if self.duration is not None else f"{self.requests} requests"
@@ -213,10 +220,26 @@ class SendSchedule:
         return due
 
 
+PLACEHOLDER: Final = "{n}"  # in an --action's value: filled with a number no other request of the run has
+
+
+def _fill(value: Any, number: str) -> Any:
+    """``value`` with ``{n}`` in each of its strings (keys included) replaced by ``number``."""
+    if isinstance(value, str):
+        return value.replace(PLACEHOLDER, number)
+    if isinstance(value, list):
+        return [_fill(item, number) for item in value]
+    if isinstance(value, dict):
+        return {_fill(key, number): _fill(item, number) for key, item in value.items()}
+    return value
+
+
 class _AppWorker:
     """Sends app requests on one reconnecting ``Client`` and checks each answer."""
 
     usable = True  # the Client reconnects whenever it needs to
+    template: tuple[str, Any] | None = None
+    sent = 0
 
     def __init__(self, client: Client, config: BenchConfig, number: int) -> None:
         self.client = client
@@ -226,13 +249,26 @@ class _AppWorker:
             content = bytes(i % 251 for i in range(config.size))
             self.frame = encode_frame(content, BINARY_REQUEST_TYPE, BINARY_REQUEST_ENCODING)
             self.check: Callable[[Response], bool] = lambda r: r.content == BINARY_RESPONSE_PREFIX + content[:10]
+        elif config.action is not None:
+            # Any answer but an error (which fails the request: server-error:CODE) is right,
+            # unless an answer to expect was given.
+            self.frame = encode_json({"action": config.action, "value": config.value})
+            if PLACEHOLDER in json.dumps(config.value):
+                self.template = (config.action, config.value)
+            wanted = config.expect
+            self.check = (lambda r: True) if wanted is None else (lambda r: r.result == wanted)
         else:
             self.frame = encode_json({"action": "search", "value": config.query})
             expected = config.expected_answer
             self.check = lambda r: r.result == expected
 
     def send(self) -> Deferred[str | None]:
-        return self.client.sendFrame(self.frame).addCallback(lambda r: None if self.check(r) else "wrong-answer")
+        frame = self.frame
+        if self.template is not None:  # a value of its own for every request: "{n}" filled in
+            self.sent += 1
+            action, value = self.template
+            frame = encode_json({"action": action, "value": _fill(value, f"{self.number}-{self.sent}")})
+        return self.client.sendFrame(frame).addCallback(lambda r: None if self.check(r) else "wrong-answer")
 
     def answers_match(self, timeout: float) -> Deferred[bool | None]:
         """Whether two searches for queries of their own, sent together, each get their own answer.

@@ -160,6 +160,44 @@ async def run_request(reactor: Any, args: argparse.Namespace, interruption: Inte
     return 0
 
 
+def json_or_word(text: str) -> Any:
+    """A command-line value: JSON if it parses (``5``, ``{"a": 1}``, ``"x"``), else the word itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+async def run_call(reactor: Any, args: argparse.Namespace, interruption: Interruption) -> int:
+    client = await connect(reactor, args.connect, retries=args.retries)
+    try:
+        result = await client.call(args.action, args.value, idempotent=args.idempotent)
+    finally:
+        await client.close()
+    if isinstance(result, bytes):
+        show(result.decode("utf-8", "backslashreplace"))
+    else:
+        show_json(result)
+    return 0
+
+
+async def run_describe(reactor: Any, args: argparse.Namespace, interruption: Interruption) -> int:
+    client = await connect(reactor, args.connect, retries=args.retries)
+    try:
+        described = await client.describe()
+    finally:
+        await client.close()
+    if args.json:
+        show_json(described)
+        return 0
+    actions = described.get("actions", {}) if isinstance(described, dict) else {}
+    show(f"{described.get('name', '?') if isinstance(described, dict) else '?'}: {len(actions)} actions")
+    width = max((len(str(name)) for name in actions), default=0)
+    for name, summary in actions.items():
+        show(f"  {str(name):<{width}}  {summary}")
+    return 0
+
+
 async def run_ping(reactor: Any, args: argparse.Namespace, interruption: Interruption) -> int:
     client = await connect(reactor, args.connect, retries=args.retries)
     try:
@@ -219,10 +257,12 @@ async def run_bench(reactor: Any, args: argparse.Namespace, interruption: Interr
         rate=args.rate,
         size=args.size,
         query=args.query,
-        expect=args.expect,
+        expect=json_or_word(args.expect) if args.action is not None and args.expect is not None else args.expect,
         request_timeout=args.request_timeout,
         retries=args.retries,
         check_answers=args.check_answers,
+        action=args.action,
+        value=args.value,
     )
     bench = Bench(reactor, config)
     finished = defer.ensureDeferred(bench.run())
@@ -313,6 +353,22 @@ def build_parser() -> argparse.ArgumentParser:
     retries(request)
     request.set_defaults(run=run_request)
 
+    call = command("call", "call an action of a sockapp app and print its result as JSON (an error: exit 1)")
+    call.add_argument("action", help="the action's name")
+    call.add_argument(
+        "value", nargs="?", type=json_or_word, default=None, help="its value as JSON (a word that is not JSON: a string)"
+    )
+    call.add_argument(
+        "--idempotent", action="store_true", help="may be sent again on a new connection if the first one drops"
+    )
+    retries(call)
+    call.set_defaults(run=run_call)
+
+    describe = command("describe", "list a sockapp app's actions with their descriptions")
+    describe.add_argument("--json", action="store_true", help="print the server's answer as JSON")
+    retries(describe)
+    describe.set_defaults(run=run_describe)
+
     ping = command("ping", 'health check: send {"action": "ping"}; prints pong, exit 0 if the server answers')
     retries(ping)
     ping.set_defaults(run=run_ping)
@@ -352,8 +408,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="app: send binary requests of this size instead of searches; echo: block size (default 64)",
     )
     bench.add_argument("--query", default="morpheus", help="the search query sent (default: morpheus)")
+    bench.add_argument("--action", metavar="NAME", help="call this action instead of searching (any sockapp app)")
     bench.add_argument(
-        "--expect", metavar="ANSWER", help="the answer to expect (default: the tutorial's, or its 'No match')"
+        "--value", type=json_or_word, metavar="JSON", help="the --action's value (a word that is not JSON: a string)"
+    )
+    bench.add_argument(
+        "--expect",
+        metavar="ANSWER",
+        help="the answer to expect (default: the tutorial's, or its 'No match'; with --action, as JSON: "
+        "any answer that is not an error)",
     )
     bench.add_argument(
         "--request-timeout", type=_positive_seconds, default=30.0, metavar="SECONDS", help="per request (default 30)"
@@ -447,4 +510,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "bench" and args.protocol == "echo" and args.size == 0:
         args.usage_error("--size must be at least 1 with --protocol echo")  # an empty echo measures nothing
+    if args.command == "bench" and args.action is not None and (args.protocol == "echo" or args.size is not None):
+        args.usage_error("--action sends text/json requests: not with --protocol echo or --size")
+    if args.command == "bench" and args.value is not None and args.action is None:
+        args.usage_error("--value is the value of an --action")
     task.react(lambda reactor: defer.ensureDeferred(_guarded(reactor, args)))

@@ -37,7 +37,7 @@ from sockapp.errors import (
     ServerError,
     TLSFailure,
 )
-from sockapp.framing import FrameDecoder, Header, Message, encode_frame, encode_json
+from sockapp.framing import JSON_CONTENT_TYPE, FrameDecoder, Header, Message, encode_frame, encode_json
 from sockapp.protocol import CLOSE_GRACE, FramedProtocol
 
 DEFAULT_ENDPOINT: Final = "tcp:host=127.0.0.1:port=5634"
@@ -64,6 +64,10 @@ class Response:
         return self.header.content_type
 
     @property
+    def is_json(self) -> bool:
+        return self.header.content_type == JSON_CONTENT_TYPE
+
+    @property
     def result(self) -> Any:
         if isinstance(self.document, dict):
             return self.document.get("result")
@@ -79,6 +83,14 @@ def request_frame(action: str, value: str) -> bytes:
     if action == "search":
         return encode_json({"action": action, "value": value})
     return encode_frame((action + value).encode("utf-8"), BINARY_REQUEST_TYPE, BINARY_REQUEST_ENCODING)
+
+
+def _result_of(response: Response) -> Any:
+    if response.is_json and isinstance(response.document, dict) and "result" in response.document:
+        return response.document["result"]
+    if response.is_json:
+        raise ServerError("unexpected-response", "a text/json answer without a result")
+    return response.content
 
 
 def _server_error(message: Message) -> ServerError | None:
@@ -468,6 +480,26 @@ class Client:
     def ping(self, timeout: float | None = None) -> Deferred[Response]:
         """A health check: the server answers ``{"result": "pong"}``."""
         return self.sendDocument({"action": "ping"}, timeout=timeout)
+
+    def call(
+        self, action: str, value: Any = None, timeout: float | None = None, idempotent: bool = False
+    ) -> Deferred[Any]:
+        """Call ``action`` of a sockapp app with ``value``: ``{"action", "value"}`` as ``text/json``.
+
+        Fires with the answer's ``result`` (or its content, as bytes, for an
+        answer that is not ``text/json``); fails with ``ServerError(code,
+        message)`` for an in-band error, after which the connection serves on.
+        The call is sent again after a dropped connection only if it is
+        ``idempotent``.
+        """
+        if not isinstance(action, str):
+            raise TypeError(f"an action is a str, not {type(action).__name__}")
+        frame = encode_json({"action": action, "value": value})
+        return self.sendFrame(frame, timeout, idempotent).addCallback(_result_of)
+
+    def describe(self, timeout: float | None = None) -> Deferred[dict[str, Any]]:
+        """The server's name and actions: ``{"name": ..., "actions": {name: summary}}``."""
+        return self.call("describe", timeout=timeout, idempotent=True)
 
     def close(self) -> Deferred[None]:
         """Close every connection; outstanding requests fail with ``ConnectionClosed``.

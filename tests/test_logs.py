@@ -108,18 +108,17 @@ def twistd_lines(server) -> list[dict]:
 def test_twistd_logs_one_json_object_per_line(server_processes, how):
     server = server_processes([tool("twistd"), "-n", "--pidfile=", *how, "--port", "tcp:0:interface=127.0.0.1"])
     port = int(server.wait_for_log(r"starting on (\d+)").group(1))
-    bad = raw_frame({"byteorder": "little", "content-type": "text/json", "content-encoding": "utf-8",
-                     "content-length": 2}, b"[]")  # fmt: skip
+    bad = b"\x00\x00"  # a frame fault: logged, answered with an error frame, closed
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.sendall(json_request({"action": "ping"}) + bad)
         while sock.recv(65536):
             pass
-    server.wait_for_log(r"request-not-object")
+    server.wait_for_log(r"empty-header")
     lines = twistd_lines(server)  # every line parses
     assert any(line["message"].startswith("twistd ") for line in lines)
-    (warning,) = [line for line in lines if line.get("code") == "request-not-object"]
+    (warning,) = [line for line in lines if line.get("code") == "empty-header"]
     assert warning["level"] == "warn" and warning["peer"].startswith("127.0.0.1:")
-    assert warning["namespace"] == "sockapp.server.SearchProtocol"
+    assert warning["namespace"] == "sockapp.server.AppProtocol"
 
 
 def test_tac_file_logs_json_too(server_processes):

@@ -153,7 +153,7 @@ def test_metrics_endpoint_counts_a_running_server(server_processes):
     )
     port = int(server.wait_for_log(r"SearchFactory starting on (\d+)").group(1))
     metrics_port = int(server.wait_for_log(r"MetricsSite starting on (\d+)").group(1))
-    hits = ("sockapp_requests_total", (("action", "search"), ("outcome", "hit")))
+    hits = ("sockapp_requests_total", (("action", "search"), ("outcome", "ok")))
     before = scrape(metrics_port)
     assert before[hits] == 0 and before[("sockapp_connections_total", ())] == 0
     for _ in range(3):

@@ -29,7 +29,7 @@ import time
 import types
 import typing
 from collections.abc import Callable, Mapping
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 import attrs
 from attrs import field, frozen, validators
@@ -38,7 +38,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sockapp.errors import ErrorCode
-from sockapp.framing import Header, Message, encode_frame, encode_json, encode_result
+from sockapp.framing import JSON_CONTENT_TYPE, Header, Message, encode_frame, encode_json, encode_result
 from sockapp.text import peer_text
 
 __all__ = ["App", "ActionError", "Context", "Reply", "Answer", "BUILT_IN_ACTIONS", "error_answer"]
@@ -102,15 +102,18 @@ class Context:
     client_certificate: Any = None  # the client's TLS certificate, when it presented one
 
 
-@frozen
-class Answer:
+class Answer(NamedTuple):
     """What ``App.dispatch`` gives: the answer's frame, and the action and outcome
-    (``ok`` or an error code) that label it in metrics."""
+    (``ok`` or an error code) that label it in metrics. (A tuple: one is made per
+    request, and a tuple costs a fifth of a frozen attrs instance.)"""
 
     frame: bytes
     action: str
     outcome: str
     reason: str = ""  # an error answer's message, for the log
+
+
+_new_answer = tuple.__new__  # _new_answer(Answer, (frame, action, outcome, reason)): no __new__ in Python
 
 
 @frozen
@@ -201,8 +204,11 @@ class App:
 
     # -- declaring -----------------------------------------------------------------
 
-    def action(self, name: str) -> Callable[[Handler], Handler]:
-        """Register the decorated function as the handler of ``name``."""
+    def action(self, name: str, description: str | None = None) -> Callable[[Handler], Handler]:
+        """Register the decorated function as the handler of ``name``.
+
+        ``describe`` lists it with ``description``, by default the first line
+        of the handler's docstring."""
         if not isinstance(name, str) or not name:
             raise ValueError(f"an action's name is a non-empty str, not {name!r}")
         if name in BUILT_IN_ACTIONS:
@@ -211,7 +217,10 @@ class App:
             raise ValueError(f"action {name!r} is already registered in app {self.name!r}")
 
         def register(handler: Handler) -> Handler:
-            self._actions[name] = _inspect_handler(name, handler)
+            action = _inspect_handler(name, handler)
+            if description is not None:
+                action = attrs.evolve(action, summary=description)
+            self._actions[name] = action
             return handler
 
         return register
@@ -262,6 +271,14 @@ class App:
         A ``Deferred`` answer fails only with ``CancelledError`` (when the
         connection cancels it); every other failure becomes an error answer.
         """
+        if message.error is None and message.header.content_type == JSON_CONTENT_TYPE:
+            request = message.document
+            if type(request) is dict:
+                name = request.get("action")
+                action = self._actions.get(name) if type(name) is str else None
+                if action is None:
+                    return self._unknown(request)
+                return self._run(action, request.get("value"), message, context)
         if message.error is not None:
             return error_answer(OTHER, message.error.code.value, message.error.message)
         if not message.is_json:
@@ -272,14 +289,7 @@ class App:
                     f"this service answers text/json requests only, not '{peer_text(message.header.content_type, 64)}'",
                 )
             return self._run(self._binary, message.content, message, context)
-        request = message.document
-        if type(request) is not dict:
-            return error_answer(OTHER, ErrorCode.REQUEST_NOT_OBJECT.value, "a text/json request must be a JSON object")
-        name = request.get("action")
-        action = self._actions.get(name) if type(name) is str else None
-        if action is None:
-            return self._unknown(request)
-        return self._run(action, request.get("value"), message, context)
+        return error_answer(OTHER, ErrorCode.REQUEST_NOT_OBJECT.value, "a text/json request must be a JSON object")
 
     def _unknown(self, request: dict[str, Any]) -> Answer:
         try:
@@ -294,21 +304,31 @@ class App:
         self, action: Action, value: Any, message: Message, context: Callable[[Message], Context]
     ) -> Answer | Deferred[Answer]:
         name = action.name
+        handler = action.handler
         try:
             if action.value_type is not None and not (value is None and action.value_optional):
                 value = _structure(value, action.value_type)
-            args = (value,) if action.takes_value else ()
             if action.wants_context:
-                result = action.handler(*args, context=context(message))
+                if action.takes_value:
+                    result = handler(value, context=context(message))
+                else:
+                    result = handler(context=context(message))
+            elif action.takes_value:
+                result = handler(value)
             else:
-                result = action.handler(*args)
+                result = handler()
         except ActionError as e:
             return error_answer(name, e.code, e.message)
         except Exception:  # noqa: BLE001 - a bug in the handler: the peer gets internal-error
             return self._internal_error(Failure(), name)
+        kind = type(result)
+        if kind is Reply:  # the cheapest answer: its frame is made
+            return _new_answer(Answer, (result.frame, name, OK, ""))
+        if kind is str:
+            return _new_answer(Answer, (encode_result(result), name, OK, ""))
         if isinstance(result, Deferred):
             return result.addCallbacks(self._finish, self._failed, callbackArgs=(name,), errbackArgs=(name,))
-        if inspect.iscoroutine(result):
+        if kind is types.CoroutineType:
             deferred: Deferred[Any] = Deferred.fromCoroutine(result)
             return deferred.addCallbacks(self._finish, self._failed, callbackArgs=(name,), errbackArgs=(name,))
         return self._finish(result, name)

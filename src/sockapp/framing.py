@@ -526,7 +526,13 @@ class FrameDecoder:
             # The frame itself is sound, so the stream goes on; a fresh exception, not the
             # raised one, whose traceback would hold this decoder.
             return Message(header=header, content=content, error=RemoteProtocolError(e.code, e.message))
-        return Message(header=header, content=content, document=document)
+        # The decoder's own fields are known good: skip the validators, as _parse_header does.
+        message = _new_header(Message)
+        _set_field(message, "header", header)
+        _set_field(message, "content", content)
+        _set_field(message, "document", document)
+        _set_field(message, "error", None)
+        return message
 
     def _take(self, length: int) -> bytes | None:
         """Remove and return ``length`` bytes, or None (switching to chunk collection) if not there yet."""

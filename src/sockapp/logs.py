@@ -1,7 +1,7 @@
 """``--log-format json``: one JSON object per log event, on one line, for log shippers.
 
 Each line has ``time`` (ISO 8601, UTC), ``level``, ``namespace`` (the
-logger, e.g. ``sockapp.server.SearchProtocol``), ``message`` (the event as
+logger, e.g. ``sockapp.server.AppProtocol``), ``message`` (the event as
 text), the event's own fields (``peer``, ``code``, ...) and, for an error
 with a traceback, ``traceback``. Twisted's ``jsonFileLogObserver`` writes
 every internal key (``log_format``, ``log_level`` as a class, ``log_source``

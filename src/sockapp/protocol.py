@@ -214,19 +214,10 @@ class FramedProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
             return
-        self._decoder.receive_data(data)
-        self.completed_in_read = 0
-        self._deliver()
-
-    def resumeMessages(self) -> None:
-        """Stop ``holding``: hand out the complete frames that waited meanwhile."""
-        self.holding = False
-        if not self.closing:
-            self._deliver()
-
-    def _deliver(self) -> None:
         decoder = self._decoder
+        decoder.receive_data(data)
         self._batch = []
+        self.completed_in_read = 0
         try:
             while not self.closing and not self.holding:
                 try:
@@ -243,6 +234,11 @@ class FramedProtocol(Protocol):
                 self.messageReceived(message)  # type: ignore[arg-type]
         finally:
             self._flush()
+
+    def resumeMessages(self) -> None:
+        """Stop ``holding``: hand out the complete frames that waited meanwhile."""
+        self.holding = False
+        FramedProtocol.dataReceived(self, b"")  # no new bytes: what the decoder holds
 
     def writeFrame(self, frame: bytes) -> None:
         """Write an encoded frame.

@@ -60,7 +60,7 @@ class SearchIndex:
             for query, answer in self.answers.items()
             if answer
         }
-        object.__setattr__(self, "_replies", types.MappingProxyType(replies))
+        object.__setattr__(self, "_replies", replies)  # a dict: the fastest lookup, and private
 
     def answer(self, query: Any) -> str:
         """The tutorial's answer text for ``query`` (an empty answer counts as no match)."""
@@ -95,12 +95,11 @@ class SearchApp(App):
     def __init__(self, index: SearchIndex | None = None) -> None:
         super().__init__("search")
         self.index = index if index is not None else SearchIndex()
-        self.action("search")(self._search)
+        # The index's own method, not a wrapper: one call less for every search.
+        self.action("search", description="Look VALUE up: its answer, or \"No match for 'VALUE'.\".")(
+            self.index.search
+        )
         self.binary(self._binary_request)
-
-    def _search(self, value: Any) -> Reply | str:
-        """Look VALUE up: its answer, or "No match for 'VALUE'."."""
-        return self.index.search(value)
 
     @staticmethod
     def _binary_request(content: bytes) -> Reply:

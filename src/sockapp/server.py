@@ -89,6 +89,7 @@ class AppProtocol(ClosesInTime, FramedProtocol):
         self.reading = read_only_as_fast_as_peer_reads(
             self.transport, self.deadlines.pause_frame, self.deadlines.resume_frame
         )
+        self._dispatch = factory.app.dispatch
         factory.opened(self)
         if factory.verbose:
             self.log.info("connection from {peer}", peer=self.peer)
@@ -127,11 +128,20 @@ class AppProtocol(ClosesInTime, FramedProtocol):
                 content_type=peer_text(message.header.content_type, 64),
                 length=message.header.content_length,
             )
-        answer = self.factory.app.dispatch(message, self.context)
+        answer = self._dispatch(message, self.context)
         pending = self._pending
         if type(answer) is Answer:
-            if not pending:  # the usual case: nothing waits before it
-                self._write_answer(answer)
+            if not pending:  # the usual case: nothing waits before it; written as _write_answer does
+                batch = self._batch
+                if batch is not None:
+                    batch.append(answer[0])
+                else:
+                    FramedProtocol.writeFrame(self, answer[0])
+                if self.metrics is not None:
+                    self.metrics.answered(answer[1], answer[2])
+                    self.answered_in_read += 1
+                if answer[3] and self.factory.verbose:
+                    self._log_fault(answer)
                 return
             slot = _Pending()
             slot.answer = answer
@@ -157,15 +167,18 @@ class AppProtocol(ClosesInTime, FramedProtocol):
             self.metrics.answered(answer.action, answer.outcome)
             self.answered_in_read += 1
         if answer.reason and self.factory.verbose:
-            # A fault in a sound frame is answered and the connection serves on: one line per
-            # request would let a peer fill the log, so only --verbose shows them.
-            self.log.info(
-                "{peer}: {action}: {code}: {reason}",
-                peer=self.peer,
-                action=peer_text(answer.action, 64),
-                code=answer.outcome,
-                reason=answer.reason,
-            )
+            self._log_fault(answer)
+
+    def _log_fault(self, answer: Answer) -> None:
+        # A fault in a sound frame is answered and the connection serves on: one line per
+        # request would let a peer fill the log, so only --verbose shows them.
+        self.log.info(
+            "{peer}: {action}: {code}: {reason}",
+            peer=self.peer,
+            action=peer_text(answer.action, 64),
+            code=answer.outcome,
+            reason=answer.reason,
+        )
 
     def _ready(self, answer: Answer, slot: _Pending) -> None:
         if slot.timer is not None and slot.timer.active():

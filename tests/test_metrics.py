@@ -345,3 +345,32 @@ def test_verbose_access_lines_are_escaped_and_cut():
         globalLogPublisher.removeObserver(events.append)
     (line,) = [formatEvent(e) for e in events if e.get("log_namespace") == "sockapp.metrics.access"]
     assert len(line) < 400 and line.isprintable() and " GET /metrics?x%1b" in line
+
+
+def test_an_apps_requests_are_labelled_with_its_action_names_and_error_codes():
+    from sockapp.app import ActionError, App
+    from sockapp.server import AppFactory
+
+    app = App("labels")
+
+    @app.action("add")
+    def add(value):
+        if value is None:
+            raise ActionError("need-numbers", "give two numbers")
+        return value["a"] + value["b"]
+
+    metrics = ServerMetrics(process=False)
+    protocol, _ = open_connection(AppFactory(app, metrics=metrics, reactor=Clock()))
+    assert value(metrics, "sockapp_requests_total", action="add", outcome="ok") == 0  # there from the start
+    feed_bytewise(
+        protocol,
+        json_request({"action": "add", "value": {"a": 1, "b": 2}})
+        + json_request({"action": "add"})
+        + json_request({"action": "add", "value": [1]})  # a TypeError in the handler
+        + json_request({"action": "\u00e9t\u00e9"}),  # no such action: labelled other, never by the peer's word
+    )
+    assert value(metrics, "sockapp_requests_total", action="add", outcome="ok") == 1
+    assert value(metrics, "sockapp_requests_total", action="add", outcome="need-numbers") == 1
+    assert value(metrics, "sockapp_requests_total", action="add", outcome="internal-error") == 1
+    assert value(metrics, "sockapp_requests_total", action="other", outcome="unknown-action") == 1
+    assert {action for action, _ in metrics.requests} <= {"add", "ping", "describe", "other"}

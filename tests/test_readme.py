@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, start_twistd, tool
 
 
@@ -34,11 +36,23 @@ def sockapp(port: int, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_your_own_service_is_served_and_called_as_the_readme_shows(server_processes, tmp_path):
-    """The 'Your own service' example, copied into a file as a new user would, served with --app."""
+SERVE = ("--app", "myservice:app", "--port", "tcp:0:interface=127.0.0.1")
+HOW = {
+    "twistd": lambda start: start_twistd(start, "sockapp", *SERVE),
+    "workers": lambda start: start_twistd(start, "sockapp", *SERVE, "--workers", "2"),
+    "tac": lambda start: start_twistd(
+        start, "-y", str(ROOT / "tac" / "sockapp.tac"), env={"SOCKAPP_ARGS": " ".join(SERVE)}
+    ),
+}
+
+
+@pytest.mark.parametrize("how", list(HOW))
+def test_your_own_service_is_served_and_called_as_the_readme_shows(server_processes, tmp_path, how):
+    """The 'Your own service' example, copied into a file as a new user would, served with --app
+    by twistd, with --workers and from the .tac file."""
     (example,) = [block for block in python_blocks() if block.startswith("# myservice.py")]
     (tmp_path / "myservice.py").write_text(example)  # server processes run in tmp_path
-    port = start_twistd(server_processes, "sockapp", "--app", "myservice:app", "--port", "tcp:0:interface=127.0.0.1")
+    port = HOW[how](server_processes)
     added = sockapp(port, "call", "add", '{"a": 2, "b": 3}')
     assert (added.returncode, added.stdout) == (0, "5\n")
     slept = sockapp(port, "call", "slow", "0.5")

@@ -54,7 +54,6 @@ import os
 import re
 import socket
 import ssl
-import statistics
 import subprocess
 import sys
 import tempfile

@@ -8,7 +8,7 @@ import socket
 import subprocess
 
 import pytest
-from conftest import json_request, raw_frame, tool
+from conftest import json_request, tool
 from twisted.application import service
 from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.python import log as legacy_log

@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import split_frames
 
-from sockapp.errors import ErrorCode, RemoteProtocolError
+from sockapp.errors import ErrorCode
 from sockapp.framing import Header, Message
 from sockapp.search import TUTORIAL_ANSWERS, DataFileError, SearchIndex, load_answers
 

@@ -252,7 +252,7 @@ from twisted.internet.error import ProcessExitedAlready  # noqa: E402
 from twisted.internet.task import Clock  # noqa: E402
 from twisted.python.failure import Failure  # noqa: E402
 
-from sockapp.workers import RESTART_DELAY, WorkerPool, _Worker  # noqa: E402
+from sockapp.workers import RESTART_DELAY, WorkerPool  # noqa: E402
 
 
 class FakeProcess:

@@ -128,6 +128,12 @@ def test_registering_a_built_in_name_is_an_error_at_once(name):
         App("x").action(name)
 
 
+def test_a_handler_that_needs_more_than_the_value_and_context_is_refused_at_once():
+    with pytest.raises(TypeError, match="also requires other"):
+        App("x").action("bad")(lambda value, other: None)
+    App("x").action("fine")(lambda value, other=1, context=None: None)
+
+
 def test_registering_a_name_twice_is_an_error():
     app = calculator()
     with pytest.raises(ValueError, match="already registered"):

@@ -154,6 +154,11 @@ def _inspect_handler(name: str, handler: Callable[..., Any]) -> Action:
     ]
     wants_context = any(p.name == "context" for p in parameters)
     values = [p for p in parameters if p.name != "context"]
+    required = [p.name for p in values[1:] if p.default is inspect.Parameter.empty]
+    if required:  # found now, at import, rather than as an internal-error on every request
+        raise TypeError(
+            f"the handler of {name!r} takes the value and 'context' only; it also requires {', '.join(required)}"
+        )
     value_type = None
     if values:
         annotation = values[0].annotation

@@ -7,7 +7,8 @@ Starts ``twistd -n sockapp`` on 127.0.0.1 (a port the kernel picks), then
 sends waves of concurrent connections mixing:
 
 - good clients: pipelined search and binary requests, every answer checked;
-- malformed frames: each must get its exact error code, then the close;
+- malformed frames and requests: each must get its exact error code (a frame fault,
+  then the close; a request fault in-band, the close following the peer's EOF);
 - slow peers: half a frame, then silence, until ``--frame-timeout`` ends it;
 - greedy peers: many requests, never reading, then an abrupt close;
 - abrupt disconnects: half a request, then a reset.
@@ -160,6 +161,7 @@ class Soak:
         data, code = self.rng.choice(list(MALFORMED.items()))
         peer = await self.raw()
         peer.transport.write(request_frame("search", "ring") + data)
+        peer.transport.loseWriteConnection()  # a fault in a sound frame is answered in-band: then EOF closes
         received = await peer.closed
         # First the answer to the good request, then the error frame.
         if received[:2] and error_code(received[frame_length(received) :]) == code:

@@ -436,3 +436,162 @@ def test_graceful_shutdown_answers_requests_still_waiting_on_async_handlers():
     assert transport.disconnecting
     protocol.connectionLost(None)
     assert done.called
+
+
+# -- found by attacking the served API ---------------------------------------------
+
+
+class Aborting(StringTransport):
+    """A StringTransport that records an abort, and pauses its producer once more than
+    64 KiB wait unsent, as a Twisted socket transport does when the peer does not read."""
+
+    aborted = False
+
+    def abortConnection(self):
+        self.aborted = True
+
+    def write(self, data):
+        super().write(data)
+        if self.producer is not None and len(self.value()) > 64 * 1024 and self.producerState == "producing":
+            self.producer.pauseProducing()
+
+
+def serve_on(app: App, transport: StringTransport, **options):
+    clock = Clock()
+    factory = AppFactory(app, reactor=clock, **options)
+    protocol = factory.buildProtocol(None)
+    protocol.makeConnection(transport)
+    return protocol, clock, factory
+
+
+def test_answers_ready_at_once_from_async_handlers_keep_the_answers_before_them():
+    """An async handler that returns before awaiting anything answers within the read."""
+    app = App("quick")
+
+    @app.action("now")
+    async def now(value):
+        return value
+
+    @app.action("refuse")
+    async def refuse(value):
+        raise ActionError("nope", "at once")
+
+    @app.action("sync")
+    def sync(value):
+        return value
+
+    protocol, transport, _, _ = serve(app)
+    protocol.dataReceived(
+        json_request({"action": "ping"})
+        + json_request({"action": "now", "value": 1})
+        + json_request({"action": "refuse"})
+        + json_request({"action": "sync", "value": 2})
+    )
+    assert results(transport) == [
+        {"result": "pong"},
+        {"result": 1},
+        {"error": {"code": "nope", "message": "at once"}},
+        {"result": 2},
+    ]
+
+
+def test_a_frame_fault_behind_a_slow_answer_waits_for_it_and_the_grace_starts_after():
+    slow = Slow()
+    transport = Aborting()
+    protocol, clock, factory = serve_on(slow.app, transport)
+    protocol.dataReceived(json_request({"action": "wait", "value": 1}) + b"\x00\x00")
+    clock.advance(factory.close_grace * 5)
+    assert not transport.aborted and transport.value() == b""
+    slow.waiting[0].callback(None)
+    first, error = results(transport)
+    assert first == {"result": 1} and error["error"]["code"] == "empty-header"
+    assert transport.disconnecting and not transport.aborted
+    clock.advance(factory.close_grace)
+    assert transport.aborted  # the peer did not read the rest: cut after the grace
+
+
+def test_a_peer_that_does_not_read_gets_no_more_answers_than_its_transport_holds():
+    """Without this, one read of small requests for a large answer made the server build
+    every answer at once: 96 KB sent held 407 MiB."""
+    app = App("big")
+    calls = []
+
+    @app.action("big")
+    def big(value):
+        calls.append(value)
+        return Reply(b"x" * 100_000)
+
+    transport = Aborting()
+    protocol, _, _ = serve_on(app, transport)
+    protocol.dataReceived(b"".join(json_request({"action": "big", "value": n}) for n in range(50)))
+    assert len(calls) <= 2 and len(transport.value()) <= 2 * 100_200
+    assert transport.producerState == "paused"
+    for _ in range(100):
+        before = len(calls)
+        transport.clear()  # the peer reads what was sent...
+        transport.producer.resumeProducing()  # ...and Twisted resumes reading: one more answer fits
+        assert 0 < len(calls) - before <= 2 or len(calls) == 50
+        if len(calls) == 50:
+            break
+    assert calls == list(range(50))
+
+
+def test_shutdown_closes_a_held_connection_once_its_answers_are_written():
+    slow = Slow()
+    protocol, transport, clock, factory = serve(slow.app, max_pending=2)
+    protocol.dataReceived(b"".join(json_request({"action": "wait", "value": n}) for n in range(5)))
+    done = factory.shutdown(10)
+    for _ in range(5):  # answer what was handed out; each answer lets the next request in
+        for deferred in [d for d in slow.waiting if not d.called]:
+            deferred.callback(None)
+    assert results(transport) == [{"result": n} for n in range(5)]
+    assert transport.disconnecting  # closed once all five were answered, not at the timeout
+    protocol.connectionLost(None)
+    assert done.called
+
+
+def test_a_peer_waiting_for_a_slow_answer_is_not_idle():
+    slow = Slow()
+    transport = Aborting()
+    protocol, clock, factory = serve_on(slow.app, transport, idle_timeout=2)
+    protocol.dataReceived(json_request({"action": "wait", "value": 1}))
+    clock.advance(10)
+    assert not transport.disconnecting
+    slow.waiting[0].callback(None)
+    assert results(transport) == [{"result": 1}]
+    clock.advance(2)  # idle from the answer on
+    assert transport.disconnecting
+
+
+def test_metrics_label_a_timed_out_request_with_its_action_and_time_async_answers():
+    from sockapp.metrics import ServerMetrics
+
+    slow = Slow()
+    metrics = ServerMetrics(process=False)
+    protocol, transport, clock, _ = serve(slow.app, metrics=metrics, action_timeout=1)
+    protocol.dataReceived(json_request({"action": "wait", "value": 1}) + json_request({"action": "wait", "value": 2}))
+    slow.waiting[1].callback(None)
+    clock.advance(1)
+    assert metrics.requests[("wait", "timeout")] == 1 and metrics.requests[("wait", "ok")] == 1
+    assert ("other", "timeout") not in metrics.requests
+    assert sum(metrics._latency_buckets) == 2  # both answers timed, though written after their read
+
+
+def test_verbose_logs_escape_and_cut_an_apps_error_message():
+    app = App("quoting")
+
+    @app.action("lookup")
+    def lookup(value):
+        raise ActionError("not-found", f"no entry {value}")
+
+    from twisted.logger import formatEvent
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        protocol, transport, _, _ = serve(app, verbose=True)
+        protocol.dataReceived(json_request({"action": "lookup", "value": "\x1b[31m\nFAKE" + "x" * 100_000}))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    (line,) = [formatEvent(e) for e in events if e.get("code") == "not-found"]
+    assert len(line) < 500 and line.isprintable() and "\\x1b[31m\\x0aFAKE" in line

@@ -45,6 +45,12 @@ async def test_get_set_delete_and_keys(listen, tmp_path):
             with pytest.raises(ServerError) as caught:
                 await within(client.call("set", bad))
             assert caught.value.code == "bad-request"
+        for odd in (("set", {"key": "a\ud800", "value": 1}), ("get", "a\udfff"), ("keys", {"prefix": "\ud800"})):
+            with pytest.raises(ServerError) as caught:
+                await within(client.call(*odd))
+            assert caught.value.code == "bad-request"  # not an internal error with a traceback
+        assert await within(client.call("set", {"key": "s", "value": "half \udfff"})) is True
+        assert await within(client.call("get", "s")) == "half \udfff"
         with pytest.raises(ServerError) as too_many:
             await within(client.call("keys", {"limit": kv.MAX_KEYS + 1}))
         assert too_many.value.code == "bad-request"
@@ -102,3 +108,16 @@ def test_concurrent_sets_from_50_connections_lose_nothing(server_processes, tmp_
         rows = db.execute("SELECT key, value FROM kv").fetchall()
     assert len(rows) == 2000
     assert all(json.loads(value) == "v" + key[1:] for key, value in rows)
+
+
+def test_a_database_in_a_missing_directory_is_a_one_line_usage_error(tmp_path):
+    from twisted.python import usage
+
+    from sockapp.tap import search
+
+    options = search.Options()
+    with pytest.raises(usage.UsageError) as caught:
+        options.parseOptions(
+            ["--app", "sockapp.apps.kv:app", "--app-option", f"database={tmp_path}/missing/kv.sqlite3"]
+        )
+    assert "does not exist" in str(caught.value) and "\n" not in str(caught.value)

@@ -41,7 +41,7 @@ from sockapp.errors import ErrorCode
 from sockapp.framing import JSON_CONTENT_TYPE, Header, Message, encode_frame, encode_json, encode_result
 from sockapp.text import peer_text
 
-__all__ = ["App", "ActionError", "Context", "Reply", "Answer", "BUILT_IN_ACTIONS", "error_answer"]
+__all__ = ["App", "ActionError", "Context", "Reply", "Answer", "Pending", "BUILT_IN_ACTIONS", "error_answer"]
 
 BUILT_IN_ACTIONS: Final = ("ping", "describe")
 BINARY: Final = "binary"  # the metrics label of a request that is not text/json
@@ -111,6 +111,14 @@ class Answer(NamedTuple):
     action: str
     outcome: str
     reason: str = ""  # an error answer's message, for the log
+
+
+class Pending(NamedTuple):
+    """What ``App.dispatch`` gives for a handler still running: the Deferred of its
+    ``Answer``, and the action's name (for a timeout's answer and the metrics)."""
+
+    deferred: Deferred[Answer]
+    action: str
 
 
 _new_answer = tuple.__new__  # _new_answer(Answer, (frame, action, outcome, reason)): no __new__ in Python
@@ -269,12 +277,13 @@ class App:
 
     # -- answering -----------------------------------------------------------------
 
-    def dispatch(self, message: Message, context: Callable[[Message], Context]) -> Answer | Deferred[Answer]:
-        """The answer to one request, now or later; never raises.
+    def dispatch(self, message: Message, context: Callable[[Message], Context]) -> Answer | Pending:
+        """The answer to one request, now (``Answer``) or later (``Pending``); never raises.
 
         ``context(message)`` is called only for a handler that asks for one.
-        A ``Deferred`` answer fails only with ``CancelledError`` (when the
-        connection cancels it); every other failure becomes an error answer.
+        A ``Pending`` answer's Deferred fails only with ``CancelledError``
+        (when the connection cancels it); every other failure becomes an
+        error answer.
         """
         if message.error is None and message.header.content_type == JSON_CONTENT_TYPE:
             request = message.document
@@ -307,7 +316,7 @@ class App:
 
     def _run(
         self, action: Action, value: Any, message: Message, context: Callable[[Message], Context]
-    ) -> Answer | Deferred[Answer]:
+    ) -> Answer | Pending:
         name = action.name
         handler = action.handler
         try:
@@ -332,10 +341,10 @@ class App:
         if kind is str:
             return _new_answer(Answer, (encode_result(result), name, OK, ""))
         if isinstance(result, Deferred):
-            return result.addCallbacks(self._finish, self._failed, callbackArgs=(name,), errbackArgs=(name,))
+            return Pending(result.addCallbacks(self._finish, self._failed, callbackArgs=(name,), errbackArgs=(name,)), name)
         if kind is types.CoroutineType:
             deferred: Deferred[Any] = Deferred.fromCoroutine(result)
-            return deferred.addCallbacks(self._finish, self._failed, callbackArgs=(name,), errbackArgs=(name,))
+            return Pending(deferred.addCallbacks(self._finish, self._failed, callbackArgs=(name,), errbackArgs=(name,)), name)
         return self._finish(result, name)
 
     def _finish(self, result: Any, name: str, outcome: str = OK) -> Answer:

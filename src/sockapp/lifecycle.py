@@ -112,6 +112,11 @@ class Deadlines:
         elif frame_began:
             self.frame_started = now  # later than the timer: it re-arms when it fires
 
+    def restart_idle(self) -> None:
+        """The idle time counts from now (the peer was owed answers until now)."""
+        self.last_activity = self.reactor.seconds()
+        self._arm()
+
     def pause_frame(self) -> None:
         """The server stopped reading (backpressure): the frame deadline stands still until it reads again."""
         if self.paused_at is None:

@@ -66,25 +66,29 @@ class ReadingProducer:
         self.on_pause = on_pause
         self.on_resume = on_resume
         self.paused = False  # by Twisted: the peer is not reading
-        self.held = False  # by the protocol
+        self._held = False  # by the protocol
 
     def pauseProducing(self) -> None:
         self.paused = True
-        self._update(not self.held)
+        self._update(not self._held)
 
     def resumeProducing(self) -> None:
         self.paused = False
-        self._update(not self.held, resume=True)
+        self._update(not self._held, resume=True)
+
+    @property
+    def held(self) -> bool:
+        return self._held
 
     def hold(self) -> None:
         """Stop reading until ``release``, whatever the peer does."""
-        if not self.held:
-            self.held = True
+        if not self._held:
+            self._held = True
             self._update(not self.paused)
 
     def release(self) -> None:
-        if self.held:
-            self.held = False
+        if self._held:
+            self._held = False
             self._update(not self.paused, resume=True)
 
     def _update(self, changed: bool, resume: bool = False) -> None:

@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sockapp.app import OTHER, Answer, App, Context, error_answer
+from sockapp.app import Answer, App, Context, Pending, error_answer
 
 from sockapp.errors import ErrorCode, RemoteProtocolError
 from sockapp.framing import DEFAULT_MAX_CONTENT_LENGTH, DEFAULT_MAX_JSON_LENGTH, Message
@@ -45,13 +45,15 @@ class _Pending:
     """One request whose answer is not written yet: it waits for its handler, or for
     the answers before it."""
 
-    __slots__ = ("answer", "deferred", "timer", "timed_out")
+    __slots__ = ("answer", "deferred", "timer", "timed_out", "action", "started")
 
-    def __init__(self) -> None:
+    def __init__(self, action: str = "", started: float | None = None) -> None:
         self.answer: Answer | None = None
         self.deferred: Deferred[Answer] | None = None
         self.timer: IDelayedCall | None = None
         self.timed_out = False
+        self.action = action
+        self.started = started  # perf_counter() of the read that completed the request (with --metrics)
 
 
 class AppProtocol(ClosesInTime, FramedProtocol):
@@ -67,6 +69,13 @@ class AppProtocol(ClosesInTime, FramedProtocol):
     lost = False
     _pending: deque[_Pending] | None = None  # created when the first answer has to wait
     _close_when_answered = False
+    _grace_after_answers: float | None = None  # a close decided while answers were pending: its bound
+    _read_started: float | None = None
+    # Answers handed to the transport within one read, before the rest of the read's requests
+    # wait for the peer to read them (a peer that does not read must not make the server
+    # answer a whole read of requests into memory).
+    BATCH_LIMIT: Final = 64 * 1024
+    _batched = 0
 
     @property
     def peer(self) -> str:
@@ -86,20 +95,41 @@ class AppProtocol(ClosesInTime, FramedProtocol):
         # While the server itself does not read (the peer is slow to read its answers, or too
         # many of its requests are unanswered), a frame in the kernel's queue is not late: its
         # deadline stands still.
-        self.reading = read_only_as_fast_as_peer_reads(
-            self.transport, self.deadlines.pause_frame, self.deadlines.resume_frame
-        )
+        self.reading = read_only_as_fast_as_peer_reads(self.transport, self._readingPaused, self._readingResumed)
         self._dispatch = factory.app.dispatch
         factory.opened(self)
         if factory.verbose:
             self.log.info("connection from {peer}", peer=self.peer)
 
+    def _readingPaused(self) -> None:
+        self.deadlines.pause_frame()
+
+    def _readingResumed(self) -> None:
+        """The peer reads again (or fewer requests are unanswered): hand out what waited."""
+        self.deadlines.resume_frame()
+        self._resume_if_allowed()
+        self._close_if_done()
+
+    def _resume_if_allowed(self) -> None:
+        if not self.holding or self.closing or self._must_hold():
+            return
+        if self._batch is not None:
+            self.holding = False  # called back within a read: its own loop goes on
+        else:
+            self.resumeMessages()
+
+    def _must_hold(self) -> bool:
+        """Whether to stop handing out requests: too many unanswered, or the peer not reading."""
+        pending = self._pending
+        return (pending is not None and len(pending) >= self.factory.max_pending) or self.reading.paused
+
     def dataReceived(self, data: bytes) -> None:
         metrics = self.metrics
+        self._batched = 0
         if metrics is None:
             super().dataReceived(data)
         else:
-            started = perf_counter()
+            started = self._read_started = perf_counter()
             self.answered_in_read = 0
             super().dataReceived(data)
             metrics.received(len(data))
@@ -132,40 +162,57 @@ class AppProtocol(ClosesInTime, FramedProtocol):
         pending = self._pending
         if type(answer) is Answer:
             if not pending:  # the usual case: nothing waits before it; written as _write_answer does
+                frame = answer[0]
                 batch = self._batch
                 if batch is not None:
-                    batch.append(answer[0])
+                    batch.append(frame)
+                    self._batched += len(frame)
+                    if self._batched > self.BATCH_LIMIT:
+                        self._hand_over_batch()
                 else:
-                    FramedProtocol.writeFrame(self, answer[0])
+                    FramedProtocol.writeFrame(self, frame)
                 if self.metrics is not None:
                     self.metrics.answered(answer[1], answer[2])
                     self.answered_in_read += 1
                 if answer[3] and self.factory.verbose:
                     self._log_fault(answer)
                 return
-            slot = _Pending()
+            slot = _Pending(answer.action, self._read_started)
             slot.answer = answer
             pending.append(slot)
         else:
             if pending is None:
                 pending = self._pending = deque()
-            slot = _Pending()
+            deferred, action = answer
+            slot = _Pending(action, self._read_started)
             pending.append(slot)
-            slot.deferred = answer  # type: ignore[assignment]
+            slot.deferred = deferred
             timeout = self.factory.action_timeout
             if timeout:
                 slot.timer = self.factory.reactor.callLater(timeout, self._timed_out, slot)
-            answer.addCallbacks(self._ready, self._failed, callbackArgs=(slot,), errbackArgs=(slot,))  # type: ignore[union-attr]
+            deferred.addCallbacks(self._ready, self._failed, callbackArgs=(slot,), errbackArgs=(slot,))
         if len(pending) >= self.factory.max_pending and not self.holding:
             # Backpressure: no more requests from this peer until one is answered.
             self.holding = True
             self.reading.hold()
 
-    def _write_answer(self, answer: Answer) -> None:
+    def _hand_over_batch(self) -> None:
+        """Give the answers of this read so far to the transport now; if the peer is not
+        reading them (Twisted pauses our reading), the rest of the read's requests wait."""
+        self._flush()
+        self._batch = []
+        self._batched = 0
+        if self.reading.paused:
+            self.holding = True
+
+    def _write_answer(self, answer: Answer, started: float | None = None) -> None:
         FramedProtocol.writeFrame(self, answer.frame)
         if self.metrics is not None and answer.action:  # not an error frame queued behind answers
             self.metrics.answered(answer.action, answer.outcome)
-            self.answered_in_read += 1
+            if started is not None:  # it waited: its own latency, from the read that completed it
+                self.metrics.latency(perf_counter() - started)
+            else:
+                self.answered_in_read += 1
         if answer.reason and self.factory.verbose:
             self._log_fault(answer)
 
@@ -177,7 +224,7 @@ class AppProtocol(ClosesInTime, FramedProtocol):
             peer=self.peer,
             action=peer_text(answer.action, 64),
             code=answer.outcome,
-            reason=answer.reason,
+            reason=peer_text(answer.reason, 200),  # an app's message may quote the peer
         )
 
     def _ready(self, answer: Answer, slot: _Pending) -> None:
@@ -198,10 +245,10 @@ class AppProtocol(ClosesInTime, FramedProtocol):
             return None  # cancelled because the connection is gone: nothing to answer, nothing to log
         if slot.timed_out:
             timeout = self.factory.action_timeout
-            slot.answer = error_answer(OTHER, "timeout", f"no answer within {timeout:g} s (--action-timeout)")
+            slot.answer = error_answer(slot.action, "timeout", f"no answer within {timeout:g} s (--action-timeout)")
         else:
             # A handler's own CancelledError: the app did not answer, which is an internal error.
-            slot.answer = error_answer(OTHER, "internal-error", "the action was cancelled")
+            slot.answer = error_answer(slot.action, "internal-error", "the action was cancelled")
             if not failure.check(CancelledError):
                 self.log.failure("unexpected failure of an answer", failure)
         self._send_ready()
@@ -218,17 +265,33 @@ class AppProtocol(ClosesInTime, FramedProtocol):
         pending = self._pending
         if self.lost or not pending or pending[0].answer is None:
             return
-        self._batch = []
+        in_read = self._batch is not None  # called back within a read: its batch collects them
+        if not in_read:
+            self._batch = []
         try:
             while pending and pending[0].answer is not None:
-                self._write_answer(pending.popleft().answer)  # type: ignore[arg-type]
+                slot = pending.popleft()
+                self._write_answer(slot.answer, slot.started)  # type: ignore[arg-type]
         finally:
-            self._flush()
-        if self.holding and len(pending) < self.factory.max_pending and not self.closing:
-            self.reading.release()
-            self.resumeMessages()
-        if not pending and self._close_when_answered:
+            if not in_read:
+                self._flush()
+        if not pending:
+            self.deadlines.restart_idle()  # nothing owed any more: idle from the last answer
+        if self.reading.held and len(pending) < self.factory.max_pending:
+            self.reading.release()  # which resumes handing out requests, if the peer reads
+        self._resume_if_allowed()
+        self._close_if_done()
+
+    def _close_if_done(self) -> None:
+        """A close waiting for answers (an error frame, EOF, shutdown) happens once none is owed."""
+        if self._pending or self.lost:
+            return
+        if self._close_when_answered:
             self._close_when_answered = False
+            self.closeAfterFlush()
+            if self._grace_after_answers is not None:
+                self.closeWithin(self._grace_after_answers)
+        elif self.draining and not self.closing and not self._decoder.in_frame:
             self.closeAfterFlush()
 
     def writeFrame(self, frame: bytes) -> None:
@@ -246,9 +309,18 @@ class AppProtocol(ClosesInTime, FramedProtocol):
         if self.metrics is not None:
             self.metrics.error_frame(error.code)
         super().protocolError(error)
-        self.closeWithin(self.factory.close_grace)
+        if self._pending:
+            # The answers before the fault are still to come: the grace starts after them
+            # (and the action timeout bounds them).
+            self._grace_after_answers = self.factory.close_grace
+            self.closeWithin(None)
+        else:
+            self.closeWithin(self.factory.close_grace)
 
     def idleTimedOut(self) -> None:
+        if self._pending:
+            self.deadlines.restart_idle()  # the peer waits for answers it is owed: not idle
+            return
         self.log.info(
             "{peer}: no traffic for {t:g} s (--idle-timeout); closing", peer=self.peer, t=self.factory.idle_timeout
         )
@@ -284,12 +356,18 @@ class AppProtocol(ClosesInTime, FramedProtocol):
     def drain(self) -> None:
         """Graceful shutdown: close between requests, once every request received is answered."""
         self.draining = True
-        if not self.closing and not self._decoder.in_frame:
+        if self.closing:
+            return
+        if self._pending:
+            self._close_if_done()  # later: _send_ready closes once the answers are written
+        elif not self._decoder.in_frame:
             self.closeAfterFlush()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.lost = True
         self.deadlines.cancel()
+        # The transport may keep its producer: it must not keep this protocol (and its buffers).
+        self.reading.on_pause = self.reading.on_resume = None
         pending, self._pending = self._pending, None
         while pending:
             slot = pending.popleft()

@@ -43,17 +43,32 @@ def _prepare(connection: sqlite3.Connection) -> None:
     connection.commit()
 
 
+def _text(text: str, what: str) -> str:
+    """``text`` if SQLite can store it: a lone surrogate (valid in JSON) has no UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ActionError("bad-request", f"{what} holds a lone surrogate, which has no UTF-8") from None
+    return text
+
+
 def _key(key: object) -> str:
     if not isinstance(key, str):
         raise ActionError("bad-request", "a key is a string")
     if not key or len(key) > MAX_KEY_LENGTH:
         raise ActionError("bad-request", f"a key is 1 to {MAX_KEY_LENGTH} characters")
-    return key
+    return _text(key, "the key")
 
 
 def app(database: str = DEFAULT_DATABASE) -> App:
     """The kv app on the SQLite file ``database`` (created, with its table, if missing)."""
     import json
+    import os
+
+    folder = os.path.dirname(os.path.abspath(database))
+    if not os.path.isdir(folder):
+        # Found now, as a one-line usage error, not as an internal-error on every request.
+        raise ValueError(f"the database's directory {folder} does not exist")
 
     pool = adbapi.ConnectionPool(
         "sqlite3", database, check_same_thread=False, cp_min=1, cp_max=1, cp_openfun=_prepare, cp_noisy=False
@@ -72,7 +87,7 @@ def app(database: str = DEFAULT_DATABASE) -> App:
     @kv.action("set")
     async def set_(value: SetValue) -> bool:
         """Store {"key": K, "value": V}; answered once the write has committed."""
-        text = json.dumps(value.value, ensure_ascii=False)
+        text = json.dumps(value.value)  # ASCII: a lone surrogate in a value is stored as its JSON escape
         await pool.runOperation(
             "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (_key(value.key), text),
@@ -97,7 +112,7 @@ def app(database: str = DEFAULT_DATABASE) -> App:
             raise ActionError("bad-request", f"limit is 0 to {MAX_KEYS}")
         # Keys with a prefix are contiguous in key order, from the prefix itself on.
         rows = await pool.runQuery(
-            "SELECT key FROM kv WHERE key >= ? ORDER BY key LIMIT ?", (options.prefix, options.limit)
+            "SELECT key FROM kv WHERE key >= ? ORDER BY key LIMIT ?", (_text(options.prefix, "the prefix"), options.limit)
         )
         return [key for (key,) in rows if key.startswith(options.prefix)]
 

@@ -595,3 +595,69 @@ def test_verbose_logs_escape_and_cut_an_apps_error_message():
         globalLogPublisher.removeObserver(events.append)
     (line,) = [formatEvent(e) for e in events if e.get("code") == "not-found"]
     assert len(line) < 500 and line.isprintable() and "\\x1b[31m\\x0aFAKE" in line
+
+
+# -- found by the second attack: what waits in the decoder -------------------------
+
+
+def test_requests_that_waited_in_the_decoder_are_not_a_frame_in_progress():
+    slow = Slow()
+    protocol, transport, clock, _ = serve(slow.app, max_pending=2, frame_timeout=1)
+    protocol.dataReceived(b"".join(json_request({"action": "wait", "value": n}) for n in range(5)))
+    for _ in range(5):
+        clock.advance(0.5)
+        for deferred in [d for d in slow.waiting if not d.called]:
+            deferred.callback(None)
+    clock.advance(5)
+    assert results(transport) == [{"result": n} for n in range(5)]  # and no frame-timeout after them
+    assert not transport.disconnecting
+
+
+def test_every_answer_to_a_request_that_waited_is_timed():
+    from sockapp.metrics import ServerMetrics
+
+    slow = Slow()
+    metrics = ServerMetrics(process=False)
+    protocol, transport, _, _ = serve(slow.app, metrics=metrics, max_pending=1)
+    protocol.dataReceived(
+        json_request({"action": "wait", "value": 0}) + b"".join(json_request({"action": "echo", "value": n}) for n in range(20))
+    )
+    slow.waiting[0].callback(None)
+    assert len(results(transport)) == 21
+    assert sum(metrics.requests.values()) == sum(metrics._latency_buckets) == 21
+
+
+def test_async_answers_ready_at_once_are_bounded_like_sync_ones_for_a_peer_that_does_not_read():
+    app = App("abig")
+    calls = []
+
+    @app.action("abig")
+    async def abig(value):
+        calls.append(value)
+        return Reply(b"x" * 100_000)
+
+    transport = Aborting()
+    protocol, _, _ = serve_on(app, transport)
+    protocol.dataReceived(b"".join(json_request({"action": "abig", "value": n}) for n in range(50)))
+    assert len(calls) <= 2 and transport.producerState == "paused"
+
+
+def test_a_peer_reading_steadily_what_it_is_owed_is_not_idle():
+    app = App("big")
+
+    @app.action("big")
+    def big(value):
+        return Reply(b"x" * 100_000)
+
+    transport = Aborting()
+    protocol, clock, _ = serve_on(app, transport, idle_timeout=2)
+    protocol.dataReceived(b"".join(json_request({"action": "big", "value": n}) for n in range(20)))
+    received = 0
+    for _ in range(40):
+        clock.advance(1)  # the peer takes a second to read each answer...
+        received += len(transport.value())
+        transport.clear()
+        transport.producer.resumeProducing()  # ...and reads it
+        assert not transport.disconnecting and not transport.aborted
+    received += len(transport.value())
+    assert received >= 20 * 100_000

@@ -107,8 +107,25 @@ class AppProtocol(ClosesInTime, FramedProtocol):
     def _readingResumed(self) -> None:
         """The peer reads again (or fewer requests are unanswered): hand out what waited."""
         self.deadlines.resume_frame()
+        if not self.reading.paused:
+            self.deadlines.restart_idle()  # the peer took what we sent: it is not idle
         self._resume_if_allowed()
         self._close_if_done()
+
+    def resumeMessages(self) -> None:
+        """Hand out the complete requests that waited, timed and counted as a read is."""
+        metrics = self.metrics
+        self._batched = 0
+        if metrics is None:
+            super().resumeMessages()
+        else:
+            started = self._read_started = perf_counter()
+            self.answered_in_read = 0
+            super().resumeMessages()
+            metrics.latency(perf_counter() - started, self.answered_in_read)
+        if not self.closing:
+            # What waited was complete: no frame is in progress unless bytes of one remain.
+            self.deadlines.activity(self._decoder.in_frame, self.completed_in_read > 0)
 
     def _resume_if_allowed(self) -> None:
         if not self.holding or self.closing or self._must_hold():
@@ -207,6 +224,10 @@ class AppProtocol(ClosesInTime, FramedProtocol):
 
     def _write_answer(self, answer: Answer, started: float | None = None) -> None:
         FramedProtocol.writeFrame(self, answer.frame)
+        if self._batch is not None:
+            self._batched += len(answer.frame)
+            if self._batched > self.BATCH_LIMIT:
+                self._hand_over_batch()
         if self.metrics is not None and answer.action:  # not an error frame queued behind answers
             self.metrics.answered(answer.action, answer.outcome)
             if started is not None:  # it waited: its own latency, from the read that completed it

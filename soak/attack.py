@@ -52,6 +52,7 @@ import ipaddress
 import json
 import os
 import re
+import signal
 import socket
 import ssl
 import subprocess
@@ -346,6 +347,7 @@ def attack_encodings(folder: Path) -> dict:
                 data = frame(b"{}", encoding=name)
                 sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
                 sock.sendall(data)
+                sock.shutdown(socket.SHUT_WR)  # answered in-band (the frame is sound): EOF ends it
                 sent += len(data)
                 peers.append(sock)
             for sock in peers:
@@ -621,6 +623,8 @@ def main() -> int:
     parser.add_argument("--only", help="comma-separated attacks: " + ", ".join(ATTACKS))
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
     args = parser.parse_args()
+    # Stopped by a supervisor (timeout(1) sends SIGTERM): unwind, so each attack stops its server.
+    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
     names = args.only.split(",") if args.only else list(ATTACKS)
     unknown = [name for name in names if name not in ATTACKS]
     if unknown:

@@ -82,12 +82,16 @@ class Reply:
     (a ``bytes`` result is ``Reply(content)``). Its frame is built once, so a
     ``Reply`` kept and returned again costs nothing to encode."""
 
-    content: bytes = field(validator=validators.instance_of(bytes))
-    content_type: str = field(default="application/octet-stream", validator=validators.instance_of(str))
-    content_encoding: str = field(default="binary", validator=validators.instance_of(str))
+    content: bytes
+    content_type: str = "application/octet-stream"
+    content_encoding: str = "binary"
     frame: bytes = field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
+        # Checked and framed here in one step, not by attrs validators first: a handler may
+        # build a Reply for every request (the search's binary answers do).
+        if type(self.content) is not bytes:
+            raise TypeError(f"a Reply's content is bytes, not {type(self.content).__name__}")
         object.__setattr__(self, "frame", encode_frame(self.content, self.content_type, self.content_encoding))
 
 

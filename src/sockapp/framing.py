@@ -132,16 +132,16 @@ def encode_frame(
     byteorder: str = sys.byteorder,
 ) -> bytes:
     """Frame ``content`` under a header built from the given fields."""
-    if not isinstance(content, (bytes, bytearray, memoryview)):
+    if type(content) is not bytes and not isinstance(content, (bytes, bytearray, memoryview)):
         raise LocalProtocolError(f"content must be bytes, not {type(content).__name__}")
     try:
         prefix = _header_prefix(content_type, content_encoding, byteorder)
     except TypeError:  # unhashable field: not a str
         raise LocalProtocolError("header fields must be strings") from None
-    header = prefix + str(len(content)).encode("ascii") + b"}"
+    header = prefix + b"%d}" % len(content)
     if len(header) > MAX_HEADER_LENGTH:
         raise LocalProtocolError(f"header is {len(header)} bytes; the 2-byte prefix allows at most {MAX_HEADER_LENGTH}")
-    return len(header).to_bytes(PREFIX_LENGTH, "big") + header + bytes(content)
+    return len(header).to_bytes(PREFIX_LENGTH, "big") + header + (content if type(content) is bytes else bytes(content))
 
 
 # json.dumps builds a new encoder on every call with these arguments: built once here,

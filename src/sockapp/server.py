@@ -32,6 +32,7 @@ from sockapp.protocol import (
 )
 from sockapp.search import SearchApp, SearchIndex
 from sockapp.text import peer_text
+from sockapp.tls import client_certificate
 
 if TYPE_CHECKING:
     from sockapp.metrics import ServerMetrics
@@ -164,7 +165,7 @@ class AppProtocol(ClosesInTime, FramedProtocol):
             header=message.header,
             request=message.document,
             reactor=self.factory.reactor,
-            client_certificate=None,
+            client_certificate=client_certificate(self.transport),
         )
 
     def messageReceived(self, message: Message) -> None:

@@ -1,10 +1,14 @@
-"""twistd plugins for sockapp: ``twistd sockapp`` and ``twistd echo``.
+"""twistd plugins for sockapp: ``twistd sockapp`` and ``twistd echo``, and the
+``mtls:`` server endpoint (mutual TLS) for any twistd plugin.
 
-Only two ServiceMaker calls: the tap modules are imported when a plugin is
-used, so scanning the plugin directory stays cheap.
+Two ServiceMaker calls and a small parser: the modules doing the work are
+imported when a plugin is used, so scanning the plugin directory stays cheap.
 """
 
 from twisted.application.service import ServiceMaker
+from twisted.internet.interfaces import IStreamServerEndpointStringParser
+from twisted.plugin import IPlugin
+from zope.interface import implementer
 
 sockapp = ServiceMaker(
     "sockapp",
@@ -19,3 +23,18 @@ echo = ServiceMaker(
     "An echo server with backpressure, over any endpoint.",
     "echo",
 )
+
+
+@implementer(IPlugin, IStreamServerEndpointStringParser)
+class _MutualTLSParser:
+    """``mtls:PORT:privateKey=...:certKey=...:caCerts=...`` (see ``sockapp.tls``)."""
+
+    prefix = "mtls"
+
+    def parseStreamServer(self, reactor, *args, **kwargs):  # type: ignore[no-untyped-def]
+        from sockapp.tls import mtls_server_endpoint
+
+        return mtls_server_endpoint(reactor, *args, **kwargs)
+
+
+mtls = _MutualTLSParser()

@@ -1,0 +1,179 @@
+"""mtls: server endpoints: client certificates required, checked, and shown to handlers."""
+
+from __future__ import annotations
+
+import datetime
+import ssl as stdlib_ssl
+import socket
+
+import pytest
+import pytest_twisted
+from conftest import _name, _pem_key
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from twisted.internet import reactor
+from twisted.internet.endpoints import serverFromString
+
+from sockapp.app import App
+from sockapp.client import connect
+from sockapp.server import AppFactory
+from sockapp.tls import load_ca_certificates
+
+TIMEOUT = 30
+
+
+def _ca(name: str):
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(name))
+        .issuer_name(_name(name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def _client(ca, common_name: str, expired: bool = False):
+    ca_key, ca_cert = ca
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    start, end = (now - datetime.timedelta(days=3), now - datetime.timedelta(days=2)) if expired else (
+        now - datetime.timedelta(minutes=5),
+        now + datetime.timedelta(days=1),
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(f"{common_name}.example"), x509.UniformResourceIdentifier(f"spiffe://test/{common_name}")]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return key, cert
+
+
+@pytest.fixture(scope="module")
+def clients(tmp_path_factory, tls_files):
+    folder = tmp_path_factory.mktemp("mtls")
+    ours, theirs = _ca("client CA"), _ca("another CA")
+    pem = serialization.Encoding.PEM
+    (folder / "clients-ca.pem").write_bytes(ours[1].public_bytes(pem))
+    cas = folder / "cas"
+    cas.mkdir()
+    (cas / "a.pem").write_bytes(ours[1].public_bytes(pem))
+    (cas / "its.key").write_bytes(_pem_key(ours[0]))  # a key beside it: skipped, not an error
+    files = {"ca": folder / "clients-ca.pem", "ca-dir": cas}
+    for name, (key, cert) in {
+        "alice": _client(ours, "alice"),
+        "mallory": _client(theirs, "mallory"),
+        "expired": _client(ours, "old", expired=True),
+    }.items():
+        (folder / f"{name}.key").write_bytes(_pem_key(key))
+        (folder / f"{name}.pem").write_bytes(cert.public_bytes(pem))
+        files[name] = (folder / f"{name}.pem", folder / f"{name}.key")
+    return files
+
+
+def whoami_app() -> App:
+    app = App("who")
+
+    @app.action("whoami")
+    def whoami(value, context):
+        """Who the client's certificate says it is."""
+        certificate = context.client_certificate
+        return None if certificate is None else [certificate.common_name, list(certificate.dns_names), list(certificate.uri_names)]
+
+    return app
+
+
+async def listen_mtls(tls_files, ca) -> int:
+    description = (
+        f"mtls:0:interface=127.0.0.1:privateKey={tls_files['key']}:certKey={tls_files['cert']}:caCerts={ca}"
+    )
+    port = await serverFromString(reactor, description).listen(AppFactory(whoami_app(), reactor=reactor))
+    return port
+
+
+def client_endpoint(tls_files, port: int, who=None) -> str:
+    line = f"tls:127.0.0.1:{port}:trustRoots={tls_files['trust']}"
+    if who is not None:
+        certificate, key = who
+        line += f":certificate={certificate}:privateKey={key}"
+    return line
+
+
+@pytest.mark.parametrize("ca", ["ca", "ca-dir"])
+@pytest_twisted.ensureDeferred
+async def test_a_client_with_a_certificate_from_the_ca_is_served_and_known_to_handlers(tls_files, clients, ca):
+    port = await listen_mtls(tls_files, clients[ca])
+    try:
+        client = await connect(reactor, client_endpoint(tls_files, port.getHost().port, clients["alice"]))
+        who = await client.call("whoami").addTimeout(TIMEOUT, reactor)
+        assert who == ["alice", ["alice.example"], ["spiffe://test/alice"]]
+        await client.close()
+    finally:
+        await port.stopListening()
+
+
+def handshake(port: int, tls_files, who=None, maximum=None) -> str:
+    """A blocking TLS client: 'ok' if a request is answered, else the error's name."""
+    context = stdlib_ssl.create_default_context(cafile=str(tls_files["ca"]))
+    if who is not None:
+        context.load_cert_chain(str(who[0]), str(who[1]))
+    if maximum is not None:
+        context.minimum_version = stdlib_ssl.TLSVersion.MINIMUM_SUPPORTED
+        context.maximum_version = maximum
+        context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(b"\x00\x00")  # an empty header: the server answers with an error frame
+                return "ok" if tls.recv(65536) else "closed"
+    except (stdlib_ssl.SSLError, ConnectionError, OSError) as e:
+        return type(e).__name__
+
+
+@pytest.mark.parametrize("who", [None, "mallory", "expired"])
+@pytest_twisted.ensureDeferred
+async def test_no_certificate_another_cas_or_an_expired_one_fails_the_handshake(tls_files, clients, who):
+    from twisted.internet.threads import deferToThread
+
+    port = await listen_mtls(tls_files, clients["ca"])
+    try:
+        number = port.getHost().port
+        refused = await deferToThread(handshake, number, tls_files, clients[who] if who else None)
+        assert refused != "ok"
+        # and a good client on the same server goes on being served
+        assert await deferToThread(handshake, number, tls_files, clients["alice"]) == "ok"
+    finally:
+        await port.stopListening()
+
+
+def test_ca_files_hold_certificates_and_a_bad_one_is_a_one_line_error(tmp_path, clients):
+    assert len(load_ca_certificates(str(clients["ca-dir"]))) == 1  # the key beside it is skipped
+    (tmp_path / "empty.pem").write_text("nothing here")
+    with pytest.raises(ValueError, match="no PEM certificate"):
+        load_ca_certificates(str(tmp_path / "empty.pem"))
+    with pytest.raises(ValueError, match="cannot read"):
+        load_ca_certificates(str(tmp_path / "missing.pem"))
+
+
+def test_mtls_without_ca_certs_is_an_error(tls_files):
+    with pytest.raises(ValueError, match="caCerts"):
+        serverFromString(reactor, f"mtls:0:privateKey={tls_files['key']}:certKey={tls_files['cert']}")

@@ -165,6 +165,18 @@ async def test_no_certificate_another_cas_or_an_expired_one_fails_the_handshake(
         await port.stopListening()
 
 
+def test_protocol_versions_below_tls_1_2_are_off(tls_files, clients):
+    """Checked on the context itself: this machine's OpenSSL refuses TLS 1.1 on its own, so a
+    TLS 1.1 client would be refused with or without sockapp's limit."""
+    from OpenSSL import SSL
+
+    from sockapp.tls import mtls_options
+
+    context = mtls_options(str(tls_files["key"]), str(tls_files["cert"]), str(clients["ca"])).getContext()
+    current = context.set_options(0)  # adds nothing; returns the options in force
+    assert current & SSL.OP_NO_TLSv1 and current & SSL.OP_NO_TLSv1_1
+
+
 def test_ca_files_hold_certificates_and_a_bad_one_is_a_one_line_error(tmp_path, clients):
     assert len(load_ca_certificates(str(clients["ca-dir"]))) == 1  # the key beside it is skipped
     (tmp_path / "empty.pem").write_text("nothing here")

@@ -112,9 +112,23 @@ def mtls_server_endpoint(
     dhParameters: str | None = None,  # noqa: N803
 ) -> Any:
     """An ``SSL4ServerEndpoint`` that requires a client certificate signed by one of ``caCerts``."""
+    from twisted.internet.endpoints import SSL4ServerEndpoint
+
+    options = mtls_options(privateKey, certKey, caCerts, extraCertChain, dhParameters)
+    return SSL4ServerEndpoint(reactor, int(port), options, backlog=int(backlog), interface=interface)
+
+
+def mtls_options(
+    privateKey: str | None,  # noqa: N803
+    certKey: str | None,  # noqa: N803
+    caCerts: str | None,  # noqa: N803
+    extraCertChain: str | None = None,  # noqa: N803
+    dhParameters: str | None = None,  # noqa: N803
+) -> Any:
+    """The ``CertificateOptions`` of an ``mtls:`` endpoint; every problem with the files is
+    a ``ValueError`` of one line."""
     from OpenSSL.SSL import Error as SSLError
     from twisted.internet import ssl
-    from twisted.internet.endpoints import SSL4ServerEndpoint
     from twisted.python.filepath import FilePath
 
     if privateKey is None:
@@ -143,4 +157,4 @@ def mtls_server_endpoint(
         options.getContext()  # a key that does not match its certificate fails here, at start-up
     except SSLError as e:
         raise ValueError(f"mtls: the server certificate and key do not go together: {e}") from None
-    return SSL4ServerEndpoint(reactor, int(port), options, backlog=int(backlog), interface=interface)
+    return options

@@ -102,11 +102,12 @@ def whoami_app() -> App:
     return app
 
 
-async def listen_mtls(tls_files, ca) -> int:
+async def listen_mtls(tls_files, ca, metrics=None) -> int:
     description = (
         f"mtls:0:interface=127.0.0.1:privateKey={tls_files['key']}:certKey={tls_files['cert']}:caCerts={ca}"
     )
-    port = await serverFromString(reactor, description).listen(AppFactory(whoami_app(), reactor=reactor))
+    factory = AppFactory(whoami_app(), reactor=reactor, metrics=metrics)
+    port = await serverFromString(reactor, description).listen(factory)
     return port
 
 
@@ -163,6 +164,49 @@ async def test_no_certificate_another_cas_or_an_expired_one_fails_the_handshake(
         assert await deferToThread(handshake, number, tls_files, clients["alice"]) == "ok"
     finally:
         await port.stopListening()
+
+
+@pytest.mark.parametrize("who, why", [(None, "no-certificate"), ("mallory", "certificate-refused"), ("expired", "certificate-refused"), ("plain", "not-tls")])
+@pytest_twisted.ensureDeferred
+async def test_a_failed_handshake_is_one_log_line_and_counted_by_reason(tls_files, clients, who, why):
+    from twisted.internet.task import deferLater
+    from twisted.internet.threads import deferToThread
+    from twisted.logger import globalLogPublisher
+
+    from sockapp.metrics import ServerMetrics
+
+    metrics = ServerMetrics(process=False)
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    port = await listen_mtls(tls_files, clients["ca"], metrics)
+    try:
+        number = port.getHost().port
+        if who == "plain":
+            await deferToThread(plain_request, number)
+        else:
+            await deferToThread(handshake, number, tls_files, clients[who] if who else None)
+        for _ in range(100):  # until the server has seen the connection end (bounded)
+            if sum(metrics.tls_handshake_failures.values()):
+                break
+            await deferLater(reactor, 0.05)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        await port.stopListening()
+    assert metrics.tls_handshake_failures[why] == 1 and sum(metrics.tls_handshake_failures.values()) == 1
+    lines = [e for e in events if "TLS handshake failed" in e.get("log_format", "")]
+    assert len(lines) == 1 and lines[0]["why"] == why and lines[0]["peer"].startswith("127.0.0.1:")
+    assert not [e for e in events if "log_failure" in e]  # no traceback
+
+
+def plain_request(port: int) -> None:
+    """A peer that does not speak TLS: a plain frame, then whatever comes back."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"\x00\x10" + b"{" * 16)
+        try:
+            while sock.recv(65536):
+                pass
+        except OSError:
+            pass
 
 
 def test_protocol_versions_below_tls_1_2_are_off(tls_files, clients):

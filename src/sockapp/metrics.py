@@ -36,6 +36,7 @@ from sockapp.app import BINARY, OK, OTHER, App
 from sockapp.errors import ErrorCode
 from sockapp.protocol import describe_address
 from sockapp.text import peer_text
+from sockapp.tls import HANDSHAKE_FAILURES
 
 # From a cached answer on loopback (tens of microseconds) to a 64 MiB frame (tenths of a second).
 LATENCY_BUCKETS: Final = (
@@ -78,6 +79,7 @@ class ServerMetrics:
         self.connections_open = 0
         self.connections_accepted = 0
         self.connections_refused = 0
+        self.tls_handshake_failures = dict.fromkeys(HANDSHAKE_FAILURES, 0)
         self.requests: dict[tuple[str, str], int] = {}
         self.error_frames = dict.fromkeys(SERVER_ERROR_CODES, 0)
         self.bytes_received = 0
@@ -99,6 +101,9 @@ class ServerMetrics:
 
     def connection_refused(self) -> None:
         self.connections_refused += 1
+
+    def tls_handshake_failed(self, why: str) -> None:
+        self.tls_handshake_failures[why] += 1
 
     def received(self, length: int) -> None:
         self.bytes_received += length
@@ -141,6 +146,14 @@ class ServerMetrics:
             "Connections refused because --max-connections were open.",
             value=self.connections_refused,
         )
+        failures = CounterMetricFamily(
+            "sockapp_tls_handshake_failures",
+            "TLS handshakes that failed, by why (an mtls: port refusing a client, say).",
+            labels=["reason"],
+        )
+        for why, count in self.tls_handshake_failures.items():
+            failures.add_metric([why], count)
+        yield failures
         requests = CounterMetricFamily(
             "sockapp_requests", "Requests answered, by action and outcome.", labels=["action", "outcome"]
         )

@@ -158,3 +158,32 @@ def mtls_options(
     except SSLError as e:
         raise ValueError(f"mtls: the server certificate and key do not go together: {e}") from None
     return options
+
+
+# Why a TLS handshake failed, in a fixed vocabulary (it labels a metric): OpenSSL's
+# words for each, as they appear in the error it reports.
+HANDSHAKE_FAILURES: Final = ("no-certificate", "certificate-refused", "protocol-version", "not-tls", "other")
+_HANDSHAKE_WORDS: Final = (
+    ("no-certificate", ("did not return a certificate", "certificate required")),
+    ("certificate-refused", ("certificate verify failed", "unknown ca", "certificate expired", "bad certificate")),
+    ("protocol-version", ("unsupported protocol", "protocol version", "no protocols available")),
+    ("not-tls", ("wrong version number", "http request", "packet length too long", "unknown protocol")),
+)
+
+
+def handshake_failure(transport: Any, reason: Any) -> str | None:
+    """Why the TLS handshake on ``transport`` failed (from ``HANDSHAKE_FAILURES``),
+    or None if the connection was not TLS or its handshake had completed."""
+    try:
+        from OpenSSL.SSL import Error as SSLError
+    except ImportError:  # pragma: no cover - pyOpenSSL is a dependency of twisted[tls]
+        return None
+    if reason is None or not hasattr(reason, "check") or not reason.check(SSLError):
+        return None
+    if getattr(transport, "_handshakeDone", True):  # TLSMemoryBIOProtocol's own flag
+        return None
+    words = str(reason.value).lower()
+    for name, phrases in _HANDSHAKE_WORDS:
+        if any(phrase in words for phrase in phrases):
+            return name
+    return "other"

@@ -168,6 +168,16 @@ def start_twistd(start, *args: str, env: dict[str, str] | None = None) -> int:
     return int(found) if found.isdigit() else 0
 
 
+def run_sockapp(port: int, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the ``sockapp`` command against 127.0.0.1:``port``; its result, output as text."""
+    return subprocess.run(
+        [tool("sockapp"), *args, "--connect", f"tcp:host=127.0.0.1:port={port}"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def send_and_read_all(address: object, data: bytes, family: int = socket.AF_INET, timeout: float = 30) -> bytes:
     """Send ``data``, half-close, and return everything received until the server closes."""
     with socket.socket(family, socket.SOCK_STREAM) as sock:
@@ -209,38 +219,54 @@ def _pem_key(key) -> bytes:
     )
 
 
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory) -> dict[str, Path]:
-    """A private CA (its certificate alone in trust/) and a server certificate for localhost, signed by it."""
-    folder = tmp_path_factory.mktemp("tls")
+def make_ca(common_name: str):
+    """A throwaway CA: its key and self-signed certificate, valid for a day."""
+    key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = (
+    cert = (
         x509.CertificateBuilder()
-        .subject_name(_name("sockapp test CA"))
-        .issuer_name(_name("sockapp test CA"))
-        .public_key(ca_key.public_key())
+        .subject_name(_name(common_name))
+        .issuer_name(_name(common_name))
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-        .sign(ca_key, hashes.SHA256())
+        .sign(key, hashes.SHA256())
     )
+    return key, cert
+
+
+def issue_certificate(ca, common_name: str, alternative_names: list, expired: bool = False):
+    """A key and a certificate for ``common_name`` signed by ``ca`` (valid for a day, or expired a day ago)."""
+    ca_key, ca_cert = ca
     key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    start = now - (datetime.timedelta(days=3) if expired else datetime.timedelta(minutes=5))
+    end = now + (-datetime.timedelta(days=2) if expired else datetime.timedelta(days=1))
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name("localhost"))
+        .subject_name(_name(common_name))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.SubjectAlternativeName(alternative_names), critical=False)
         .sign(ca_key, hashes.SHA256())
+    )
+    return key, cert
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory) -> dict[str, Path]:
+    """A private CA (its certificate alone in trust/) and a server certificate for localhost, signed by it."""
+    folder = tmp_path_factory.mktemp("tls")
+    ca = make_ca("sockapp test CA")
+    ca_cert = ca[1]
+    key, cert = issue_certificate(
+        ca, "localhost", [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
     )
     trust = folder / "trust"
     trust.mkdir()

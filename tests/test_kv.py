@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
-import subprocess
 
 import pytest
 import pytest_twisted
-from conftest import tool
+from conftest import run_sockapp, tool
 from twisted.internet import reactor
 
 from sockapp.apps import kv
@@ -64,15 +63,6 @@ def stop(server) -> None:
     server.proc.wait(TIMEOUT)
 
 
-def sockapp(port: int, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [tool("sockapp"), *args, "--connect", f"tcp:host=127.0.0.1:port={port}"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 KV = ("sockapp", "--app", "sockapp.apps.kv:app", "--port", "tcp:0:interface=127.0.0.1")
 
 
@@ -86,18 +76,18 @@ def start_kv(server_processes, database: str):
 def test_writes_survive_a_restart(server_processes, tmp_path):
     database = str(tmp_path / "kv.sqlite3")
     server, port = start_kv(server_processes, database)
-    stored = sockapp(port, "call", "set", '{"key": "greeting", "value": {"text": "hi \U0001f436"}}')
+    stored = run_sockapp(port, "call", "set", '{"key": "greeting", "value": {"text": "hi \U0001f436"}}')
     assert (stored.returncode, stored.stdout) == (0, "true\n"), stored.stderr
     stop(server)
     _, port = start_kv(server_processes, database)
-    read = sockapp(port, "call", "get", "greeting")
+    read = run_sockapp(port, "call", "get", "greeting")
     assert json.loads(read.stdout) == {"text": "hi \U0001f436"}
 
 
 def test_concurrent_sets_from_50_connections_lose_nothing(server_processes, tmp_path):
     database = str(tmp_path / "kv.sqlite3")
     server, port = start_kv(server_processes, database)
-    bench = sockapp(
+    bench = run_sockapp(
         port, "bench", "--action", "set", "--value", '{"key": "k{n}", "value": "v{n}"}', "-c", "50", "-n", "2000",
         "--json",
     )

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, start_twistd, tool
+from conftest import ROOT, run_sockapp, start_twistd
 
 
 def python_blocks() -> list[str]:
@@ -24,15 +24,6 @@ def test_python_example_prints_the_answers(server_processes):
     assert result.returncode == 0, result.stderr
     assert (
         result.stdout == "Follow the white rabbit. \U0001f430\nIn the caves beneath the Misty Mountains. \U0001f48d\n"
-    )
-
-
-def sockapp(port: int, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [tool("sockapp"), *args, "--connect", f"tcp:host=127.0.0.1:port={port}"],
-        capture_output=True,
-        text=True,
-        timeout=60,
     )
 
 
@@ -53,14 +44,14 @@ def test_your_own_service_is_served_and_called_as_the_readme_shows(server_proces
     (example,) = [block for block in python_blocks() if block.startswith("# myservice.py")]
     (tmp_path / "myservice.py").write_text(example)  # server processes run in tmp_path
     port = HOW[how](server_processes)
-    added = sockapp(port, "call", "add", '{"a": 2, "b": 3}')
+    added = run_sockapp(port, "call", "add", '{"a": 2, "b": 3}')
     assert (added.returncode, added.stdout) == (0, "5\n")
-    slept = sockapp(port, "call", "slow", "0.5")
+    slept = run_sockapp(port, "call", "slow", "0.5")
     assert json.loads(slept.stdout) == {"slept": 0.5}
-    missing = sockapp(port, "call", "lookup", "x")
+    missing = run_sockapp(port, "call", "lookup", "x")
     assert missing.returncode == 1 and missing.stdout == ""
     assert missing.stderr == "sockapp call: error: not-found: no entry 'x'\n"
-    described = sockapp(port, "describe")
+    described = run_sockapp(port, "describe")
     assert described.returncode == 0
     assert "add       Add two numbers." in described.stdout and "slow      Answer after VALUE seconds." in described.stdout
     assert described.stdout.startswith("myservice: 5 actions\n")

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import datetime
 import ssl as stdlib_ssl
 import socket
 
 import pytest
 import pytest_twisted
-from conftest import _name, _pem_key
+from conftest import _pem_key, issue_certificate, make_ca
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 from twisted.internet import reactor
 from twisted.internet.endpoints import serverFromString
 
@@ -23,55 +21,15 @@ from sockapp.tls import load_ca_certificates
 TIMEOUT = 30
 
 
-def _ca(name: str):
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(name))
-        .issuer_name(_name(name))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
-
-
 def _client(ca, common_name: str, expired: bool = False):
-    ca_key, ca_cert = ca
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    start, end = (now - datetime.timedelta(days=3), now - datetime.timedelta(days=2)) if expired else (
-        now - datetime.timedelta(minutes=5),
-        now + datetime.timedelta(days=1),
-    )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName(f"{common_name}.example"), x509.UniformResourceIdentifier(f"spiffe://test/{common_name}")]
-            ),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    return key, cert
+    names = [x509.DNSName(f"{common_name}.example"), x509.UniformResourceIdentifier(f"spiffe://test/{common_name}")]
+    return issue_certificate(ca, common_name, names, expired=expired)
 
 
 @pytest.fixture(scope="module")
 def clients(tmp_path_factory, tls_files):
     folder = tmp_path_factory.mktemp("mtls")
-    ours, theirs = _ca("client CA"), _ca("another CA")
+    ours, theirs = make_ca("client CA"), make_ca("another CA")
     pem = serialization.Encoding.PEM
     (folder / "clients-ca.pem").write_bytes(ours[1].public_bytes(pem))
     cas = folder / "cas"

@@ -20,11 +20,12 @@ from typing import Any, Final, TextIO
 from attrs import evolve
 from twisted.internet import defer, task
 from twisted.internet import error as neterror
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 
 from sockapp import __version__
 from sockapp.bench import Bench, BenchConfig, Summary
-from sockapp.client import DEFAULT_ENDPOINT, DEFAULT_RETRIES, Response, connect, connect_echo
+from sockapp.client import DEFAULT_ENDPOINT, DEFAULT_RETRIES, Client, Response, connect, connect_echo
 from sockapp.errors import SockappError
 from sockapp.progress import live_progress
 
@@ -147,12 +148,17 @@ def _response_text(response: Response) -> str:
     return response.content.decode("utf-8", "backslashreplace")
 
 
-async def run_request(reactor: Any, args: argparse.Namespace, interruption: Interruption) -> int:
+async def _ask(reactor: Any, args: argparse.Namespace, send: Callable[[Client], Deferred[Any]]) -> Any:
+    """Connect to ``args.connect``, send one request with ``send(client)``, close; its answer."""
     client = await connect(reactor, args.connect, retries=args.retries)
     try:
-        response = await client.request(args.action, args.value)
+        return await send(client)
     finally:
         await client.close()
+
+
+async def run_request(reactor: Any, args: argparse.Namespace, interruption: Interruption) -> int:
+    response = await _ask(reactor, args, lambda client: client.request(args.action, args.value))
     if args.json:
         show_json(_response_json(response))
     else:
@@ -169,11 +175,7 @@ def json_or_word(text: str) -> Any:
 
 
 async def run_call(reactor: Any, args: argparse.Namespace, interruption: Interruption) -> int:
-    client = await connect(reactor, args.connect, retries=args.retries)
-    try:
-        result = await client.call(args.action, args.value, idempotent=args.idempotent)
-    finally:
-        await client.close()
+    result = await _ask(reactor, args, lambda client: client.call(args.action, args.value, idempotent=args.idempotent))
     if isinstance(result, bytes):
         show(result.decode("utf-8", "backslashreplace"))
     else:
@@ -182,11 +184,7 @@ async def run_call(reactor: Any, args: argparse.Namespace, interruption: Interru
 
 
 async def run_describe(reactor: Any, args: argparse.Namespace, interruption: Interruption) -> int:
-    client = await connect(reactor, args.connect, retries=args.retries)
-    try:
-        described = await client.describe()
-    finally:
-        await client.close()
+    described = await _ask(reactor, args, lambda client: client.describe())
     if args.json:
         show_json(described)
         return 0
@@ -199,11 +197,7 @@ async def run_describe(reactor: Any, args: argparse.Namespace, interruption: Int
 
 
 async def run_ping(reactor: Any, args: argparse.Namespace, interruption: Interruption) -> int:
-    client = await connect(reactor, args.connect, retries=args.retries)
-    try:
-        response = await client.ping()
-    finally:
-        await client.close()
+    response = await _ask(reactor, args, lambda client: client.ping())
     show(str(response.result))
     return 0 if response.result == "pong" else 1
 

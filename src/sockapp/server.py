@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sockapp.app import Answer, App, Context, Pending, error_answer
+from sockapp.app import Answer, App, Context, error_answer
 
 from sockapp.errors import ErrorCode, RemoteProtocolError
 from sockapp.framing import DEFAULT_MAX_CONTENT_LENGTH, DEFAULT_MAX_JSON_LENGTH, Message

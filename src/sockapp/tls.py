@@ -174,13 +174,12 @@ _HANDSHAKE_WORDS: Final = (
 def handshake_failure(transport: Any, reason: Any) -> str | None:
     """Why the TLS handshake on ``transport`` failed (from ``HANDSHAKE_FAILURES``),
     or None if the connection was not TLS or its handshake had completed."""
-    try:
-        from OpenSSL.SSL import Error as SSLError
-    except ImportError:  # pragma: no cover - pyOpenSSL is a dependency of twisted[tls]
-        return None
-    if reason is None or not hasattr(reason, "check") or not reason.check(SSLError):
-        return None
+    # Asked at every close: a plain TCP transport, or a completed handshake, answers at once.
     if getattr(transport, "_handshakeDone", True):  # TLSMemoryBIOProtocol's own flag
+        return None
+    from OpenSSL.SSL import Error as SSLError
+
+    if reason is None or not hasattr(reason, "check") or not reason.check(SSLError):
         return None
     words = str(reason.value).lower()
     for name, phrases in _HANDSHAKE_WORDS:

@@ -111,3 +111,54 @@ def test_a_database_in_a_missing_directory_is_a_one_line_usage_error(tmp_path):
             ["--app", "sockapp.apps.kv:app", "--app-option", f"database={tmp_path}/missing/kv.sqlite3"]
         )
     assert "does not exist" in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.fixture
+def kv_clients(tmp_path, tls_files):
+    """A client CA and two clients of it, alice and bob: (CA file, {name: (certificate, key)})."""
+    from conftest import _pem_key, issue_certificate, make_ca
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    ca = make_ca("kv clients")
+    (tmp_path / "ca.pem").write_bytes(ca[1].public_bytes(Encoding.PEM))
+    files = {}
+    for name in ("alice", "bob"):
+        key, cert = issue_certificate(ca, name, [x509.DNSName(f"{name}.example")])
+        (tmp_path / f"{name}.pem").write_bytes(cert.public_bytes(Encoding.PEM))
+        (tmp_path / f"{name}.key").write_bytes(_pem_key(key))
+        files[name] = (tmp_path / f"{name}.pem", tmp_path / f"{name}.key")
+    return tmp_path / "ca.pem", files
+
+
+@pytest_twisted.ensureDeferred
+async def test_only_writers_may_set_and_delete_and_the_others_are_answered_forbidden(tmp_path, tls_files, kv_clients, listen):
+    """The README's per-action authorization: --app-option writers=alice on an mtls: port."""
+    from twisted.internet.endpoints import serverFromString
+
+    ca, people = kv_clients
+    app = kv.app(str(tmp_path / "kv.sqlite3"), writers="alice")
+    port = await serverFromString(
+        reactor, f"mtls:0:interface=127.0.0.1:privateKey={tls_files['key']}:certKey={tls_files['cert']}:caCerts={ca}"
+    ).listen(AppFactory(app))
+    clients = []
+    try:
+        for name in ("alice", "bob"):
+            certificate, key = people[name]
+            endpoint = f"tls:127.0.0.1:{port.getHost().port}:trustRoots={tls_files['trust']}:certificate={certificate}:privateKey={key}"
+            clients.append(await within(connect(reactor, endpoint)))
+        alice, bob = clients
+        plain = await within(connect(reactor, await listen(AppFactory(app))))  # no certificate at all
+        clients.append(plain)
+        assert await within(alice.call("set", {"key": "k", "value": 1})) is True
+        for who, call in ((bob, ("set", {"key": "k", "value": 2})), (bob, ("delete", "k")), (plain, ("set", {"key": "k", "value": 3}))):
+            with pytest.raises(ServerError) as refused:
+                await within(who.call(*call))
+            assert (refused.value.code, refused.value.message) == ("forbidden", "writing needs a client certificate for alice")
+        assert await within(bob.call("get", "k")) == 1  # bob's connection serves on; reading is for everyone
+        assert await within(alice.call("delete", "k")) is True
+    finally:
+        for client in clients:
+            await within(client.close())
+        await port.stopListening()
+        app.pool.close()

@@ -12,6 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import reactor
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory, Protocol
 
 from sockapp.app import App
 from sockapp.client import connect
@@ -191,3 +192,246 @@ def test_ca_files_hold_certificates_and_a_bad_one_is_a_one_line_error(tmp_path, 
 def test_mtls_without_ca_certs_is_an_error(tls_files):
     with pytest.raises(ValueError, match="caCerts"):
         serverFromString(reactor, f"mtls:0:privateKey={tls_files['key']}:certKey={tls_files['cert']}")
+
+
+# Misconfigurations: one line naming the cause, on each side.
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, tls_files):
+    """Certificates for each thing that can be wrong, beside tls_files' good ones."""
+    import ipaddress
+
+    folder = tmp_path_factory.mktemp("lab")
+    pem = serialization.Encoding.PEM
+    server_ca = make_ca("lab server CA")
+    other_ca = make_ca("lab other CA")
+    local = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    files = {}
+    for name, (key, cert) in {
+        "good": issue_certificate(server_ca, "localhost", local),
+        "expired": issue_certificate(server_ca, "localhost", local, expired=True),
+        "elsewhere": issue_certificate(server_ca, "example.org", [x509.DNSName("example.org")]),
+        "unknown-ca": issue_certificate(other_ca, "localhost", local),
+    }.items():
+        (folder / f"{name}.key").write_bytes(_pem_key(key))
+        (folder / f"{name}.pem").write_bytes(cert.public_bytes(pem))
+        files[name] = (folder / f"{name}.pem", folder / f"{name}.key")
+    (folder / "mismatch.pem").write_bytes((folder / "good.pem").read_bytes())
+    (folder / "mismatch.key").write_bytes((folder / "expired.key").read_bytes())
+    files["mismatch"] = (folder / "mismatch.pem", folder / "mismatch.key")
+    # trustRoots as a bundle file (another CA first), and as a directory that also holds the CA's key as key.pem
+    (folder / "bundle.pem").write_bytes(other_ca[1].public_bytes(pem) + server_ca[1].public_bytes(pem))
+    files["bundle"] = folder / "bundle.pem"
+    keyed = folder / "keyed"
+    keyed.mkdir()
+    (keyed / "ca.pem").write_bytes(server_ca[1].public_bytes(pem))
+    (keyed / "key.pem").write_bytes(_pem_key(server_ca[0]))
+    files["keyed-dir"] = keyed
+    return files
+
+
+def raw_tls_port(certificate, key):
+    """A TLS server with these files as they are, unchecked (Twisted's own options), serving pings."""
+    from twisted.internet import ssl
+
+    both = ssl.PrivateCertificate.loadPEM(certificate.read_bytes() + b"\n" + key.read_bytes())
+    options = ssl.CertificateOptions(
+        privateKey=both.privateKey.original.to_cryptography_key(), certificate=both.original.to_cryptography()
+    )
+    return reactor.listenSSL(0, AppFactory(App("raw"), reactor=reactor), options, interface="127.0.0.1")
+
+
+@pytest.mark.parametrize("trust", ["bundle", "keyed-dir"])
+@pytest_twisted.ensureDeferred
+async def test_trust_roots_may_be_a_bundle_file_or_a_directory_with_a_key_in_it(lab, trust):
+    """Twisted's tls: endpoint fails on both: UnlistableError for a file, 'no start line' for a key.pem."""
+    port = raw_tls_port(*lab["good"])
+    try:
+        client = await connect(reactor, f"tls:localhost:{port.getHost().port}:trustRoots={lab[trust]}", retries=0)
+        assert await client.call("ping").addTimeout(TIMEOUT, reactor) == "pong"
+        await client.close()
+    finally:
+        await port.stopListening()
+
+
+@pytest.mark.parametrize(
+    "parameters, message",
+    [
+        ("trustRoots={folder}/nowhere.pem", "tls: cannot read trustRoots {folder}/nowhere.pem: No such file or directory"),
+        ("trustRoots={folder}/good.key", "tls: no PEM certificate in trustRoots={folder}/good.key"),
+        ("certificate={folder}/nowhere.pem", "tls: cannot read certificate {folder}/nowhere.pem: No such file or directory"),
+        ("certificate={folder}/good.pem", "tls: no PEM private key in privateKey={folder}/good.pem"),
+        (
+            "certificate={folder}/mismatch.pem:privateKey={folder}/mismatch.key",
+            "tls: the private key in {folder}/mismatch.key is not the key of the certificate in {folder}/mismatch.pem",
+        ),
+        ("certificate={folder}/expired.pem:privateKey={folder}/expired.key", "tls: the certificate in {folder}/expired.pem expired on "),
+        ("privateKey={folder}/good.key", "tls: privateKey= needs certificate= (the client certificate) too"),
+    ],
+)
+def test_a_client_misconfiguration_is_one_line_when_the_endpoint_is_made(lab, parameters, message):
+    from sockapp.client import as_endpoint
+    from sockapp.errors import BadEndpoint
+
+    folder = lab["bundle"].parent
+    with pytest.raises(BadEndpoint) as raised:
+        as_endpoint(reactor, f"tls:localhost:1:{parameters.format(folder=folder)}")
+    text = str(raised.value)
+    assert "\n" not in text and message.format(folder=folder) in text
+
+
+async def refusal(endpoint: str, request_timeout=None) -> str:
+    """What a client is told when its request over ``endpoint`` fails."""
+    from sockapp.errors import SockappError
+
+    client = await connect(reactor, endpoint, retries=0, request_timeout=request_timeout)
+    try:
+        await client.call("ping").addTimeout(TIMEOUT, reactor)
+    except SockappError as e:
+        return f"{type(e).__name__}: {e}"
+    finally:
+        await client.close()
+    raise AssertionError(f"{endpoint} was served")
+
+
+@pytest.mark.parametrize(
+    "served, host, message",
+    [
+        ("expired", "localhost", "TLSFailure: TLS: the server's certificate expired on "),
+        ("elsewhere", "localhost", "TLSFailure: TLS: the server's certificate is for example.org, not localhost"),
+        ("good", "127.0.0.2", "TLSFailure: TLS: the server's certificate is for localhost, 127.0.0.1, not 127.0.0.2"),
+        ("unknown-ca", "localhost", "TLSFailure: TLS: the server's certificate is signed by a CA (CN=lab other CA) not in trustRoots="),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_refused_server_certificate_is_named_by_its_fault(lab, served, host, message):
+    port = raw_tls_port(*lab[served])
+    number = port.getHost().port
+    try:
+        said = await refusal(f"tls:{host}:{number}:trustRoots={lab['keyed-dir']}:endpoint=tcp\\:127.0.0.1\\:{number}")
+    finally:
+        await port.stopListening()
+    assert said.startswith(message) and "\n" not in said, said
+
+
+@pytest.mark.parametrize(
+    "who, message",
+    [
+        (None, "TLSFailure: TLS: the server requires a client certificate: add certificate=CERT:privateKey=KEY to the tls: endpoint"),
+        ("mallory", "TLSFailure: TLS: the server refused our client certificate: it does not accept the CA that signed it"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_client_certificate_the_server_refuses_is_said_so(tls_files, clients, who, message):
+    port = await listen_mtls(tls_files, clients["ca"])
+    try:
+        said = await refusal(client_endpoint(tls_files, port.getHost().port, clients[who] if who else None))
+    finally:
+        await port.stopListening()
+    assert said == message
+
+
+class _Garbage(Protocol):
+    """A server that does not speak TLS: answers anything with an HTTP error."""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        self.transport.loseConnection()
+
+
+@pytest.mark.parametrize("kind", ["answers-garbage", "says-nothing"])
+@pytest_twisted.ensureDeferred
+async def test_a_server_that_does_not_speak_tls_is_said_so(tls_files, kind):
+    factory = Factory.forProtocol(_Garbage if kind == "answers-garbage" else Protocol)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    try:
+        # A server that says nothing keeps the handshake waiting: the request timeout ends it.
+        said = await refusal(f"tls:127.0.0.1:{port.getHost().port}:trustRoots={tls_files['trust']}", request_timeout=0.5)
+    finally:
+        await port.stopListening()
+    if kind == "answers-garbage":
+        assert said == "TLSFailure: TLS: the server does not speak TLS: it answered the TLS greeting with something else"
+    else:
+        assert said == "RequestTimeout: no answer within 0.5 s: the TLS handshake did not finish (does the server speak TLS?)"
+
+
+@pytest.mark.parametrize("scheme", ["ssl", "mtls"])
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ("privateKey={folder}/nowhere.key:certKey={folder}/good.pem", "cannot read privateKey {folder}/nowhere.key: No such file or directory"),
+        ("privateKey={folder}/good.key:certKey={folder}/nowhere.pem", "cannot read certKey {folder}/nowhere.pem: No such file or directory"),
+        ("privateKey={folder}/good.key", "no PEM certificate in certKey={folder}/good.key"),
+        ("privateKey={folder}/mismatch.key:certKey={folder}/mismatch.pem", "the private key in {folder}/mismatch.key is not the key of the certificate in {folder}/mismatch.pem"),
+        ("privateKey={folder}/expired.key:certKey={folder}/expired.pem", "the certificate in {folder}/expired.pem expired on "),
+    ],
+)
+def test_a_server_misconfiguration_is_one_line_at_start_up(lab, scheme, files, message):
+    from twisted.internet.testing import MemoryReactor
+
+    from sockapp.endpoints import server_endpoint
+
+    folder = lab["bundle"].parent
+    description = f"{scheme}:0:{files.format(folder=folder)}" + (f":caCerts={lab['bundle']}" if scheme == "mtls" else "")
+    with pytest.raises(ValueError) as raised:
+        server_endpoint(MemoryReactor(), description)
+    text = str(raised.value)
+    assert "\n" not in text and text.startswith(f"{scheme}: {message.format(folder=folder)}"), text
+
+
+@pytest.mark.parametrize("scheme", ["ssl", "mtls"])
+def test_twistd_with_a_key_that_is_not_the_certificates_says_so_in_one_line(lab, scheme):
+    """Twisted's own ssl: parser ends twistd with a VerifyError traceback here."""
+    import subprocess
+
+    from conftest import tool
+
+    folder = lab["bundle"].parent
+    description = f"{scheme}:0:interface=127.0.0.1:privateKey={folder}/mismatch.key:certKey={folder}/mismatch.pem"
+    if scheme == "mtls":
+        description += f":caCerts={lab['bundle']}"
+    result = subprocess.run(
+        [tool("twistd"), "-n", "--pidfile=", "sockapp", "--port", description], capture_output=True, text=True, timeout=60
+    )
+    output = result.stdout + result.stderr  # twistd writes its usage errors to stdout
+    assert result.returncode == 1 and "Traceback" not in output
+    assert "is not the key of the certificate in" in output.strip().splitlines()[-1]
+
+
+def test_the_command_line_tools_with_a_client_certificate(server_processes, tls_files, clients):
+    """sockapp request, call and bench through tls: with certificate= and privateKey=, as the README shows."""
+    import json
+    import subprocess
+
+    from conftest import start_twistd, tool
+
+    port = start_twistd(
+        server_processes,
+        "sockapp",
+        "--port",
+        f"mtls:0:interface=127.0.0.1:privateKey={tls_files['key']}:certKey={tls_files['cert']}:caCerts={clients['ca']}",
+    )
+
+    def sockapp(*args: str, who=clients["alice"]) -> subprocess.CompletedProcess:
+        endpoint = client_endpoint(tls_files, port, who)
+        return subprocess.run([tool("sockapp"), *args, "--connect", endpoint], capture_output=True, text=True, timeout=120)
+
+    result = sockapp("request", "search", "morpheus")
+    assert (result.returncode, result.stdout) == (0, "Follow the white rabbit. \U0001f430\n"), result.stderr
+    result = sockapp("call", "ping")
+    assert (result.returncode, result.stdout) == (0, '"pong"\n'), result.stderr
+    result = sockapp("bench", "-c", "4", "-n", "500", "--json")
+    summary = json.loads(result.stdout)
+    assert (result.returncode, summary["requests"], summary["errors"]) == (0, 500, 0), result.stderr
+    # Without a certificate: refused, in one line each, and the bench says why.
+    result = sockapp("request", "search", "morpheus", who=None)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr == (
+        "sockapp request: error: TLS: the server requires a client certificate: "
+        "add certificate=CERT:privateKey=KEY to the tls: endpoint\n"
+    )
+    result = sockapp("bench", "-c", "2", "-n", "10", "--json", who=None)
+    summary = json.loads(result.stdout)
+    assert result.returncode == 1 and summary["errors_by_kind"] == {"tls": 10}
+    assert summary["first_error_by_kind"]["tls"].startswith("TLS: the server requires a client certificate")

@@ -39,10 +39,11 @@ from sockapp.client import (
     as_endpoint,
     connect_echo,
 )
-from sockapp.errors import ConnectionClosed, RemoteProtocolError, RequestTimeout, ServerError
+from sockapp.errors import ConnectionClosed, RemoteProtocolError, RequestTimeout, ServerError, TLSFailure
 from sockapp.framing import encode_frame, encode_json
 from sockapp.protocol import CLOSE_GRACE
 from sockapp.search import BINARY_RESPONSE_PREFIX, TUTORIAL_ANSWERS
+from sockapp.text import peer_text
 
 PERCENTILES = (50, 90, 99)
 UNEXPECTED_ANSWER = "unexpected-answer"
@@ -115,6 +116,7 @@ class Summary:
     retries: int = 0
     unsent: int = 0
     interrupted: bool = False  # stopped by a signal: the figures cover the run until then
+    first_errors: dict[str, str] = {}  # the message of the first error of each kind
 
     @property
     def error_count(self) -> int:
@@ -130,6 +132,7 @@ class Summary:
             "requests": self.requests,
             "errors": self.error_count,
             "errors_by_kind": dict(self.errors),
+            "first_error_by_kind": dict(self.first_errors),
             "retries": self.retries,
             "unsent": self.unsent,
             "elapsed_s": round(self.elapsed, 6),
@@ -149,6 +152,8 @@ class Summary:
             f"throughput: {self.throughput:.1f} requests/s",
             f"latency:    {latency}",
         ]
+        for kind, message in sorted(self.first_errors.items()):
+            lines.append(f"first {kind}: {message}")
         if self.unsent:
             lines.append(f"unsent:     {self.unsent} sends the rate called for had not started when the run ended")
         if self.errors.get(UNEXPECTED_ANSWER):
@@ -384,6 +389,8 @@ def error_kind(failure: Failure) -> str:
         return "timeout"
     if failure.check(RemoteProtocolError):
         return f"bad-answer:{failure.value.code.value}"
+    if failure.check(TLSFailure):
+        return "tls"
     if failure.check(ConnectionClosed):
         return "connection-closed"
     return type(failure.value).__name__
@@ -418,6 +425,7 @@ class Bench:
         self.now = now
         self.latencies = Latencies()
         self.errors: Counter[str] = Counter()
+        self.first_errors: dict[str, str] = {}
         self.issued = 0
         self.in_flight = 0
         self.started = 0.0
@@ -447,6 +455,7 @@ class Bench:
             description=self.config.describe(),
             requests=self.completed,
             errors=dict(self.errors),
+            first_errors=dict(self.first_errors),
             elapsed=self.elapsed(),
             latencies=self.latencies.summary(),
             retries=sum(worker.retries for worker in self.workers),
@@ -569,7 +578,10 @@ class Bench:
         else:
             if isinstance(outcome, Failure) and outcome.check(RequestTimeout):
                 worker.timed_out = True
-            self.errors[outcome if isinstance(outcome, str) else error_kind(outcome)] += 1
+            kind = outcome if isinstance(outcome, str) else error_kind(outcome)
+            self.errors[kind] += 1
+            if isinstance(outcome, Failure):
+                self.first_errors.setdefault(kind, peer_text(str(outcome.value), 300))
         if worker.usable:  # an echo connection that failed is not used again
             self._free.append(worker)
         self._pump()

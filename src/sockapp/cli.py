@@ -26,7 +26,7 @@ from twisted.internet.interfaces import IDelayedCall
 from sockapp import __version__
 from sockapp.bench import Bench, BenchConfig, Summary
 from sockapp.client import DEFAULT_ENDPOINT, DEFAULT_RETRIES, Client, Response, connect, connect_echo
-from sockapp.errors import SockappError
+from sockapp.errors import SockappError, TLSFailure
 from sockapp.progress import live_progress
 
 DEFAULT_TIMEOUT = 30.0
@@ -153,6 +153,10 @@ async def _ask(reactor: Any, args: argparse.Namespace, send: Callable[[Client], 
     client = await connect(reactor, args.connect, retries=args.retries)
     try:
         return await send(client)
+    except defer.CancelledError:  # --timeout: say so if it was the TLS handshake that never finished
+        if client.tls_handshake_pending:
+            raise TLSFailure(f"TLS: the handshake did not finish within {args.timeout:g} s; does the server speak TLS?") from None
+        raise
     finally:
         await client.close()
 

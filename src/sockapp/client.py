@@ -22,7 +22,6 @@ from typing import Any, Final
 
 from attrs import field, frozen
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
-from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
@@ -37,8 +36,10 @@ from sockapp.errors import (
     ServerError,
     TLSFailure,
 )
+from sockapp.endpoints import client_endpoint
 from sockapp.framing import JSON_CONTENT_TYPE, FrameDecoder, Header, Message, encode_frame, encode_json
 from sockapp.protocol import CLOSE_GRACE, FramedProtocol
+from sockapp.tls import handshake_unfinished, tls_failure_text
 
 DEFAULT_ENDPOINT: Final = "tcp:host=127.0.0.1:port=5634"
 DEFAULT_RETRIES: Final = 2
@@ -161,18 +162,14 @@ class _Closable:
 LostHandler = Callable[["AppClient", list[_Pending], int, bool, ConnectionClosed], None]
 
 
-def _loss_error(reason: Failure | None) -> ConnectionClosed:
+def _loss_error(reason: Failure | None, transport: Any = None) -> ConnectionClosed:
     """The error for requests left unanswered by a lost connection; TLS refusals named as such."""
     error = reason.value if reason is not None else None
-    module = type(error).__module__
-    if module.startswith("service_identity"):
-        hosts = [getattr(getattr(e, "mismatched_id", None), "hostname", None) for e in getattr(error, "errors", [])]
-        names = ", ".join(h.decode() if isinstance(h, bytes) else str(h) for h in hosts if h)
-        return TLSFailure(f"TLS: the server's certificate is not valid for {names or 'the host asked for'}")
-    if module.startswith("OpenSSL"):
-        parts = error.args[0] if error.args and isinstance(error.args[0], list) else []
-        detail = "; ".join(str(p[-1]) for p in parts if p and p[-1]) or str(error)
-        return TLSFailure(f"TLS handshake failed: {detail}")
+    text = tls_failure_text(transport, error)
+    if text is not None:
+        return TLSFailure(text)
+    if handshake_unfinished(transport):
+        return TLSFailure("TLS: the connection closed during the handshake; does the server speak TLS?")
     return ConnectionClosed("the connection closed before the answer arrived")
 
 
@@ -295,7 +292,7 @@ class AppClient(_Closable, FramedProtocol):
         if self.given_up:
             error = ConnectionClosed("the connection was given up after a request on it timed out")
         else:
-            error = _loss_error(reason)
+            error = _loss_error(reason, self.transport)
         if self.on_lost is not None:
             self.on_lost(self, unanswered, self.answered, between_answers and not isinstance(error, TLSFailure), error)
         else:
@@ -351,6 +348,12 @@ class Client:
         self._waiting: dict[_Pending, None] = {}  # waiting for a connection, in order; a dict to drop timed-out ones
         self._connection_waiters: list[Deferred[AppClient]] = []
         self._closed = False
+
+    @property
+    def tls_handshake_pending(self) -> bool:
+        """A connection of this client is TLS and its handshake has not finished
+        (as with a server that does not speak TLS and waits for more)."""
+        return any(handshake_unfinished(c.transport) for c in self._connections)
 
     def connection(self) -> Deferred[AppClient]:
         """The current connection, made first if there is none."""
@@ -452,7 +455,10 @@ class Client:
         """No answer in time: fail the request and give up the connection it was sent on."""
         connection = pending.connection
         self._waiting.pop(pending, None)
-        pending.settle(RequestTimeout(f"no answer within {timeout:g} s"))
+        why = f"no answer within {timeout:g} s"
+        if connection is not None and handshake_unfinished(connection.transport):
+            why += ": the TLS handshake did not finish (does the server speak TLS?)"
+        pending.settle(RequestTimeout(why))
         if connection is not None:
             connection.giveUp()
 
@@ -597,7 +603,7 @@ def as_endpoint(reactor: Any, endpoint: str | IStreamClientEndpoint) -> IStreamC
     if not isinstance(endpoint, str):
         return endpoint
     try:
-        return clientFromString(reactor, endpoint)
+        return client_endpoint(reactor, endpoint)
     except (ValueError, TypeError, KeyError) as e:
         raise BadEndpoint(f"bad endpoint {endpoint!r}: {e}") from None
 

@@ -118,12 +118,3 @@ class CheckedProxyEndpoint:
 
     def listen(self, factory: IProtocolFactory) -> Any:
         return self.wrapped.listen(CheckedProxyFactory(factory))
-
-
-def server_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
-    """``serverFromString``, with ``haproxy:`` ports checking their PROXY headers."""
-    from twisted.internet.endpoints import serverFromString
-
-    if description.startswith(PREFIX):
-        return CheckedProxyEndpoint(serverFromString(reactor, description[len(PREFIX) :]))
-    return serverFromString(reactor, description)  # type: ignore[no-any-return]

@@ -2,7 +2,10 @@
 
 Serve it with ``twistd -n sockapp --app sockapp.apps.kv:app`` (the database
 ``kv.sqlite3`` in the working directory) or name the file with
-``--app-option database=PATH``. Every handler is async on a real database:
+``--app-option database=PATH``. With ``--app-option writers=alice,bob``
+only clients whose TLS certificate (an ``mtls:`` port) has one of those
+common names may ``set`` and ``delete``; the others are answered
+``forbidden``. Every handler is async on a real database:
 adbapi runs the SQL in a thread and hands back a Deferred. A ``set`` is
 answered only after its transaction has committed, so an acknowledged write
 survives a crash or restart.
@@ -60,10 +63,21 @@ def _key(key: object) -> str:
     return _text(key, "the key")
 
 
-def app(database: str = DEFAULT_DATABASE) -> App:
-    """The kv app on the SQLite file ``database`` (created, with its table, if missing)."""
+def app(database: str = DEFAULT_DATABASE, writers: str = "") -> App:
+    """The kv app on the SQLite file ``database`` (created, with its table, if missing);
+    ``writers``, if given, are the client certificate names (comma-separated) allowed to write."""
     import json
     import os
+
+    allowed = frozenset(name.strip() for name in writers.split(",") if name.strip())
+
+    def may_write(context: Any) -> None:
+        """Per-action authorization: a write needs a client certificate named in ``writers``."""
+        if not allowed:
+            return
+        certificate = context.client_certificate
+        if certificate is None or certificate.common_name not in allowed:
+            raise ActionError("forbidden", "writing needs a client certificate for " + ", ".join(sorted(allowed)))
 
     folder = os.path.dirname(os.path.abspath(database))
     if not os.path.isdir(folder):
@@ -85,8 +99,9 @@ def app(database: str = DEFAULT_DATABASE) -> App:
         return json.loads(rows[0][0])
 
     @kv.action("set")
-    async def set_(value: SetValue) -> bool:
+    async def set_(value: SetValue, context: Any) -> bool:
         """Store {"key": K, "value": V}; answered once the write has committed."""
+        may_write(context)
         text = json.dumps(value.value)  # ASCII: a lone surrogate in a value is stored as its JSON escape
         await pool.runOperation(
             "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -95,8 +110,9 @@ def app(database: str = DEFAULT_DATABASE) -> App:
         return True
 
     @kv.action("delete")
-    async def delete(value: Any) -> bool:
+    async def delete(value: Any, context: Any) -> bool:
         """Remove the key VALUE; true if it was there."""
+        may_write(context)
 
         def remove(transaction: Any) -> bool:
             transaction.execute("DELETE FROM kv WHERE key = ?", (_key(value),))

@@ -11,7 +11,7 @@ from twisted.internet.interfaces import IProtocolFactory
 from twisted.python import usage
 
 from sockapp.lifecycle import DEFAULT_IDLE_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT
-from sockapp.proxy import server_endpoint
+from sockapp.endpoints import server_endpoint
 
 DEFAULT_PORT = "5634"
 

@@ -1,0 +1,58 @@
+"""Endpoint strings: Twisted's grammar, and sockapp's ssl: server ports checked at start-up."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.endpoints import _parse as twisted_parse
+from twisted.internet.testing import MemoryReactor
+
+from sockapp.endpoints import client_endpoint, endpoint_arguments, server_endpoint
+from sockapp.proxy import CheckedProxyEndpoint
+
+DESCRIPTIONS = [
+    "tcp:5634",
+    "tcp:host=127.0.0.1:port=5634",
+    r"tls:localhost:5634:endpoint=tcp\:127.0.0.1\:5634",
+    "ssl:5634:privateKey=a=b.pem:certKey=c.pem",  # '=' after the first belongs to the value
+    r"unix:/tmp/x\:y.sock",
+    r"tcp:a\\b:c",
+    "tcp::",
+    "",
+    "tcp:5634:",
+    r"x:trailing\\",
+    "x:a=",
+    "x:=b",
+]
+
+
+@pytest.mark.parametrize("description", DESCRIPTIONS)
+def test_arguments_split_as_twisted_splits_them(description):
+    assert endpoint_arguments(description) == twisted_parse(description)
+
+
+def test_ssl_ports_are_built_by_sockapp_with_tls_1_2_at_least(tls_files):
+    from OpenSSL import SSL
+
+    endpoint = server_endpoint(MemoryReactor(), f"ssl:0:privateKey={tls_files['key']}:certKey={tls_files['cert']}")
+    options = endpoint._sslContextFactory.getContext().set_options(0)  # adds nothing; returns what is set
+    assert options & SSL.OP_NO_TLSv1 and options & SSL.OP_NO_TLSv1_1
+
+
+def test_haproxy_ports_wrap_what_follows_them(tls_files):
+    endpoint = server_endpoint(MemoryReactor(), f"haproxy:ssl:0:privateKey={tls_files['key']}:certKey={tls_files['cert']}")
+    assert isinstance(endpoint, CheckedProxyEndpoint)
+
+
+def test_a_wrong_argument_is_one_line_naming_the_scheme():
+    with pytest.raises(ValueError, match=r"^ssl: got an unexpected keyword argument 'colour'$"):
+        server_endpoint(MemoryReactor(), "ssl:0:colour=blue")
+    with pytest.raises(ValueError, match=r"^tls: unknown parameter colour "):
+        client_endpoint(MemoryReactor(), "tls:localhost:1:colour=blue")
+    with pytest.raises(ValueError, match=r"^ssl: sockapp does not take sslmethod="):
+        server_endpoint(MemoryReactor(), "ssl:0:sslmethod=TLSv1_METHOD")
+
+
+def test_other_endpoints_are_twisteds(tmp_path):
+    reactor = MemoryReactor()
+    assert type(server_endpoint(reactor, "tcp:0")).__name__ == "TCP4ServerEndpoint"
+    assert type(client_endpoint(reactor, f"unix:{tmp_path}/s")).__name__ == "UNIXClientEndpoint"

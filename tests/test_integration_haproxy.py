@@ -1,6 +1,6 @@
 """deploy/haproxy.cfg for real: HAProxy in front of 3 sockapp servers on loopback, one killed mid-load,
 then one hung (SIGSTOP) mid-load; then the other setups deploy/README.md describes (TLS at HAProxy,
-TLS at each server, PROXY protocol).
+mutual TLS at HAProxy, TLS at each server, PROXY protocol).
 
 Run by ``make integration`` (which installs Debian's haproxy when it is
 missing), not by the default ``pytest`` run: ``-m integration`` selects it.
@@ -11,20 +11,25 @@ of each server, and each server's own metrics.
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import json
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 
 import pytest
-from conftest import ROOT, send_and_read_all, tool
+from conftest import ROOT, _pem_key, issue_certificate, make_ca, send_and_read_all, tool
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from test_smoke import scrape
 
-from sockapp.framing import encode_json
+from sockapp.framing import NEED_DATA, FrameDecoder, encode_json
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -376,3 +381,125 @@ def test_proxy_protocol_gives_the_servers_the_real_client_address(server_process
         ]
 
     assert wait_until(logged_peers, "the protocol error in a server's log") == [client]
+
+
+ANSWER = "Follow the white rabbit. \U0001f430"
+
+
+def _for_servers_only(ca):
+    """A key and a certificate from ``ca`` whose ExtendedKeyUsage allows server authentication only."""
+    ca_key, ca_cert = ca
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "alice")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return key, cert
+
+
+@pytest.fixture(scope="module")
+def client_certificates(tmp_path_factory) -> dict:
+    """The client CA HAProxy trusts (its certificate alone in a file) and client certificates, each as
+    (certificate, key) PEM files: alice's from that CA, and refused ones: alice's from another CA, an
+    expired one from the client CA, and one from the client CA valid for server authentication only.
+
+    A client certificate needs no ExtendedKeyUsage (OpenSSL accepts one without it), but if it has
+    one, it must allow clientAuth.
+    """
+    folder = tmp_path_factory.mktemp("client-tls")
+    pem = serialization.Encoding.PEM
+    ours, theirs = make_ca("sockapp client CA"), make_ca("another CA")
+    (folder / "clients-ca.pem").write_bytes(ours[1].public_bytes(pem))
+    files = {"ca": folder / "clients-ca.pem"}
+    for name, (key, cert) in {
+        "alice": issue_certificate(ours, "alice", [x509.DNSName("alice.example")]),
+        "another CA's": issue_certificate(theirs, "alice", [x509.DNSName("alice.example")]),
+        "expired": issue_certificate(ours, "alice", [x509.DNSName("alice.example")], expired=True),
+        "for servers only": _for_servers_only(ours),
+    }.items():
+        stem = name.replace(" ", "-").replace("'", "")
+        (folder / f"{stem}.pem").write_bytes(cert.public_bytes(pem))
+        (folder / f"{stem}.key").write_bytes(_pem_key(key))
+        files[name] = (folder / f"{stem}.pem", folder / f"{stem}.key")
+    return files
+
+
+def search_on(tls, decoder: FrameDecoder, value: str):
+    """One search on an open connection; the answer's document."""
+    tls.sendall(encode_json({"action": "search", "value": value}))
+    while (message := decoder.next_message()) is NEED_DATA:
+        data = tls.recv(65536)
+        assert data, "the connection closed before the answer"
+        decoder.receive_data(data)
+    return message.document
+
+
+def test_mutual_tls_at_haproxy(server_processes, haproxy_binary, tls_files, client_certificates, tmp_path):
+    # deploy/README.md: "Mutual TLS at HAProxy": verify required and the client CA on the bind line.
+    config = edited_config(
+        tmp_path,
+        (
+            'bind "${SOCKAPP_LISTEN-*:5634}"\n',
+            f'bind "${{SOCKAPP_LISTEN-*:5634}}" ssl crt {tls_files["combined"]}'
+            f' verify required ca-file {client_certificates["ca"]}\n',
+        ),
+    )
+    servers = start_backends(server_processes, "tcp:0:interface=127.0.0.1")
+    _, front, _ = start_haproxy(server_processes, haproxy_binary, config, servers, tmp_path)
+
+    def endpoint(who=None) -> str:
+        line = f"tls:localhost:{front}:trustRoots={tls_files['trust']}:endpoint=tcp\\:127.0.0.1\\:{front}"
+        if who is not None:
+            certificate, key = client_certificates[who]
+            line += f":certificate={certificate}:privateKey={key}"
+        return line
+
+    def request(who=None) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [tool("sockapp"), "request", "--connect", endpoint(who), "search", "morpheus"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    # A good connection, held open with alice's certificate while the others are refused.
+    context = ssl.create_default_context(cafile=str(tls_files["ca"]))
+    context.load_cert_chain(*map(str, client_certificates["alice"]))
+    with socket.create_connection(("127.0.0.1", front), timeout=30) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            decoder = FrameDecoder(side="client")
+            assert search_on(tls, decoder, "morpheus") == {"result": ANSWER}
+
+            # No certificate, another CA's, an expired one, one not for clients: HAProxy refuses the handshake.
+            refused = {
+                who or "no certificate": request(who)
+                for who in (None, "another CA's", "expired", "for servers only")
+            }
+            print(
+                "\nmutual TLS at HAProxy, what the refused clients print:",
+                json.dumps({who: result.stderr for who, result in refused.items()}, indent=2, ensure_ascii=False),
+            )
+            for who, result in refused.items():
+                assert result.returncode != 0, (who, result.stdout, result.stderr)
+                assert ANSWER not in result.stdout and result.stdout.strip() == "", (who, result.stdout)
+                assert "Traceback" not in result.stderr, (who, result.stderr)
+
+            # The good connection went on through the refusals.
+            assert search_on(tls, decoder, "ring") == {"result": "In the caves beneath the Misty Mountains. \U0001f48d"}
+
+    # A good client with the CLI: a request, and a short bench without an error.
+    result = request("alice")
+    assert (result.returncode, result.stdout) == (0, ANSWER + "\n"), result.stderr
+    result = subprocess.run(
+        [tool("sockapp"), "bench", "--connect", endpoint("alice"), "-c", "10", "-n", "2000", "--json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["requests"], summary["errors"]) == (2000, 0)

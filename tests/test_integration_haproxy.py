@@ -489,6 +489,13 @@ def test_mutual_tls_at_haproxy(server_processes, haproxy_binary, tls_files, clie
                 assert result.returncode != 0, (who, result.stdout, result.stderr)
                 assert ANSWER not in result.stdout and result.stdout.strip() == "", (who, result.stdout)
                 assert "Traceback" not in result.stderr, (who, result.stderr)
+            said = {who: result.stderr.removeprefix("sockapp request: error: ").strip() for who, result in refused.items()}
+            assert said["no certificate"].startswith("TLS: the server requires a client certificate")
+            assert said["another CA's"] == "TLS: the server refused our client certificate: it does not accept the CA that signed it"
+            assert "expired on" in said["expired"]  # sockapp's client refuses to present it: checked before connecting
+            assert said["for servers only"] == (
+                "TLS: the server refused our client certificate: it is not for client use (its extended key usage)"
+            )
 
             # The good connection went on through the refusals.
             assert search_on(tls, decoder, "ring") == {"result": "In the caves beneath the Misty Mountains. \U0001f48d"}

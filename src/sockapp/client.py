@@ -605,6 +605,8 @@ def as_endpoint(reactor: Any, endpoint: str | IStreamClientEndpoint) -> IStreamC
     try:
         return client_endpoint(reactor, endpoint)
     except (ValueError, TypeError, KeyError) as e:
+        if str(e).startswith("tls: "):  # sockapp's own tls: parser names the parameter and the file
+            raise BadEndpoint(f"bad endpoint: {e}") from None
         raise BadEndpoint(f"bad endpoint {endpoint!r}: {e}") from None
 
 

@@ -27,6 +27,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from sockapp.text import peer_text
+
 _log = Logger()
 
 PEM_CERTIFICATE: Final = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
@@ -299,6 +301,7 @@ def handshake_failure(transport: Any, reason: Any) -> str | None:
 # The client side: Twisted's ``tls:`` endpoint, rebuilt so that its files are
 # checked when the endpoint is made and a refused handshake says why.
 
+NAME_TEXT_LIMIT: Final = 120  # characters of a certificate's names quoted in a message
 _UNKNOWN_ISSUER: Final = frozenset({2, 18, 19, 20, 21})  # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT and kin
 _CERT_NOT_YET_VALID: Final = 9
 _CERT_HAS_EXPIRED: Final = 10
@@ -321,12 +324,12 @@ def _names(certificate: Any) -> str:
         names += [str(a) for a in alternatives.get_values_for_type(x509.IPAddress)]
     except x509.ExtensionNotFound:
         names = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-    return ", ".join(names) or "no host at all"
+    return peer_text(", ".join(names) or "no host at all", NAME_TEXT_LIMIT)  # the server's words: escaped, cut
 
 
 def _subject(certificate: Any) -> str:
     cert = _cryptography(certificate)
-    return cert.subject.rfc4514_string() or "an empty subject"
+    return peer_text(cert.subject.rfc4514_string() or "an empty subject", NAME_TEXT_LIMIT)
 
 
 @implementer(IOpenSSLClientConnectionCreator)
@@ -397,7 +400,7 @@ class CheckedClientTLS:
         if error in (_CERT_HAS_EXPIRED, _CERT_NOT_YET_VALID):
             return f"{whose} {_validity_problem(certificate) or 'is outside its validity dates'}"
         if error in _UNKNOWN_ISSUER:
-            issuer = _cryptography(certificate).issuer.rfc4514_string()
+            issuer = peer_text(_cryptography(certificate).issuer.rfc4514_string(), NAME_TEXT_LIMIT)
             return f"{whose} is signed by a CA ({issuer}) not in {self.trusted}"
         if error == _INVALID_PURPOSE:
             return f"{whose} is not for use by a server"
@@ -468,7 +471,8 @@ _CLIENT_TLS_WORDS: Final = (
     (("alert certificate required",), "the server requires a client certificate: add certificate=CERT:privateKey=KEY to the tls: endpoint"),
     (("alert unknown ca",), "the server refused our client certificate: it does not accept the CA that signed it"),
     (("alert certificate expired",), "the server refused our client certificate: it has expired"),
-    (("alert bad certificate", "alert unsupported certificate", "alert certificate unknown", "alert certificate revoked"), "the server refused our client certificate"),
+    (("alert unsupported certificate",), "the server refused our client certificate: it is not for client use (its extended key usage)"),
+    (("alert bad certificate", "alert certificate unknown", "alert certificate revoked"), "the server refused our client certificate"),
     (("alert handshake failure",), "the server refused the handshake (under TLS 1.2 this is also how a server asks for a client certificate)"),
     (("alert protocol version", "unsupported protocol", "no protocols available"), "no TLS version in common with the server (sockapp speaks TLS 1.2 and 1.3)"),
     (("wrong version number", "packet length too long", "record layer failure", "unknown protocol", "http request", "record too long"), "the server does not speak TLS: it answered the TLS greeting with something else"),

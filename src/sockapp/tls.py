@@ -1,4 +1,5 @@
-"""``mtls:`` server endpoints: TLS that only clients with a certificate from your CA get through.
+"""TLS for sockapp: server options checked at start-up, mutual TLS, and a client
+that says why a handshake failed.
 
 ``mtls:PORT:privateKey=KEY:certKey=CERT:caCerts=CA`` takes what Twisted's
 ``ssl:`` takes (``interface``, ``backlog``, ``extraCertChain``,
@@ -6,7 +7,13 @@
 files naming the CAs whose client certificates are accepted (files in it
 that hold no certificate, a private key say, are skipped). A client without
 a certificate, or with one the CAs did not sign, fails the handshake.
-Protocol versions below TLS 1.2 are refused.
+``ssl:`` ports, as sockapp reads them (``sockapp.endpoints``), are built
+here too. Both check their files when the endpoint is made (one
+``ValueError`` line per problem) and refuse protocol versions below TLS 1.2.
+
+``tls_client_endpoint`` is Twisted's ``tls:`` client endpoint with the same
+checks, a ``trustRoots`` that may be a bundle file, and failures named by
+``tls_failure_text``.
 
 ``client_certificate(transport)`` is what a handler sees of the client's
 certificate (``Context.client_certificate``).

@@ -526,3 +526,37 @@ async def test_the_answer_check_can_be_skipped_for_exact_counts(listen, check, s
     summary = await run(listen, SearchFactory(metrics=metrics), connections=3, requests=30, check_answers=check)
     assert (summary.requests, summary.errors) == (30, {})
     assert sum(metrics.requests.values()) == served  # 2 check requests a connection, or none
+
+
+class AnswerOnceThenClose(Protocol):
+    """The tutorial's app_msrvr.py in miniature: read one request, answer it as the search does, close."""
+
+    def connectionMade(self):
+        from sockapp.framing import FrameDecoder
+
+        self.decoder = FrameDecoder()
+        self.answered = False
+
+    def dataReceived(self, data):
+        from sockapp.framing import Message, encode_json
+        from sockapp.search import TUTORIAL_ANSWERS
+
+        if self.answered:
+            return
+        self.decoder.receive_data(data)
+        message = self.decoder.next_message()
+        if isinstance(message, Message):
+            self.answered = True
+            value = message.document["value"]
+            self.transport.write(encode_json({"result": TUTORIAL_ANSWERS.get(value, f"No match for '{value}'.")}))
+            self.transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_against_a_server_that_closes_after_each_answer_requests_are_sent_once(listen):
+    # Each connection's Client learns from its first connection (which had its second request
+    # written before the close was seen) and then sends each request once, on a connection of its own.
+    connections = 5
+    summary = await run(listen, Factory.forProtocol(AnswerOnceThenClose), connections=connections, requests=200)
+    assert (summary.requests, summary.errors) == (200, {})
+    assert summary.retries <= connections

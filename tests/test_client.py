@@ -210,7 +210,8 @@ def test_client_reconnects_when_the_server_closes_after_each_answer():
         "Follow the white rabbit. \U0001f430",
         "No match for 'nobody'.",
     ]
-    assert client.connections_made == 3 and client.resent == 3  # 2 after the first close, 1 after the second
+    # Both went again after the first close, each then on a connection of its own.
+    assert client.connections_made == 3 and client.resent == 2 and client.one_request_per_connection
 
 
 def drop(protocol):
@@ -352,14 +353,16 @@ def test_a_reset_between_answers_is_treated_like_a_close():
 
 
 def test_an_old_connection_ending_late_does_not_make_the_client_forget_the_live_one():
-    """A server answers r1 and half-closes; r3 goes on a new connection; when the old
-    one finally ends, r2 is sent on the live new connection, not on a third."""
+    """A server answers r0 and r1 and half-closes; r3 goes on a new connection; when the old
+    one finally ends, r2 is sent on the live new connection, not on a third. (Two answers:
+    a server that closes after its only answer makes the client send one request per connection.)"""
     endpoint = StringEndpoint()
     client = Client(Clock(), endpoint)
+    r0 = collect(client.request("search", "zero"))
     r1 = collect(client.request("search", "ring"))
     r2 = collect(client.request("search", "morpheus"))
     old, _ = endpoint.connections[0]
-    old.dataReceived(encode_json({"result": "one"}))
+    old.dataReceived(encode_json({"result": "zero"}) + encode_json({"result": "one"}))
     old.readConnectionLost()  # the server's FIN: this connection takes no new requests
     r3 = collect(client.request("search", "nobody"))
     assert len(endpoint.connections) == 2
@@ -369,7 +372,7 @@ def test_an_old_connection_ending_late_does_not_make_the_client_forget_the_live_
     sent = [json.loads(content)["value"] for _, content in split_frames(live_transport.value())]
     assert sent == ["nobody", "morpheus"]
     live.dataReceived(encode_json({"result": "three"}) + encode_json({"result": "two"}))
-    assert (r1[0].result, r2[0].result, r3[0].result) == ("one", "two", "three")
+    assert (r0[0].result, r1[0].result, r2[0].result, r3[0].result) == ("zero", "one", "two", "three")
     assert client.connections_made == 2 and client.resent == 1
     closed = collect(client.close())
     assert live_transport.disconnecting and closed == []
@@ -781,3 +784,124 @@ def test_a_call_is_sent_again_after_a_dropped_connection_only_if_idempotent():
     assert len(endpoint.connections) == 2
     answer_with(small_app(), *endpoint.connections[1])
     assert again == [7]
+
+
+# -- Servers that close after every answer: one request per connection ----------
+
+from twisted.internet.defer import gatherResults  # noqa: E402
+from twisted.internet.protocol import Factory, Protocol  # noqa: E402
+
+from sockapp.framing import FrameDecoder, Message  # noqa: E402
+
+
+def frames_sent(transport):
+    return [json.loads(content)["value"] for _, content in split_frames(transport.value())]
+
+
+def test_after_a_server_closes_right_after_its_only_answer_each_request_gets_a_connection_of_its_own():
+    endpoint = StringEndpoint()
+    client = Client(Clock(), endpoint)
+    first = collect(client.request("search", "ring"))
+    second = collect(client.request("search", "morpheus"))  # pipelined: nothing is known of the server yet
+    answer_all(*endpoint.connections[0], close_after_each=True)  # one answer, then closed with "morpheus" unread
+    assert client.resent == 1 and len(endpoint.connections) == 2
+    third = collect(client.request("search", "nobody"))  # "morpheus" is still outstanding on the second
+    assert len(endpoint.connections) == 3
+    assert [frames_sent(t) for _, t in endpoint.connections[1:]] == [["morpheus"], ["nobody"]]
+    for protocol, transport in endpoint.connections[1:]:
+        answer_all(protocol, transport)
+        assert transport.disconnecting  # done with after its one answer: never left open on the server
+    assert [first[0].result[:6], second[0].result[:6], third[0].result[:6]] == ["In the", "Follow", "No mat"]
+    assert (client.resent, client.retried, client.connections_made) == (1, 0, 3)
+
+
+def test_a_keep_alive_server_closing_an_idle_connection_keeps_the_client_reusing_connections():
+    endpoint = StringEndpoint()
+    client = Client(Clock(), endpoint)
+    first = collect(client.request("search", "ring"))
+    answer_all(*endpoint.connections[0])
+    drop(endpoint.connections[0][0])  # an idle timeout: one answer, then closed with nothing outstanding
+    later = [collect(client.request("search", q)) for q in ("morpheus", "nobody", "ring")]
+    assert len(endpoint.connections) == 2 and frames_sent(endpoint.connections[1][1]) == ["morpheus", "nobody", "ring"]
+    answer_all(*endpoint.connections[1])
+    assert first[0].result[:6] == "In the" and [r[0].result[:6] for r in later] == ["Follow", "No mat", "In the"]
+    assert not endpoint.connections[1][1].disconnecting
+    assert (client.resent, client.retried) == (0, 0)
+
+
+def test_a_server_that_closes_after_several_answers_keeps_the_client_pipelining():
+    """A limit of requests per connection (2 here): a close with a request outstanding, but after two answers."""
+    endpoint = StringEndpoint()
+    client = Client(Clock(), endpoint)
+    results = [collect(client.request("search", q)) for q in ("ring", "morpheus", "nobody")]
+    protocol, transport = endpoint.connections[0]
+    transport.clear()
+    protocol.dataReceived(encode_json({"result": "one"}) + encode_json({"result": "two"}))
+    drop(protocol)
+    more = [collect(client.request("search", q)) for q in ("a", "b")]
+    assert len(endpoint.connections) == 2 and frames_sent(endpoint.connections[1][1]) == ["nobody", "a", "b"]
+    answer_all(*endpoint.connections[1])
+    assert [r[0].result for r in results[:2]] == ["one", "two"] and all(r[0].result for r in results[2:] + more)
+    assert (client.resent, client.retried, client.connections_made) == (1, 0, 2)
+
+
+class AnswerOnceThenClose(Protocol):
+    """The tutorial's app_msrvr.py in miniature: read one request, answer it, close."""
+
+    def connectionMade(self):
+        self.factory.connections += 1
+        self.decoder = FrameDecoder()
+        self.answered = False
+
+    def dataReceived(self, data):
+        if self.answered:
+            return
+        self.decoder.receive_data(data)
+        message = self.decoder.next_message()
+        if isinstance(message, Message):
+            self.answered = True
+            self.transport.write(encode_json({"result": f"answer to {message.document['value']}"}))
+            self.transport.loseConnection()
+
+
+def answer_once_factory():
+    factory = Factory.forProtocol(AnswerOnceThenClose)
+    factory.connections = 0
+    return factory
+
+
+REQUESTS = 10
+
+
+@pytest_twisted.ensureDeferred
+async def test_sequential_requests_to_a_server_that_closes_after_each_answer_are_sent_once(listen):
+    from twisted.internet import reactor
+
+    factory = answer_once_factory()
+    client = await client_connect(reactor, await listen(factory), request_timeout=30)
+    try:
+        for n in range(REQUESTS):
+            assert (await client.request("search", str(n))).result == f"answer to {n}"
+        # The second request went on the first connection (its close was not known yet) and again on
+        # the second; every later one went once, on a connection of its own.
+        assert (client.resent, client.retried) == (1, 0)
+        assert client.connections_made == factory.connections == REQUESTS
+    finally:
+        await client.close().addTimeout(30, reactor)
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_requests_to_a_server_that_closes_after_each_answer_are_sent_again_once(listen):
+    from twisted.internet import reactor
+
+    factory = answer_once_factory()
+    client = await client_connect(reactor, await listen(factory), request_timeout=30)
+    try:
+        answers = [client.request("search", str(n)) for n in range(REQUESTS)]
+        results = await gatherResults(answers).addTimeout(30, reactor)
+        assert [r.result for r in results] == [f"answer to {n}" for n in range(REQUESTS)]
+        # All went on the first connection, which answered one; each of the rest went again, once.
+        assert (client.resent, client.retried) == (REQUESTS - 1, 0)
+        assert client.connections_made == factory.connections == REQUESTS
+    finally:
+        await client.close().addTimeout(30, reactor)

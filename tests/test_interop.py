@@ -8,6 +8,7 @@ they run under a small wrapper that moves 5634 to the port of the test.
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import socket
@@ -239,3 +240,17 @@ async def test_python_client_reconnects_to_the_tutorial_server(seed_dir, server_
     assert rest == ["No match for 'nobody'.", "\U0001f43e Playing ball! \U0001f3d0", two.result]
     assert client.connections_made == 5
     await client.close()
+
+
+def test_sockapp_bench_against_the_tutorial_server_sends_each_request_once(seed_dir, server_processes):
+    """The tutorial's server closes after every answer: after its first connection shows that,
+    each bench connection sends every request once, on a connection of its own."""
+    port = start_tutorial_server(server_processes, seed_dir, "app_msrvr.py", "127.0.0.1", "5634")
+    connections = 4
+    result = run_sockapp(
+        "bench", "--connect", f"tcp:host=127.0.0.1:port={port}", "-c", str(connections), "-n", "400", "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["requests"], summary["errors"]) == (400, 0)
+    assert summary["retries"] <= connections

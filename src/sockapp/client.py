@@ -9,6 +9,9 @@ the tutorial's does after every answer), else up to ``retries`` times (a
 server or balancer dropped the connection). Requests that are not
 idempotent, or have no retries left, fail with ``ConnectionClosed``. The
 sockapp servers keep no state, so every request to them is idempotent.
+Once a server has closed a connection right after its only answer with
+another request unanswered on it (as the tutorial's does), the client sends
+one request per connection to it from then on, as an HTTP/1.0 client does.
 
 ``AppClient`` and ``EchoClient`` are the protocols underneath, usable on
 their own over any transport.
@@ -180,12 +183,15 @@ class AppClient(_Closable, FramedProtocol):
     on_lost: LostHandler | None = None
     # Set once a request on this connection timed out and the connection was given up.
     given_up: bool = False
+    # Set for a connection that carries one request only: it is closed once that is answered.
+    single_request: bool = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self._decoder = FrameDecoder(self.max_content_length, self.max_json_length, side="client")
         self._outstanding: deque[_Pending] = deque()
         self.answered = 0
+        self.submitted = 0
         self._start_close_tracking()
         if self.on_made is not None:
             self.on_made(self)
@@ -204,6 +210,7 @@ class AppClient(_Closable, FramedProtocol):
             return
         pending.connection = self
         self._outstanding.append(pending)
+        self.submitted += 1
         self.transport.write(pending.frame)
 
     def sendFrame(self, frame: bytes) -> Deferred[Response]:
@@ -239,6 +246,8 @@ class AppClient(_Closable, FramedProtocol):
         self.answered += 1
         error = _server_error(message)
         pending.settle(error if error is not None else Response(message.header, message.content, message.document))
+        if self.single_request and not self._outstanding and self.connected:
+            self.close()  # its one request is answered: not left open on the server
 
     def protocolError(self, error: RemoteProtocolError) -> None:
         """A malformed answer: fail everything outstanding with it and close (no error frame back)."""
@@ -314,6 +323,19 @@ class Client:
     times. A request that is not idempotent or is out of retries fails with
     ``ConnectionClosed``. ``resent`` and ``retried`` count the two kinds.
 
+    A server that closes after every answer (the tutorial's) would have
+    every request but the first on a connection written to it after it had
+    closed, and sent again. So once a connection is closed by the server
+    right after its only answer while another request of ours was on it,
+    ``one_request_per_connection`` is set and stays set: each request then
+    goes on a connection of its own, made for it, which the client closes
+    once it is answered (connections are made one after another, each as
+    soon as the last is up, so concurrent requests are in flight on as many
+    connections). Nothing else sets it: a close of an idle connection (an
+    idle timeout) has no request on it, a server with a limit of requests
+    per connection answered more than one, and a connection dropped before
+    any answer or in the middle of one is a failure, not a habit.
+
     ``connect_timeout`` bounds each connection attempt (``ConnectTimeout``);
     ``request_timeout`` bounds each request from send to answer
     (``RequestTimeout``). A request that times out on a connection makes
@@ -342,6 +364,7 @@ class Client:
         self.connections_made = 0
         self.resent = 0
         self.retried = 0
+        self.one_request_per_connection = False
         self._protocol: AppClient | None = None  # the connection new requests go to
         self._connections: set[AppClient] = set()  # every connection still open, closing ones too
         self._connecting: Deferred[AppClient] | None = None
@@ -393,8 +416,14 @@ class Client:
             return
         self.connections_made += 1
         self._protocol = result
-        for pending in waiting:
-            result.submit(pending)
+        if self.one_request_per_connection and waiting:
+            first, *rest = waiting
+            self._submit(result, first)
+            for pending in rest:  # each waits for a connection of its own: the next is made now
+                self._dispatch(pending)
+        else:
+            for pending in waiting:
+                result.submit(pending)
         for waiter in waiters:
             waiter.callback(result)
 
@@ -410,6 +439,8 @@ class Client:
         if self._protocol is protocol:  # an older connection that was closing may end after a newer one opened
             self._protocol = None
         closed_by_tutorial_server = between_answers and answered > 0
+        if closed_by_tutorial_server and answered == 1 and unanswered and not self._closed:
+            self.one_request_per_connection = True
         for pending in unanswered:
             if self._closed or not pending.idempotent or isinstance(error, TLSFailure):
                 pending.settle(error)
@@ -429,12 +460,26 @@ class Client:
                 )
 
     def _dispatch(self, pending: _Pending) -> None:
-        if self._protocol is not None and self._protocol.usable:
-            self._protocol.submit(pending)
-            return
+        protocol = self._protocol
+        if protocol is not None and protocol.usable:
+            if not self.one_request_per_connection:
+                protocol.submit(pending)
+                return
+            if protocol.submitted == 0:
+                self._submit(protocol, pending)
+                return
         self._waiting[pending] = None
         if self._connecting is None:
             self._start_connecting()
+
+    def _submit(self, protocol: AppClient, pending: _Pending) -> None:
+        """Send the one request ``protocol`` will carry; later ones go on a new connection."""
+        if pending.abandoned:  # timed out or failed meanwhile: the connection stays free for the next
+            return
+        protocol.single_request = True
+        if self._protocol is protocol:
+            self._protocol = None
+        protocol.submit(pending)
 
     def sendFrame(self, frame: bytes, timeout: float | None = None, idempotent: bool = True) -> Deferred[Response]:
         """Send an encoded request frame; the Deferred fires with its answer.

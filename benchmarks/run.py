@@ -5,7 +5,8 @@
 
 Starts `twistd -n sockapp`, `twistd -n echo` and the peers in
 benchmarks/asyncio_peer.py (plain asyncio, and uvloop when it is installed)
-on 127.0.0.1, drives each with the same load from `sockapp bench` (in
+on 127.0.0.1, drives each with the same load from `sockapp bench` (the
+close load, one request per connection, from benchmarks/close_load.py) (in
 --clients processes at once, since one Python client cannot saturate a
 server), alternating servers round by round, and writes the medians as a
 markdown table and a bar chart (PNG) to benchmarks/results/. Loopback only.
@@ -32,6 +33,8 @@ BIN = Path(sys.executable).parent
 LOADS = {
     "keep": ("app", ["--connections", "50"], "req/s"),
     "pipe": ("app", ["--connections", "50", "--pipeline", "16"], "req/s"),
+    # One request per connection (the tutorial's client): benchmarks/close_load.py, not `sockapp bench`.
+    "close": ("app", ["--connections", "25"], "req/s"),
     "echo": ("echo", ["--protocol", "echo", "--connections", "10", "--size", "65536"], "MB/s"),
 }
 
@@ -80,15 +83,18 @@ def servers(folder: Path) -> dict[str, dict[str, tuple[subprocess.Popen, int]]]:
 def drive(load: str, port: int, seconds: float, clients: int) -> float:
     """Run `sockapp bench` in `clients` processes at once; return their summed throughput."""
     _, args, unit = LOADS[load]
-    argv = [str(BIN / "sockapp"), "bench", "--connect", f"tcp:host=127.0.0.1:port={port}", *args]
-    argv += ["--duration", str(seconds), "--json"]
+    if load == "close":
+        argv = [sys.executable, str(HERE / "close_load.py"), str(port), *args, "--seconds", str(seconds)]
+    else:
+        argv = [str(BIN / "sockapp"), "bench", "--connect", f"tcp:host=127.0.0.1:port={port}", *args]
+        argv += ["--duration", str(seconds), "--json"]
     runs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(clients)]
     total = 0.0
     for run in runs:
         out, err = run.communicate(timeout=seconds + 60)
         summary = json.loads(out)
         if summary["errors"]:
-            raise SystemExit(f"bench: {load} had errors: {summary['errors_by_kind']}")
+            raise SystemExit(f"bench: {load} had errors: {summary.get('errors_by_kind', summary['errors'])}")
         rate = summary["throughput_per_s"]
         if unit == "MB/s":
             rate = rate * 65536 / 1e6

@@ -113,3 +113,55 @@ async def test_a_peer_that_does_not_read_is_not_read_from():
         client.transport.loseConnection()
     finally:
         await port.stopListening()
+
+
+class NoDelayRecorder(StringTransport):
+    def __init__(self, refuse=False):
+        super().__init__()
+        self.refuse = refuse
+        self.no_delay = []
+
+    def setTcpNoDelay(self, enabled):
+        if self.refuse:
+            raise OSError(95, "Operation not supported")  # a UNIX socket
+        self.no_delay.append(enabled)
+
+
+def test_echo_sends_without_nagle_delay():
+    protocol = EchoFactory().buildProtocol(None)
+    transport = NoDelayRecorder()
+    protocol.makeConnection(transport)
+    assert transport.no_delay == [True]
+
+
+def test_a_transport_without_tcp_options_still_echoes():
+    protocol = EchoFactory().buildProtocol(None)
+    transport = NoDelayRecorder(refuse=True)
+    protocol.makeConnection(transport)
+    protocol.dataReceived(b"still here")
+    assert transport.value() == b"still here"
+
+
+@pytest_twisted.ensureDeferred
+async def test_echo_over_tcp_turns_nagle_off():
+    import socket
+
+    servers = []
+
+    class Recording(EchoFactory):
+        def buildProtocol(self, addr):
+            p = super().buildProtocol(addr)
+            servers.append(p)
+            return p
+
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Recording())
+    try:
+        client = await TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
+            Factory.forProtocol(Protocol)
+        )
+        await settle(lambda: len(servers), reactor, quiet_rounds=2)
+        handle = servers[0].transport.getHandle()
+        assert handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        client.transport.loseConnection()
+    finally:
+        await port.stopListening()

@@ -12,7 +12,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 
 from sockapp.echo import EchoFactory
-from sockapp.lifecycle import Deadlines, Refused
+from sockapp.lifecycle import DeadlineSweep, Deadlines, Refused
 from sockapp.server import SearchFactory
 
 ADDRESS = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -84,6 +84,85 @@ def test_cancel_leaves_no_timer():
     timer, _ = deadlines(clock)
     timer.cancel()
     assert not clock.getDelayedCalls()
+
+
+def swept_deadlines(clock, sweep, idle=300.0, frame=30.0):
+    recorder = Recorder()
+    return Deadlines(clock, idle, frame, recorder.idle, recorder.frame, sweep), recorder
+
+
+def test_far_deadlines_share_one_sweep_timer_until_they_come_near():
+    clock = Clock()
+    sweep = DeadlineSweep(clock, interval=1.0)
+    timers = [swept_deadlines(clock, sweep) for _ in range(100)]
+    assert len(clock.getDelayedCalls()) == 1  # the sweep's, not one per connection
+    for _ in range(299):
+        clock.advance(1)
+    assert all(recorder.fired == [] for _, recorder in timers)
+    assert not sweep.waiting and len(clock.getDelayedCalls()) == 100  # near: each has its own timer now
+    clock.advance(1)
+    assert all(recorder.fired == ["idle"] for _, recorder in timers)
+    assert not clock.getDelayedCalls()  # nothing waits: the sweep stopped
+
+
+# Times here are sums of powers of two, exact in floating point: "exact" means exact.
+EPSILON = 1 / 1024
+
+
+@pytest.mark.parametrize("idle", [0.5, 2.0, 2.5, 7.25, 300.0])
+@pytest.mark.parametrize("step", [0.25, 1.0, 5.0, 1000.0])
+def test_swept_idle_deadlines_fire_at_their_exact_time(idle, step):
+    clock = Clock()
+    timer, recorder = swept_deadlines(clock, DeadlineSweep(clock, interval=1.0), idle=idle, frame=None)
+    clock.advance(0.25)
+    timer.activity(in_frame=False)  # due at 0.25 + idle
+    due = 0.25 + idle
+    while clock.seconds() + step < due - EPSILON:
+        clock.advance(step)
+    clock.advance(due - EPSILON - clock.seconds())
+    assert recorder.fired == []
+    clock.advance(EPSILON)
+    assert recorder.fired == ["idle"]
+
+
+def test_swept_frame_deadline_fires_at_its_exact_time():
+    clock = Clock()
+    timer, recorder = swept_deadlines(clock, DeadlineSweep(clock, interval=1.0))
+    clock.advance(10.5)
+    timer.activity(in_frame=True)  # a frame begins: due at 40.5
+    clock.advance(30 - EPSILON)
+    assert recorder.fired == []
+    clock.advance(EPSILON)
+    assert recorder.fired == ["frame"]
+    assert timer.last_activity == 10.5  # the idle deadline is still counted from the last read
+
+
+def test_swept_close_deadline_fires_at_its_exact_time():
+    clock = Clock()
+    sweep = DeadlineSweep(clock, interval=1.0)
+    timer, _ = swept_deadlines(clock, sweep)
+    overdue = []
+    timer.closing(100.0, lambda: overdue.append(clock.seconds()))
+    clock.advance(100 - EPSILON)
+    assert overdue == []
+    clock.advance(EPSILON)
+    assert overdue == [100.0]
+
+
+def test_short_lived_connections_make_no_timer_of_their_own():
+    clock = Clock()
+    factory = SearchFactory(reactor=clock)
+    request = json_request({"action": "search", "value": "ring"})
+    opened = []
+    for _ in range(50):
+        protocol, transport = connect(factory)
+        protocol.dataReceived(request)
+        opened.append((protocol, transport))
+    assert len(clock.getDelayedCalls()) == 1  # the sweep's
+    for protocol, transport in opened:
+        lose(protocol, transport)
+    assert not factory.deadline_sweep.waiting
+    assert [call.func for call in clock.getDelayedCalls()] == [factory._release_if_idle]
 
 
 def connect(factory):

@@ -1,6 +1,7 @@
 """The echo server as a Twisted ``Protocol``/``Factory`` pair.
 
-Every byte received is written back. The transport is its own producer, so
+Every byte received is written back, read 256 KiB at a time and sent at
+once with Nagle's algorithm off (as asyncio and uvloop do). The transport is its own producer, so
 a peer that sends without reading is read no faster than it reads: server
 memory per connection stays bounded. A peer that half-closes gets every
 byte back before the connection closes.
@@ -20,6 +21,7 @@ from sockapp.protocol import (
     close_after_flush,
     describe_address,
     read_only_as_fast_as_peer_reads,
+    send_without_delay,
     write_now,
 )
 
@@ -42,6 +44,7 @@ class EchoProtocol(ClosesInTime, Protocol):
     def connectionMade(self) -> None:
         if hasattr(self.transport, "bufferSize"):
             self.transport.bufferSize = READ_SIZE
+        send_without_delay(self.transport)
         read_only_as_fast_as_peer_reads(self.transport)
         self.received = 0
         self.deadlines = self.factory.deadlines_for(self, frame_timeout=False)

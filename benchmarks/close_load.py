@@ -17,7 +17,7 @@ import socket
 import struct
 import time
 
-from sockapp.framing import encode_json
+from sockapp.wire.framing import encode_json
 
 REQUEST = encode_json({"action": "search", "value": "morpheus"})
 

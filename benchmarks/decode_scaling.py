@@ -14,7 +14,7 @@ import json
 import sys
 import time
 
-from sockapp.framing import NEED_DATA, FrameDecoder, encode_frame
+from sockapp.wire.framing import NEED_DATA, FrameDecoder, encode_frame
 
 PIECE = 64 * 1024
 

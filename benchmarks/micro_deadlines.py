@@ -7,7 +7,7 @@ import sys, time
 from twisted.internet import epollreactor
 epollreactor.install()
 from twisted.internet import reactor
-from sockapp.lifecycle import ServerFactory
+from sockapp.server.lifecycle import ServerFactory
 
 factory = ServerFactory(reactor=reactor)
 class P:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from sockapp.errors import RemoteProtocolError
-from sockapp.framing import NEED_DATA, FrameDecoder
-from sockapp.search import SearchIndex
+from sockapp.wire.framing import NEED_DATA, FrameDecoder
+from sockapp.apps.search import SearchIndex
 
 INDEX = SearchIndex()
 

@@ -42,8 +42,8 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 
 from sockapp.client import Client, request_frame
-from sockapp.framing import encode_frame
-from sockapp.search import TUTORIAL_ANSWERS
+from sockapp.wire.framing import encode_frame
+from sockapp.apps.search import TUTORIAL_ANSWERS
 
 FRAME_TIMEOUT = 2
 

@@ -15,7 +15,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 
 from sockapp.app import ActionError, App, Context, Reply
-from sockapp.framing import NEED_DATA, FrameDecoder
+from sockapp.wire.framing import NEED_DATA, FrameDecoder
 from sockapp.server import AppFactory
 
 
@@ -564,7 +564,7 @@ def test_a_peer_waiting_for_a_slow_answer_is_not_idle():
 
 
 def test_metrics_label_a_timed_out_request_with_its_action_and_time_async_answers():
-    from sockapp.metrics import ServerMetrics
+    from sockapp.server.metrics import ServerMetrics
 
     slow = Slow()
     metrics = ServerMetrics(process=False)
@@ -614,7 +614,7 @@ def test_requests_that_waited_in_the_decoder_are_not_a_frame_in_progress():
 
 
 def test_every_answer_to_a_request_that_waited_is_timed():
-    from sockapp.metrics import ServerMetrics
+    from sockapp.server.metrics import ServerMetrics
 
     slow = Slow()
     metrics = ServerMetrics(process=False)

@@ -19,10 +19,10 @@ from twisted.internet.task import Clock, deferLater
 from twisted.test import iosim
 from zope.interface import implementer
 
-from sockapp.bench import Bench, BenchConfig, Latencies, SendSchedule
-from sockapp.echo import EchoFactory
-from sockapp.protocol import FramedProtocol
-from sockapp.search import SearchIndex
+from sockapp.client.bench import Bench, BenchConfig, Latencies, SendSchedule
+from sockapp.server.echo import EchoFactory
+from sockapp.net.protocol import FramedProtocol
+from sockapp.apps.search import SearchIndex
 from sockapp.server import SearchFactory
 
 
@@ -520,7 +520,7 @@ async def test_the_run_ends_against_a_server_that_does_not_read(listen, protocol
 @pytest.mark.parametrize("check, served", [(True, 36), (False, 30)])
 @pytest_twisted.ensureDeferred
 async def test_the_answer_check_can_be_skipped_for_exact_counts(listen, check, served):
-    from sockapp.metrics import ServerMetrics
+    from sockapp.server.metrics import ServerMetrics
 
     metrics = ServerMetrics(process=False)
     summary = await run(listen, SearchFactory(metrics=metrics), connections=3, requests=30, check_answers=check)
@@ -532,14 +532,14 @@ class AnswerOnceThenClose(Protocol):
     """The tutorial's app_msrvr.py in miniature: read one request, answer it as the search does, close."""
 
     def connectionMade(self):
-        from sockapp.framing import FrameDecoder
+        from sockapp.wire.framing import FrameDecoder
 
         self.decoder = FrameDecoder()
         self.answered = False
 
     def dataReceived(self, data):
-        from sockapp.framing import Message, encode_json
-        from sockapp.search import TUTORIAL_ANSWERS
+        from sockapp.wire.framing import Message, encode_json
+        from sockapp.apps.search import TUTORIAL_ANSWERS
 
         if self.answered:
             return

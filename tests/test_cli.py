@@ -18,9 +18,9 @@ from twisted.internet.error import ProcessDone, ProcessExitedAlready
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.internet.utils import getProcessOutputAndValue
 
-from sockapp.echo import EchoFactory
-from sockapp.framing import encode_frame, encode_result
-from sockapp.search import TUTORIAL_ANSWERS, SearchIndex
+from sockapp.server.echo import EchoFactory
+from sockapp.wire.framing import encode_frame, encode_result
+from sockapp.apps.search import TUTORIAL_ANSWERS, SearchIndex
 from sockapp.server import SearchFactory
 
 
@@ -331,7 +331,7 @@ async def test_multi_line_answers_keep_their_lines(listen):
     [("5", 5), ('{"a": 1}', {"a": 1}), ('"quoted"', "quoted"), ("word", "word"), ("two words", "two words"), ("null", None)],
 )
 def test_a_call_value_is_json_or_else_a_word(text, value):
-    from sockapp.cli import json_or_word
+    from sockapp.client.cli import json_or_word
 
     assert json_or_word(text) == value
 

@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 
 from sockapp.client import AppClient, EchoClient, request_frame
 from sockapp.errors import ConnectionClosed, ErrorCode, RemoteProtocolError, ServerError
-from sockapp.framing import encode_frame, encode_json
+from sockapp.wire.framing import encode_frame, encode_json
 from sockapp.server import SearchFactory, SearchProtocol
 
 
@@ -426,7 +426,7 @@ def test_after_the_server_sends_eof_what_is_outstanding_goes_again_at_once():
 
 
 def test_close_aborts_connections_that_cannot_drain_after_the_grace_period():
-    from sockapp.protocol import CLOSE_GRACE
+    from sockapp.net.protocol import CLOSE_GRACE
 
     clock = Clock()
     endpoint = StringEndpoint()
@@ -695,7 +695,7 @@ def test_an_answer_over_the_clients_limit_says_so():
 def test_a_servers_words_for_its_limit_are_unchanged():
     from conftest import raw_frame
 
-    from sockapp.framing import FrameDecoder
+    from sockapp.wire.framing import FrameDecoder
 
     decoder = FrameDecoder(max_content_length=1000, max_json_length=100)  # a server's, as SearchProtocol makes it
     header = {"byteorder": "little", "content-type": "text/json", "content-encoding": "utf-8", "content-length": 101}
@@ -791,7 +791,7 @@ def test_a_call_is_sent_again_after_a_dropped_connection_only_if_idempotent():
 from twisted.internet.defer import gatherResults  # noqa: E402
 from twisted.internet.protocol import Factory, Protocol  # noqa: E402
 
-from sockapp.framing import FrameDecoder, Message  # noqa: E402
+from sockapp.wire.framing import FrameDecoder, Message  # noqa: E402
 
 
 def frames_sent(transport):

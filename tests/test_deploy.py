@@ -6,8 +6,8 @@ import re
 
 from conftest import ROOT
 
-from sockapp.framing import NEED_DATA, FrameDecoder, encode_json
-from sockapp.search import PONG, SearchIndex
+from sockapp.wire.framing import NEED_DATA, FrameDecoder, encode_json
+from sockapp.apps.search import PONG, SearchIndex
 
 CONFIG = ROOT / "deploy" / "haproxy.cfg"
 
@@ -38,7 +38,7 @@ def test_the_server_answers_the_check_with_what_it_expects():
 
 
 def test_timeouts_outlast_the_servers_idle_timeout():
-    from sockapp.lifecycle import DEFAULT_IDLE_TIMEOUT
+    from sockapp.server.lifecycle import DEFAULT_IDLE_TIMEOUT
 
     text = CONFIG.read_text()
     for side in ("client", "server"):

@@ -9,7 +9,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 
-from sockapp.echo import EchoFactory
+from sockapp.server.echo import EchoFactory
 
 
 def connect():
@@ -41,7 +41,7 @@ def test_half_close_flushes_then_closes():
 
 
 def test_transport_is_its_own_producer():
-    from sockapp.protocol import ReadingProducer
+    from sockapp.net.protocol import ReadingProducer
 
     _, transport = connect()
     assert isinstance(transport.producer, ReadingProducer) and transport.streaming

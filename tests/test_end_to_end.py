@@ -12,7 +12,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 
 from sockapp.client import connect, connect_echo
-from sockapp.echo import EchoFactory
+from sockapp.server.echo import EchoFactory
 from sockapp.errors import BadEndpoint, ServerError
 from sockapp.server import SearchFactory
 

@@ -6,8 +6,8 @@ import pytest
 from twisted.internet.endpoints import _parse as twisted_parse
 from twisted.internet.testing import MemoryReactor
 
-from sockapp.endpoints import client_endpoint, endpoint_arguments, server_endpoint
-from sockapp.proxy import CheckedProxyEndpoint
+from sockapp.net.endpoints import client_endpoint, endpoint_arguments, server_endpoint
+from sockapp.net.proxy import CheckedProxyEndpoint
 
 DESCRIPTIONS = [
     "tcp:5634",

@@ -15,7 +15,7 @@ import time
 import pytest
 from conftest import binary_request, json_request, raw_frame, split_frames, start_twistd, tool
 
-from sockapp.protocol import CLOSE_GRACE
+from sockapp.net.protocol import CLOSE_GRACE
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 TIMEOUT = 30

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sockapp.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from sockapp.framing import (
+from sockapp.wire.framing import (
     DEFAULT_MAX_CONTENT_LENGTH,
     NEED_DATA,
     FrameDecoder,
@@ -382,7 +382,7 @@ def test_encode_refuses_header_fields_that_are_not_strings(field):
 
 def test_the_parsed_header_cache_stays_bounded_however_many_distinct_headers_arrive():
     """Every distinct content type is a new header: a peer must not grow the cache without end."""
-    from sockapp import framing
+    from sockapp.wire import framing
 
     framing._PARSED_HEADERS.clear()
     for number in range(3 * framing._PARSED_HEADERS_LIMIT):
@@ -457,7 +457,7 @@ def test_binary_content_keeps_the_larger_limit():
 
 def test_long_headers_are_not_cached():
     """A cached header holds its strings (4 bytes a character with one emoji): only short ones are kept."""
-    from sockapp import framing
+    from sockapp.wire import framing
 
     framing._PARSED_HEADERS.clear()
     long_type = "binary/" + "x" * 1000 + "\U0001f436"
@@ -481,7 +481,7 @@ def test_a_lone_surrogate_is_encoded_as_a_json_escape():
 
 def test_json_dense_with_arrays_and_objects_is_too_complex():
     """Nested arrays at 2 bytes a level cost 0.13 CPU-s per MiB to parse: refused before parsing."""
-    from sockapp.framing import CHARACTERS_PER_CONTAINER, FREE_CONTAINERS
+    from sockapp.wire.framing import CHARACTERS_PER_CONTAINER, FREE_CONTAINERS
 
     for nested in (b"[" * 200 + b"]" * 200, b"[" + b",".join([b"[" * 200 + b"]" * 200] * 200) + b"]"):
         with pytest.raises(RemoteProtocolError) as caught:
@@ -498,7 +498,7 @@ def test_json_dense_with_arrays_and_objects_is_too_complex():
 
 
 def test_a_header_with_many_arrays_or_objects_is_refused():
-    from sockapp.framing import MAX_HEADER_CONTAINERS
+    from sockapp.wire.framing import MAX_HEADER_CONTAINERS
 
     header = {"byteorder": "big", "content-type": "x", "content-encoding": "binary", "content-length": 0}
     decoder = FrameDecoder()
@@ -553,7 +553,7 @@ def test_a_lone_surrogate_in_another_encoding_is_escaped_too():
     ["pong", "No match for 'caf\u00e9' \U0001f436.", "\ud800", 'quote " back \\ slash \n\x00', 7, None, [1, "\udfff"], {}],
 )
 def test_encode_result_is_encode_json_of_a_result_byte_for_byte(value):
-    from sockapp.framing import encode_result
+    from sockapp.wire.framing import encode_result
 
     assert encode_result(value) == encode_json({"result": value})
 

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from test_smoke import scrape
 
-from sockapp.framing import NEED_DATA, FrameDecoder, encode_json
+from sockapp.wire.framing import NEED_DATA, FrameDecoder, encode_json
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

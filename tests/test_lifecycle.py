@@ -11,8 +11,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 
-from sockapp.echo import EchoFactory
-from sockapp.lifecycle import DeadlineSweep, Deadlines, Refused
+from sockapp.server.echo import EchoFactory
+from sockapp.server.lifecycle import DeadlineSweep, Deadlines, Refused
 from sockapp.server import SearchFactory
 
 ADDRESS = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -270,7 +270,7 @@ def test_connections_are_tracked(factory_class):
 
 
 def test_freed_memory_is_released_once_the_server_has_been_idle_a_moment(monkeypatch):
-    from sockapp import lifecycle
+    from sockapp.server import lifecycle
 
     calls = []
     monkeypatch.setattr(lifecycle, "_malloc_trim", calls.append)
@@ -420,7 +420,7 @@ def test_an_idle_peer_that_stopped_reading_is_aborted_at_once(factory_class):
 
 def test_no_second_error_frame_once_the_connection_is_closing():
     """A frame timer started by a partial frame must not fire after an error frame closed the connection."""
-    from sockapp.metrics import ServerMetrics
+    from sockapp.server.metrics import ServerMetrics
 
     clock = Clock()
     metrics = ServerMetrics(process=False)

@@ -15,7 +15,7 @@ from twisted.python import log as legacy_log
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from sockapp.logs import JSONLogging, event_as_json, json_lines_observer
+from sockapp.server.logs import JSONLogging, event_as_json, json_lines_observer
 from sockapp.tap import echo, search
 
 
@@ -102,7 +102,7 @@ def twistd_lines(server) -> list[dict]:
 
 @pytest.mark.parametrize(
     "how",
-    [["sockapp", "--log-format", "json"], ["--logger", "sockapp.logs.json_observer", "sockapp"]],
+    [["sockapp", "--log-format", "json"], ["--logger", "sockapp.server.logs.json_observer", "sockapp"]],
     ids=["--log-format", "twistd --logger"],
 )
 def test_twistd_logs_one_json_object_per_line(server_processes, how):
@@ -146,8 +146,8 @@ def test_level_names_are_twisteds():
 def test_a_json_line_stays_under_the_cap_whatever_the_peer_text_escapes_to():
     """peer_text caps a field at 200 characters, but one emoji is 12 bytes of ASCII JSON
     (and a field also appears in the message): the line itself must stay bounded."""
-    from sockapp.logs import MAX_JSON_LINE
-    from sockapp.text import peer_text
+    from sockapp.server.logs import MAX_JSON_LINE
+    from sockapp.wire.text import peer_text
 
     hostile = peer_text("\U0001f436" * 300)
     escaped = peer_text("\x85" * 1000)

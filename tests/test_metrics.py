@@ -12,10 +12,10 @@ from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.python import usage
 from twisted.web.client import Agent, readBody
 
-from sockapp.echo import EchoFactory
+from sockapp.server.echo import EchoFactory
 from sockapp.errors import ErrorCode
-from sockapp.lifecycle import Refused
-from sockapp.metrics import MetricsSite, ServerMetrics
+from sockapp.server.lifecycle import Refused
+from sockapp.server.metrics import MetricsSite, ServerMetrics
 from sockapp.server import SearchFactory
 from sockapp.tap import echo, search
 
@@ -343,7 +343,7 @@ def test_verbose_access_lines_are_escaped_and_cut():
         channel.dataReceived(b"GET /metrics?" + b"x%1b" * 3000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
     finally:
         globalLogPublisher.removeObserver(events.append)
-    (line,) = [formatEvent(e) for e in events if e.get("log_namespace") == "sockapp.metrics.access"]
+    (line,) = [formatEvent(e) for e in events if e.get("log_namespace") == "sockapp.server.metrics.access"]
     assert len(line) < 400 and line.isprintable() and " GET /metrics?x%1b" in line
 
 

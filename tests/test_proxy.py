@@ -10,7 +10,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 
-from sockapp.proxy import CheckedProxyFactory, valid_address
+from sockapp.net.proxy import CheckedProxyFactory, valid_address
 from sockapp.server import SearchFactory
 
 BALANCER = IPv4Address("TCP", "10.0.0.5", 41000)

@@ -9,8 +9,8 @@ import pytest
 from conftest import split_frames
 
 from sockapp.errors import ErrorCode
-from sockapp.framing import Header, Message
-from sockapp.search import TUTORIAL_ANSWERS, DataFileError, SearchIndex, load_answers
+from sockapp.wire.framing import Header, Message
+from sockapp.apps.search import TUTORIAL_ANSWERS, DataFileError, SearchIndex, load_answers
 
 
 def json_message(document: object) -> Message:

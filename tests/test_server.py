@@ -8,7 +8,7 @@ import pytest
 from conftest import binary_request, json_request, raw_frame, split_frames
 from twisted.internet.testing import StringTransport
 
-from sockapp.search import SearchIndex
+from sockapp.apps.search import SearchIndex
 from sockapp.server import SearchFactory
 
 
@@ -181,7 +181,7 @@ def test_behind_a_proxy_header_the_logs_name_the_real_client():
     from twisted.internet.address import IPv4Address
     from twisted.logger import globalLogPublisher
 
-    from sockapp.proxy import CheckedProxyFactory
+    from sockapp.net.proxy import CheckedProxyFactory
 
     events = []
     globalLogPublisher.addObserver(events.append)

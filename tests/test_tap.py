@@ -13,10 +13,10 @@ from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTr
 from twisted.plugin import getPlugins
 from twisted.python import usage
 
-from sockapp.echo import EchoFactory
-from sockapp.framing import encode_json
-from sockapp.search import TUTORIAL_ANSWERS
-from sockapp.search import SearchApp
+from sockapp.server.echo import EchoFactory
+from sockapp.wire.framing import encode_json
+from sockapp.apps.search import TUTORIAL_ANSWERS
+from sockapp.apps.search import SearchApp
 from sockapp.server import AppFactory
 from sockapp.tap import echo, options_from_environment, search
 

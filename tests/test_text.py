@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sockapp.text import PEER_TEXT_LIMIT, peer_text
+from sockapp.wire.text import PEER_TEXT_LIMIT, peer_text
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from twisted.internet.protocol import Factory, Protocol
 from sockapp.app import App
 from sockapp.client import connect
 from sockapp.server import AppFactory
-from sockapp.tls import load_ca_certificates
+from sockapp.net.tls import load_ca_certificates
 
 TIMEOUT = 30
 
@@ -132,7 +132,7 @@ async def test_a_failed_handshake_is_one_log_line_and_counted_by_reason(tls_file
     from twisted.internet.threads import deferToThread
     from twisted.logger import globalLogPublisher
 
-    from sockapp.metrics import ServerMetrics
+    from sockapp.server.metrics import ServerMetrics
 
     metrics = ServerMetrics(process=False)
     events = []
@@ -173,7 +173,7 @@ def test_protocol_versions_below_tls_1_2_are_off(tls_files, clients):
     TLS 1.1 client would be refused with or without sockapp's limit."""
     from OpenSSL import SSL
 
-    from sockapp.tls import mtls_options
+    from sockapp.net.tls import mtls_options
 
     context = mtls_options(str(tls_files["key"]), str(tls_files["cert"]), str(clients["ca"])).getContext()
     current = context.set_options(0)  # adds nothing; returns the options in force
@@ -370,7 +370,7 @@ async def test_a_server_that_does_not_speak_tls_is_said_so(tls_files, kind):
 def test_a_server_misconfiguration_is_one_line_at_start_up(lab, scheme, files, message):
     from twisted.internet.testing import MemoryReactor
 
-    from sockapp.endpoints import server_endpoint
+    from sockapp.net.endpoints import server_endpoint
 
     folder = lab["bundle"].parent
     description = f"{scheme}:0:{files.format(folder=folder)}" + (f":caCerts={lab['bundle']}" if scheme == "mtls" else "")

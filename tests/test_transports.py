@@ -140,7 +140,7 @@ def test_refused_and_timed_out_connections_close_on_wrapped_ports(server_process
     import ssl
     import time
 
-    from sockapp.protocol import CLOSE_GRACE
+    from sockapp.net.protocol import CLOSE_GRACE
 
     port_description = tls_server(tls_files) if kind == "ssl" else "haproxy:tcp:0:interface=127.0.0.1"
     server = server_processes(

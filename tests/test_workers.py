@@ -19,7 +19,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python import usage
 
 from sockapp.tap import echo, search
-from sockapp.workers import InheritedUNIXPort
+from sockapp.server.workers import InheritedUNIXPort
 
 TIMEOUT = 30
 ACCEPTING = r"worker pid (\d+) accepting on the inherited socket"
@@ -252,7 +252,7 @@ from twisted.internet.error import ProcessExitedAlready  # noqa: E402
 from twisted.internet.task import Clock  # noqa: E402
 from twisted.python.failure import Failure  # noqa: E402
 
-from sockapp.workers import RESTART_DELAY, WorkerPool  # noqa: E402
+from sockapp.server.workers import RESTART_DELAY, WorkerPool  # noqa: E402
 
 
 class FakeProcess:

@@ -38,8 +38,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sockapp.errors import ErrorCode
-from sockapp.framing import JSON_CONTENT_TYPE, Header, Message, encode_frame, encode_json, encode_result
-from sockapp.text import peer_text
+from sockapp.wire.framing import JSON_CONTENT_TYPE, Header, Message, encode_frame, encode_json, encode_result
+from sockapp.wire.text import peer_text
 
 __all__ = ["App", "ActionError", "Context", "Reply", "Answer", "Pending", "BUILT_IN_ACTIONS", "error_answer"]
 

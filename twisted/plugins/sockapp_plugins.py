@@ -27,12 +27,12 @@ echo = ServiceMaker(
 
 @implementer(IPlugin, IStreamServerEndpointStringParser)
 class _MutualTLSParser:
-    """``mtls:PORT:privateKey=...:certKey=...:caCerts=...`` (see ``sockapp.tls``)."""
+    """``mtls:PORT:privateKey=...:certKey=...:caCerts=...`` (see ``sockapp.net.tls``)."""
 
     prefix = "mtls"
 
     def parseStreamServer(self, reactor, *args, **kwargs):  # type: ignore[no-untyped-def]
-        from sockapp.tls import mtls_server_endpoint
+        from sockapp.net.tls import mtls_server_endpoint
 
         return mtls_server_endpoint(reactor, *args, **kwargs)
 

@@ -1,1 +1,1 @@
-"""Applications shipped with sockapp, beyond the tutorial's search (``sockapp.search``)."""
+"""Applications shipped with sockapp, beyond the tutorial's search (``sockapp.apps.search``)."""

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
-from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.python import usage
 
-from sockapp.lifecycle import DEFAULT_IDLE_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT
-from sockapp.endpoints import server_endpoint
+from sockapp.server.lifecycle import DEFAULT_IDLE_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT
+from sockapp.net.endpoints import server_endpoint
+from sockapp.server.listening import ListeningService
 
 DEFAULT_PORT = "5634"
 
@@ -187,7 +186,7 @@ def limits(options: ListenOptions) -> dict[str, Any]:
     """The ``ServerFactory`` keyword arguments the options ask for."""
     metrics = None
     if options["metrics-endpoint"] is not None:
-        from sockapp.metrics import ServerMetrics  # only servers that export metrics load prometheus_client
+        from sockapp.server.metrics import ServerMetrics  # only servers that export metrics load prometheus_client
 
         metrics = ServerMetrics()
     return {
@@ -198,46 +197,6 @@ def limits(options: ListenOptions) -> dict[str, Any]:
     }
 
 
-class CannotListen(SystemExit, Exception):
-    """Listening failed: exits with one line instead of a traceback.
-
-    A ``SystemExit`` so that ``twistd -n`` ends quietly with status 1; also an
-    ``Exception`` so that a daemonizing twistd reports it to the waiting
-    parent (which only catches ``Exception``) instead of hanging.
-    """
-
-
-class ListeningService(StreamServerEndpointService):
-    """Listens when started; if it cannot, the process exits with one line.
-
-    Twisted's own service would log the failure and run on without a port
-    (or, raising synchronously, end twistd with a traceback).
-    """
-
-    def __init__(
-        self, endpoint: Any, factory: IProtocolFactory, description: str, shutdown_timeout: float | None = None
-    ) -> None:
-        super().__init__(endpoint, factory)
-        self._raiseSynchronously = True
-        self.description = description
-        self.shutdown_timeout = shutdown_timeout
-
-    def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()
-        except CannotListenError as e:
-            reason = getattr(e.socketError, "strerror", None) or e.socketError
-            raise CannotListen(f"sockapp: cannot listen on {self.description}: {reason}") from None
-
-    def stopService(self) -> Any:
-        """Stop listening, then let open connections finish (``ServerFactory.shutdown``, if it has one)."""
-        stopped = super().stopService()
-        shutdown = getattr(self.factory, "shutdown", None)
-        if shutdown is None:
-            return stopped
-        return stopped.addCallback(lambda _: shutdown(self.shutdown_timeout))
-
-
 def listen_service(options: ListenOptions, factory: IProtocolFactory, reactor: Any = None) -> IService:
     """The service ``options`` ask for: listen on ``options['endpoint']``, or run
     ``--workers`` processes on it, or (in a worker) serve an inherited socket;
@@ -245,7 +204,7 @@ def listen_service(options: ListenOptions, factory: IProtocolFactory, reactor: A
     service = _serving(options, factory, reactor if reactor is not None else _reactor())
     if options["log-format"] != "json":
         return service
-    from sockapp.logs import JSONLogging
+    from sockapp.server.logs import JSONLogging
 
     logging = JSONLogging()
     service.setServiceParent(logging)
@@ -254,11 +213,11 @@ def listen_service(options: ListenOptions, factory: IProtocolFactory, reactor: A
 
 def _serving(options: ListenOptions, factory: IProtocolFactory, reactor: Any) -> IService:
     if options["listen-fd"] is not None:
-        from sockapp.workers import AdoptedPortService
+        from sockapp.server.workers import AdoptedPortService
 
         return AdoptedPortService(reactor, options["listen-fd"], factory, options["shutdown-timeout"])
     if options["workers"] > 1:
-        from sockapp.workers import WorkerPool
+        from sockapp.server.workers import WorkerPool
 
         return WorkerPool(
             reactor,
@@ -273,7 +232,7 @@ def _serving(options: ListenOptions, factory: IProtocolFactory, reactor: Any) ->
     metrics = getattr(factory, "metrics", None)
     if options["metrics-endpoint"] is None or metrics is None:
         return service
-    from sockapp.metrics import MetricsSite
+    from sockapp.server.metrics import MetricsSite
 
     both = MultiService()
     service.setServiceParent(both)

@@ -6,7 +6,7 @@ from typing import Any
 
 from twisted.application.service import IService
 
-from sockapp.echo import EchoFactory
+from sockapp.server.echo import EchoFactory
 from sockapp.tap._listen import ListenOptions, limits, listen_service
 
 

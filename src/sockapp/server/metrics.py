@@ -34,9 +34,9 @@ from twisted.web.server import Request, Site
 
 from sockapp.app import BINARY, OK, OTHER, App
 from sockapp.errors import ErrorCode
-from sockapp.protocol import describe_address
-from sockapp.text import peer_text
-from sockapp.tls import HANDSHAKE_FAILURES
+from sockapp.net.protocol import describe_address
+from sockapp.wire.text import peer_text
+from sockapp.net.tls import HANDSHAKE_FAILURES
 
 # From a cached answer on loopback (tens of microseconds) to a 64 MiB frame (tenths of a second).
 LATENCY_BUCKETS: Final = (
@@ -269,7 +269,7 @@ class MetricsChannel(HTTPChannel):
         self.factory.channel_closed()
 
 
-_access = Logger(namespace="sockapp.metrics.access")
+_access = Logger(namespace="sockapp.server.metrics.access")
 
 
 class MetricsSite(Site):
@@ -296,8 +296,8 @@ class MetricsSite(Site):
 
     def buildProtocol(self, addr: Any) -> Any:
         if self.open >= self.max_connections:
-            from sockapp.lifecycle import Refused
-            from sockapp.protocol import CLOSE_GRACE
+            from sockapp.server.lifecycle import Refused
+            from sockapp.net.protocol import CLOSE_GRACE
 
             self.refused += 1
             return Refused(self.reactor, CLOSE_GRACE)

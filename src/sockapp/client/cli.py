@@ -24,10 +24,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 
 from sockapp import __version__
-from sockapp.bench import Bench, BenchConfig, Summary
+from sockapp.client.bench import Bench, BenchConfig, Summary
 from sockapp.client import DEFAULT_ENDPOINT, DEFAULT_RETRIES, Client, Response, connect, connect_echo
 from sockapp.errors import SockappError, TLSFailure
-from sockapp.progress import live_progress
+from sockapp.client.progress import live_progress
 
 DEFAULT_TIMEOUT = 30.0
 TUTORIAL_ECHO_MESSAGE = "hello, universe.\nHi, friend."

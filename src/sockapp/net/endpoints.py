@@ -1,12 +1,12 @@
 """Endpoint strings as sockapp reads them: Twisted's syntax and endpoints, with
 sockapp's own checks on the TLS and PROXY-protocol ones.
 
-- ``haproxy:...`` server ports check their PROXY headers (``sockapp.proxy``).
+- ``haproxy:...`` server ports check their PROXY headers (``sockapp.net.proxy``).
 - ``ssl:...`` server ports check their files at start-up, one line per
-  problem, and refuse TLS below 1.2 (``sockapp.tls.ssl_server_endpoint``).
+  problem, and refuse TLS below 1.2 (``sockapp.net.tls.ssl_server_endpoint``).
 - ``tls:...`` client endpoints take a ``trustRoots=`` bundle file or a
   directory with keys in it too, and say why a handshake was refused
-  (``sockapp.tls.tls_client_endpoint``).
+  (``sockapp.net.tls.tls_client_endpoint``).
 
 Everything else is Twisted's ``serverFromString`` / ``clientFromString``,
 plugins (such as ``mtls:``) included.
@@ -55,12 +55,12 @@ def server_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
     """The server endpoint ``description`` names; ``ValueError`` (one line) if it cannot be made."""
     from twisted.internet.endpoints import serverFromString
 
-    from sockapp.proxy import PREFIX, CheckedProxyEndpoint
+    from sockapp.net.proxy import PREFIX, CheckedProxyEndpoint
 
     if description.startswith(PREFIX):
         return CheckedProxyEndpoint(server_endpoint(reactor, description[len(PREFIX) :]))
     if _prefix(description) == "ssl":
-        from sockapp.tls import ssl_server_endpoint
+        from sockapp.net.tls import ssl_server_endpoint
 
         args, kwargs = endpoint_arguments(description)
         return _called(ssl_server_endpoint, "ssl:", reactor, *args[1:], **kwargs)  # type: ignore[no-any-return]
@@ -72,7 +72,7 @@ def client_endpoint(reactor: Any, description: str) -> IStreamClientEndpoint:
     from twisted.internet.endpoints import clientFromString
 
     if _prefix(description) == "tls":
-        from sockapp.tls import tls_client_endpoint
+        from sockapp.net.tls import tls_client_endpoint
 
         args, kwargs = endpoint_arguments(description)
         return _called(tls_client_endpoint, "tls:", reactor, *args[1:], **kwargs)  # type: ignore[no-any-return]

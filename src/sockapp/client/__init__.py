@@ -39,10 +39,10 @@ from sockapp.errors import (
     ServerError,
     TLSFailure,
 )
-from sockapp.endpoints import client_endpoint
-from sockapp.framing import JSON_CONTENT_TYPE, FrameDecoder, Header, Message, encode_frame, encode_json
-from sockapp.protocol import CLOSE_GRACE, FramedProtocol
-from sockapp.tls import handshake_unfinished, tls_failure_text
+from sockapp.net.endpoints import client_endpoint
+from sockapp.wire.framing import JSON_CONTENT_TYPE, FrameDecoder, Header, Message, encode_frame, encode_json
+from sockapp.net.protocol import CLOSE_GRACE, FramedProtocol
+from sockapp.net.tls import handshake_unfinished, tls_failure_text
 
 DEFAULT_ENDPOINT: Final = "tcp:host=127.0.0.1:port=5634"
 DEFAULT_RETRIES: Final = 2

@@ -7,7 +7,7 @@ that says why a handshake failed.
 files naming the CAs whose client certificates are accepted (files in it
 that hold no certificate, a private key say, are skipped). A client without
 a certificate, or with one the CAs did not sign, fails the handshake.
-``ssl:`` ports, as sockapp reads them (``sockapp.endpoints``), are built
+``ssl:`` ports, as sockapp reads them (``sockapp.net.endpoints``), are built
 here too. Both check their files when the endpoint is made (one
 ``ValueError`` line per problem) and refuse protocol versions below TLS 1.2.
 
@@ -34,7 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from sockapp.text import peer_text
+from sockapp.wire.text import peer_text
 
 _log = Logger()
 
@@ -465,7 +465,7 @@ def tls_client_endpoint(
         trusted = "this system's trusted CAs (give trustRoots=PATH for a private CA)"
     options = ssl.CertificateOptions(trustRoot=trust, raiseMinimumTo=ssl.TLSVersion.TLSv1_2, **extra)
     if endpoint is not None:
-        from sockapp.endpoints import client_endpoint
+        from sockapp.net.endpoints import client_endpoint
 
         inner = client_endpoint(reactor, endpoint)
     else:

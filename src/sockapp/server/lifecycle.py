@@ -19,10 +19,10 @@ from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
-from sockapp.protocol import CLOSE_GRACE, describe_address
+from sockapp.net.protocol import CLOSE_GRACE, describe_address
 
 if TYPE_CHECKING:
-    from sockapp.metrics import ServerMetrics
+    from sockapp.server.metrics import ServerMetrics
 
 DEFAULT_IDLE_TIMEOUT = 300.0
 DEFAULT_FRAME_TIMEOUT = 30.0

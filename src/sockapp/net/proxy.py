@@ -25,7 +25,7 @@ from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
 from zope.interface import implementer
 
-from sockapp.protocol import describe_address
+from sockapp.net.protocol import describe_address
 
 PREFIX = "haproxy:"
 log = Logger()

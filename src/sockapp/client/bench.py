@@ -40,10 +40,10 @@ from sockapp.client import (
     connect_echo,
 )
 from sockapp.errors import ConnectionClosed, RemoteProtocolError, RequestTimeout, ServerError, TLSFailure
-from sockapp.framing import encode_frame, encode_json
-from sockapp.protocol import CLOSE_GRACE
-from sockapp.search import BINARY_RESPONSE_PREFIX, TUTORIAL_ANSWERS
-from sockapp.text import peer_text
+from sockapp.wire.framing import encode_frame, encode_json
+from sockapp.net.protocol import CLOSE_GRACE
+from sockapp.apps.search import BINARY_RESPONSE_PREFIX, TUTORIAL_ANSWERS
+from sockapp.wire.text import peer_text
 
 PERCENTILES = (50, 90, 99)
 UNEXPECTED_ANSWER = "unexpected-answer"

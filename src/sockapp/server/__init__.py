@@ -21,21 +21,21 @@ from twisted.python.failure import Failure
 from sockapp.app import Answer, App, Context, error_answer
 
 from sockapp.errors import ErrorCode, RemoteProtocolError
-from sockapp.framing import DEFAULT_MAX_CONTENT_LENGTH, DEFAULT_MAX_JSON_LENGTH, Message
-from sockapp.lifecycle import ClosesInTime, ServerFactory
-from sockapp.protocol import (
+from sockapp.wire.framing import DEFAULT_MAX_CONTENT_LENGTH, DEFAULT_MAX_JSON_LENGTH, Message
+from sockapp.server.lifecycle import ClosesInTime, ServerFactory
+from sockapp.net.protocol import (
     FramedProtocol,
     ReadingProducer,
     abort_if_peer_not_reading,
     describe_address,
     read_only_as_fast_as_peer_reads,
 )
-from sockapp.search import SearchApp, SearchIndex
-from sockapp.text import peer_text
-from sockapp.tls import client_certificate, handshake_failure
+from sockapp.apps.search import SearchApp, SearchIndex
+from sockapp.wire.text import peer_text
+from sockapp.net.tls import client_certificate, handshake_failure
 
 if TYPE_CHECKING:
-    from sockapp.metrics import ServerMetrics
+    from sockapp.server.metrics import ServerMetrics
 
 
 DEFAULT_MAX_PENDING: Final = 64

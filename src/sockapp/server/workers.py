@@ -26,6 +26,8 @@ from twisted.internet.stdio import StandardIO
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from sockapp.server.listening import CannotListen
+
 RESTART_DELAY = 1.0
 WORKER_FD = 3
 # A worker leads its own process group, so a signal sent to the parent's group
@@ -89,8 +91,6 @@ class WorkerPool(Service):
         self.stopping = False
 
     def privilegedStartService(self) -> None:
-        from sockapp.tap._listen import CannotListen
-
         listening = serverFromString(self.reactor, self.description).listen(Workers())
         result: list[Any] = []
         listening.addBoth(result.append)

@@ -16,8 +16,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from sockapp.errors import RemoteProtocolError
-from sockapp.text import peer_text
-from sockapp.framing import (
+from sockapp.wire.text import peer_text
+from sockapp.wire.framing import (
     DEFAULT_MAX_CONTENT_LENGTH,
     NEED_DATA,
     FrameDecoder,

@@ -15,8 +15,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from sockapp.lifecycle import ClosesInTime, ServerFactory
-from sockapp.protocol import (
+from sockapp.server.lifecycle import ClosesInTime, ServerFactory
+from sockapp.net.protocol import (
     abort_if_peer_not_reading,
     close_after_flush,
     describe_address,

@@ -25,7 +25,7 @@ from typing import Any, Final, Literal
 from attrs import field, frozen, validators
 
 from sockapp.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from sockapp.text import peer_text
+from sockapp.wire.text import peer_text
 
 PREFIX_LENGTH: Final = 2
 MAX_HEADER_LENGTH: Final = 0xFFFF

@@ -19,8 +19,8 @@ from attrs import field, frozen
 
 from sockapp.app import App, ActionError, Reply
 from sockapp.errors import ErrorCode
-from sockapp.framing import JSON_CONTENT_TYPE, Message, encode_json
-from sockapp.text import peer_text
+from sockapp.wire.framing import JSON_CONTENT_TYPE, Message, encode_json
+from sockapp.wire.text import peer_text
 
 TUTORIAL_ANSWERS: Final[Mapping[str, str]] = types.MappingProxyType(
     {

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from twisted.internet.task import LoopingCall
 
-from sockapp.bench import Bench
+from sockapp.client.bench import Bench
 
 REFRESH_SECONDS = 0.25
 

@@ -7,7 +7,7 @@ with a traceback, ``traceback``. Twisted's ``jsonFileLogObserver`` writes
 every internal key (``log_format``, ``log_level`` as a class, ``log_source``
 ...) in RFC 7464 record separators; this is the flat shape shippers expect.
 
-Two ways in: ``twistd --logger sockapp.logs.json_observer ...`` (twistd's
+Two ways in: ``twistd --logger sockapp.server.logs.json_observer ...`` (twistd's
 own switch, for any service), or ``--log-format json`` on sockapp's
 services, which installs the observer on the twistd application.
 """
@@ -26,7 +26,7 @@ from twisted.logger import FileLogObserver, ILogObserver, LogEvent, eventAsText
 _LEGACY_KEYS: Final = frozenset({"message", "format", "system", "isError", "time", "why", "failure", "printed"})
 _OWN_KEYS: Final = frozenset({"time", "level", "namespace", "message", "system", "traceback"})
 # The longest line an event without a traceback gives. Peer text is capped in characters
-# (sockapp.text), but as ASCII JSON one character can take 12 bytes, and a field appears
+# (sockapp.wire.text), but as ASCII JSON one character can take 12 bytes, and a field appears
 # in the message too: long strings are cut further until the line fits.
 MAX_JSON_LINE: Final = 2000
 _FIXED_KEYS: Final = frozenset({"time", "level", "namespace"})
@@ -81,7 +81,7 @@ def json_lines_observer(out: IO[str]) -> ILogObserver:
 
 
 def json_observer() -> ILogObserver:
-    """For ``twistd --logger sockapp.logs.json_observer``: JSON lines on standard output."""
+    """For ``twistd --logger sockapp.server.logs.json_observer``: JSON lines on standard output."""
     return json_lines_observer(sys.stdout)
 
 

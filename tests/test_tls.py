@@ -584,3 +584,32 @@ def test_an_encrypted_private_key_is_said_so_without_asking_for_a_passphrase(tmp
         f"ssl: the private key in {path} is encrypted: sockapp asks for no passphrase "
         f"(decrypt it: openssl pkey -in {path} -out KEY)"
     )
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_echo_server_logs_and_counts_a_failed_handshake_too(tls_files, clients):
+    """twistd echo --port mtls:... refused clients without a line or a count (its metric stayed 0)."""
+    from twisted.internet.task import deferLater
+    from twisted.internet.threads import deferToThread
+    from twisted.logger import globalLogPublisher
+
+    from sockapp.echo import EchoFactory
+    from sockapp.metrics import ServerMetrics
+
+    metrics = ServerMetrics(process=False)
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    description = f"mtls:0:interface=127.0.0.1:privateKey={tls_files['key']}:certKey={tls_files['cert']}:caCerts={clients['ca']}"
+    port = await serverFromString(reactor, description).listen(EchoFactory(reactor=reactor, metrics=metrics))
+    try:
+        await deferToThread(handshake, port.getHost().port, tls_files, None)
+        for _ in range(100):  # until the server has seen the connection end (bounded)
+            if sum(metrics.tls_handshake_failures.values()):
+                break
+            await deferLater(reactor, 0.05)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        await port.stopListening()
+    assert metrics.tls_handshake_failures["no-certificate"] == 1 and sum(metrics.tls_handshake_failures.values()) == 1
+    lines = [e for e in events if "TLS handshake failed" in e.get("log_format", "")]
+    assert len(lines) == 1 and lines[0]["why"] == "no-certificate"

@@ -22,6 +22,7 @@ from sockapp.protocol import (
     read_only_as_fast_as_peer_reads,
     write_now,
 )
+from sockapp.tls import note_handshake_failure
 
 READ_SIZE = 256 * 1024
 
@@ -84,6 +85,7 @@ class EchoProtocol(ClosesInTime, Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.deadlines.cancel()
+        note_handshake_failure(self.log, self.peer, self.transport, reason, self.factory.metrics)
         self.factory.closed(self)
         if self.factory.verbose:
             self.log.info("echo connection from {peer} closed after {n} bytes", peer=self.peer, n=self.received)

@@ -346,6 +346,17 @@ def handshake_failure(transport: Any, reason: Any) -> str | None:
     return "other"
 
 
+def note_handshake_failure(log: Any, peer: str, transport: Any, reason: Any, metrics: Any) -> None:
+    """At a server connection's end: if its TLS handshake failed (an mtls: port refusing a
+    client), one log line with the peer and why, and the count in ``metrics`` (if any)."""
+    failed = handshake_failure(transport, reason)
+    if failed is None:
+        return
+    log.warn("{peer}: TLS handshake failed: {why} ({detail})", peer=peer, why=failed, detail=peer_text(reason.value, 200))
+    if metrics is not None:
+        metrics.tls_handshake_failed(failed)
+
+
 # The client side: Twisted's ``tls:`` endpoint, rebuilt so that its files are
 # checked when the endpoint is made and a refused handshake says why.
 

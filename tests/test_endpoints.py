@@ -56,3 +56,30 @@ def test_other_endpoints_are_twisteds(tmp_path):
     reactor = MemoryReactor()
     assert type(server_endpoint(reactor, "tcp:0")).__name__ == "TCP4ServerEndpoint"
     assert type(client_endpoint(reactor, f"unix:{tmp_path}/s")).__name__ == "UNIXClientEndpoint"
+
+
+@pytest.mark.parametrize("description", [r"s\sl:0:privateKey=/nowhere.key", r"\ssl:0:privateKey=/nowhere.key"])
+def test_an_escaped_ssl_prefix_is_still_sockapps_checked_ssl(description):
+    """Twisted reads 's\\sl' as 'ssl': sockapp must too, or its checks (and TLS 1.2 at least) are skipped."""
+    with pytest.raises(ValueError, match=r"^ssl: cannot read"):
+        server_endpoint(MemoryReactor(), description)
+
+
+def test_an_escaped_tls_prefix_is_still_sockapps_checked_tls():
+    with pytest.raises(ValueError, match=r"^tls: cannot read trustRoots"):
+        client_endpoint(MemoryReactor(), r"t\ls:localhost:1:trustRoots=/nowhere.pem")
+
+
+@pytest.mark.parametrize("make", [server_endpoint, client_endpoint])
+@pytest.mark.parametrize("description", ["tcp:5634\\", "tls:localhost:1\\", "ssl:0\\"])
+def test_a_lone_backslash_at_the_end_is_a_value_error(make, description):
+    """Twisted's parser raised RuntimeError('generator raised StopIteration'): a traceback from twistd."""
+    with pytest.raises(ValueError, match="ends with a lone"):
+        make(MemoryReactor(), description)
+
+
+@pytest.mark.parametrize("prefix", ["HAPROXY", r"h\aproxy"])
+def test_any_spelling_of_haproxy_gets_sockapps_checked_proxy_endpoint(prefix):
+    """Twisted's own haproxy: plugin (which does not check what it reads) answered these."""
+    endpoint = server_endpoint(MemoryReactor(), f"{prefix}:tcp:0")
+    assert isinstance(endpoint, CheckedProxyEndpoint)

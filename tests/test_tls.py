@@ -435,3 +435,181 @@ def test_the_command_line_tools_with_a_client_certificate(server_processes, tls_
     summary = json.loads(result.stdout)
     assert result.returncode == 1 and summary["errors_by_kind"] == {"tls": 10}
     assert summary["first_error_by_kind"]["tls"].startswith("TLS: the server requires a client certificate")
+
+
+# What a peer (or a bad file) can do: found by attacking issue 11's work.
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_echo_client_whose_handshake_stalls_closes_at_once_and_says_tls(tls_files):
+    """A server that takes the greeting and says nothing: close() aborts (Twisted's
+    loseConnection would wait for the handshake for ever once data was written), and
+    the echo's error says it was the TLS handshake."""
+    from sockapp.client import connect_echo
+    from sockapp.errors import SockappError
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+    try:
+        client = await connect_echo(reactor, f"tls:127.0.0.1:{port.getHost().port}:trustRoots={tls_files['trust']}")
+        echoed = client.roundTrip(b"hi")
+        await client.close().addTimeout(TIMEOUT, reactor)  # before the fix: never fired
+        with pytest.raises(SockappError) as raised:
+            await echoed
+    finally:
+        await port.stopListening()
+    assert str(raised.value) == "TLS: the connection closed during the handshake; does the server speak TLS?"
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_echo_client_refused_by_tls_says_why(tls_files, clients):
+    from sockapp.client import connect_echo
+    from sockapp.errors import SockappError
+
+    port = await listen_mtls(tls_files, clients["ca"])
+    try:
+        client = await connect_echo(reactor, client_endpoint(tls_files, port.getHost().port))
+        with pytest.raises(SockappError) as raised:
+            await client.roundTrip(b"hi").addTimeout(TIMEOUT, reactor)
+    finally:
+        await port.stopListening()
+    assert str(raised.value).startswith("TLS: the server requires a client certificate"), str(raised.value)
+
+
+class _PeerCertificateTransport:
+    """A transport whose peer presented ``certificate`` (a cryptography one); counts the asks."""
+
+    def __init__(self, certificate) -> None:
+        from OpenSSL import crypto
+
+        self.certificate = crypto.X509.from_cryptography(certificate)
+        self.asked = 0
+
+    def getPeerCertificate(self):  # noqa: N802 - Twisted's name
+        self.asked += 1
+        return self.certificate
+
+
+def test_the_client_certificate_is_read_once_a_connection():
+    """60 kB of names cost 4.5 ms a request to read: a peer pipelining requests made the server read them each time."""
+    from sockapp.net.tls import client_certificate
+
+    names = [x509.DNSName(f"n{i:05d}.example") for i in range(3000)]
+    transport = _PeerCertificateTransport(issue_certificate(make_ca("big CA"), "big", names)[1])
+    first = client_certificate(transport)
+    assert client_certificate(transport) is first and len(first.dns_names) == 3000
+    assert transport.asked == 1
+
+
+def test_a_common_name_over_64_characters_warns_nothing():
+    """cryptography warns about such a name (the peer picks it): two lines on a client's stderr
+    before its one-line error, a line in the server's log."""
+    import datetime
+    import warnings
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from sockapp.net.tls import _names, client_certificate
+
+    ca_key, ca_cert = make_ca("long CA")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        long_name = x509.NameAttribute(x509.NameOID.COMMON_NAME, "L" * 100, _validate=False)
+        certificate = x509.CertificateBuilder(
+            subject_name=x509.Name([long_name]),
+            issuer_name=ca_cert.subject,
+            public_key=ec.generate_private_key(ec.SECP256R1()).public_key(),
+            serial_number=1,
+            not_valid_before=now,
+            not_valid_after=now + datetime.timedelta(days=1),
+        ).sign(ca_key, hashes.SHA256())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert client_certificate(_PeerCertificateTransport(certificate)).common_name == "L" * 100
+        assert _names(certificate).startswith("LLLL")
+
+
+@pytest.mark.parametrize("what", ["fifo", "device", "huge"])
+def test_a_ca_file_that_is_not_a_small_regular_file_is_one_line(tmp_path, clients, what):
+    """caCerts=/dev/zero ate 6.8 GB in 8 s at start-up; a FIFO hung it for ever."""
+    import os
+
+    from sockapp.net.tls import MAX_PEM_FILE
+
+    if what == "fifo":
+        path = tmp_path / "fifo"
+        os.mkfifo(path)
+        expected = f"mtls: caCerts {path} is not a regular file"
+    elif what == "device":
+        path = "/dev/zero"
+        expected = "mtls: caCerts /dev/zero is not a regular file"
+    else:
+        path = tmp_path / "huge.pem"
+        with open(path, "wb") as f:
+            f.write(clients["ca"].read_bytes())
+            f.truncate(MAX_PEM_FILE + 1)
+        expected = f"mtls: caCerts {path} is larger than {MAX_PEM_FILE} bytes"
+    with pytest.raises(ValueError) as raised:
+        load_ca_certificates(str(path))
+    assert str(raised.value) == expected
+
+
+def test_begin_lines_without_an_end_are_read_in_linear_time(tmp_path):
+    """The certificate pattern was quadratic: 8,000 BEGIN lines (224 kB) took 7 CPU-seconds."""
+    path = tmp_path / "begins.pem"
+    path.write_bytes(b"-----BEGIN CERTIFICATE-----\n" * 30_000)  # 840 kB: minutes before the fix
+    with pytest.raises(ValueError, match="no PEM certificate"):
+        load_ca_certificates(str(path))
+
+
+@pytest.mark.parametrize("key_format", ["PKCS8", "TraditionalOpenSSL"])
+def test_an_encrypted_private_key_is_said_so_without_asking_for_a_passphrase(tmp_path, tls_files, key_format):
+    """OpenSSL asked 'Enter PEM pass phrase:' on the terminal (twistd and sockapp waited), and
+    without one said 'processing error; problems getting password; interrupted or cancelled; ...'."""
+    from sockapp.net.tls import own_certificate
+
+    key = serialization.load_pem_private_key(tls_files["key"].read_bytes(), None)
+    path = tmp_path / "encrypted.key"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            getattr(serialization.PrivateFormat, key_format),
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    with pytest.raises(ValueError) as raised:
+        own_certificate(str(tls_files["cert"]), str(path), "ssl:", ("certKey", "privateKey"))
+    assert str(raised.value) == (
+        f"ssl: the private key in {path} is encrypted: sockapp asks for no passphrase "
+        f"(decrypt it: openssl pkey -in {path} -out KEY)"
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_echo_server_logs_and_counts_a_failed_handshake_too(tls_files, clients):
+    """twistd echo --port mtls:... refused clients without a line or a count (its metric stayed 0)."""
+    from twisted.internet.task import deferLater
+    from twisted.internet.threads import deferToThread
+    from twisted.logger import globalLogPublisher
+
+    from sockapp.server.echo import EchoFactory
+    from sockapp.server.metrics import ServerMetrics
+
+    metrics = ServerMetrics(process=False)
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    description = f"mtls:0:interface=127.0.0.1:privateKey={tls_files['key']}:certKey={tls_files['cert']}:caCerts={clients['ca']}"
+    port = await serverFromString(reactor, description).listen(EchoFactory(reactor=reactor, metrics=metrics))
+    try:
+        await deferToThread(handshake, port.getHost().port, tls_files, None)
+        for _ in range(100):  # until the server has seen the connection end (bounded)
+            if sum(metrics.tls_handshake_failures.values()):
+                break
+            await deferLater(reactor, 0.05)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        await port.stopListening()
+    assert metrics.tls_handshake_failures["no-certificate"] == 1 and sum(metrics.tls_handshake_failures.values()) == 1
+    lines = [e for e in events if "TLS handshake failed" in e.get("log_format", "")]
+    assert len(lines) == 1 and lines[0]["why"] == "no-certificate"

@@ -149,7 +149,12 @@ class _Closable:
             return succeed(None)
         closed: Deferred[None] = Deferred()
         self._closed_waiters.append(closed)
-        self.transport.loseConnection()
+        if handshake_unfinished(self.transport):
+            # Twisted's TLS loseConnection waits for the handshake once something was
+            # written, for ever if the server stalls: there is nothing to close cleanly yet.
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
         return closed
 
     def _notify_closed(self) -> None:
@@ -637,8 +642,12 @@ class EchoClient(_Closable, Protocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         waiting, self._waiting = self._waiting, deque()
         got = len(self._received)
+        tls_failure = _loss_error(reason, self.transport)  # a refused or unfinished TLS handshake says so
         for length, echoed in waiting:
-            echoed.errback(ConnectionClosed(f"the server closed the connection after echoing {got} of {length} bytes"))
+            if isinstance(tls_failure, TLSFailure):
+                echoed.errback(tls_failure)
+            else:
+                echoed.errback(ConnectionClosed(f"the server closed the connection after echoing {got} of {length} bytes"))
             got = 0
         self._notify_closed()
 

@@ -21,7 +21,9 @@ from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndp
 
 def endpoint_arguments(description: str) -> tuple[list[str], dict[str, str]]:
     """The positional and keyword arguments of an endpoint string, as Twisted splits them:
-    ``:`` separates, the first ``=`` of an argument makes it a keyword, ``\\`` escapes."""
+    ``:`` separates, the first ``=`` of an argument makes it a keyword, ``\\`` escapes.
+    A ``\\`` that ends the string escapes nothing: ``ValueError`` (Twisted's parser
+    raises ``RuntimeError`` there, a traceback from twistd)."""
     args: list[str] = []
     kwargs: dict[str, str] = {}
     parts = [""]  # the current argument: [value], or [name, value]
@@ -35,7 +37,10 @@ def endpoint_arguments(description: str) -> tuple[list[str], dict[str, str]]:
     characters = iter(description)
     for character in characters:
         if character == "\\":
-            parts[-1] += next(characters, "")
+            escaped = next(characters, None)
+            if escaped is None:
+                raise ValueError("it ends with a lone \\ (write \\\\ for a backslash)")
+            parts[-1] += escaped
         elif character == ":":
             add()
             parts = [""]
@@ -48,18 +53,35 @@ def endpoint_arguments(description: str) -> tuple[list[str], dict[str, str]]:
 
 
 def _prefix(description: str) -> str:
-    return description.split(":", 1)[0].lower()
+    """The endpoint type, read as Twisted reads it (``s\\sl:`` is ``ssl:``), so no spelling
+    of ``ssl:`` or ``tls:`` gets Twisted's unchecked endpoint; ``ValueError`` if unparsable."""
+    args, _ = endpoint_arguments(description)
+    return args[0].lower() if args else ""
+
+
+def _after_prefix(description: str) -> str:
+    """``description`` without its endpoint type and the ``:`` after it."""
+    escaped = False
+    for index, character in enumerate(description):
+        if escaped:
+            escaped = False
+        elif character == "\\":
+            escaped = True
+        elif character == ":":
+            return description[index + 1 :]
+    return ""
 
 
 def server_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
     """The server endpoint ``description`` names; ``ValueError`` (one line) if it cannot be made."""
     from twisted.internet.endpoints import serverFromString
 
-    from sockapp.net.proxy import PREFIX, CheckedProxyEndpoint
+    from sockapp.net.proxy import CheckedProxyEndpoint
 
-    if description.startswith(PREFIX):
-        return CheckedProxyEndpoint(server_endpoint(reactor, description[len(PREFIX) :]))
-    if _prefix(description) == "ssl":
+    prefix = _prefix(description)
+    if prefix == "haproxy":
+        return CheckedProxyEndpoint(server_endpoint(reactor, _after_prefix(description)))
+    if prefix == "ssl":
         from sockapp.net.tls import ssl_server_endpoint
 
         args, kwargs = endpoint_arguments(description)

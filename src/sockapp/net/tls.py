@@ -25,6 +25,8 @@ import datetime
 import hashlib
 import os
 import re
+import stat
+import warnings
 import weakref
 from typing import Any, Final
 
@@ -38,8 +40,14 @@ from sockapp.wire.text import peer_text
 
 _log = Logger()
 
-PEM_CERTIFICATE: Final = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+# A certificate's text ends before the next BEGIN: with ``.+?`` alone, every BEGIN line
+# without an END searched the rest of the file (8,000 such lines: 7 CPU-seconds).
+PEM_CERTIFICATE: Final = re.compile(
+    rb"-----BEGIN CERTIFICATE-----(?:[^-]|-(?!----BEGIN ))+?-----END CERTIFICATE-----"
+)
 PEM_PRIVATE_KEY: Final = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----")
+PEM_ENCRYPTED_KEY: Final = re.compile(rb"-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type: *4, *ENCRYPTED")
+MAX_PEM_FILE: Final = 10 * 1024 * 1024  # bytes; a system's whole CA bundle is about 200 kB
 
 
 @frozen
@@ -52,8 +60,19 @@ class ClientCertificate:
     sha256_fingerprint: str  # hex, lowercase, of the DER certificate
 
 
+# What each TLS transport's peer presented, read once: a handler asks at every request,
+# and a certificate with thousands of names takes milliseconds to read.
+_client_certificates: weakref.WeakKeyDictionary[Any, ClientCertificate] = weakref.WeakKeyDictionary()
+
+
 def client_certificate(transport: Any) -> ClientCertificate | None:
     """The certificate the peer of ``transport`` presented, or None (no TLS, or none presented)."""
+    try:
+        known = _client_certificates.get(transport)
+    except TypeError:  # not weakly referenceable: not a TLS transport
+        known = None
+    if known is not None:
+        return known
     get = getattr(transport, "getPeerCertificate", None)
     if get is None:
         return None
@@ -65,11 +84,10 @@ def client_certificate(transport: Any) -> ClientCertificate | None:
         return None
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
-    from cryptography.x509.oid import NameOID
 
     certificate = _cryptography(peer)
-    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    common_name = names[0].value if names else None
+    names = _common_names(certificate)
+    common_name = names[0] if names else None
     try:
         alternatives = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         dns_names = tuple(alternatives.get_values_for_type(x509.DNSName))
@@ -77,20 +95,44 @@ def client_certificate(transport: Any) -> ClientCertificate | None:
     except x509.ExtensionNotFound:
         dns_names = uri_names = ()
     fingerprint = hashlib.sha256(certificate.public_bytes(Encoding.DER)).hexdigest()
-    return ClientCertificate(
-        common_name=str(common_name) if common_name is not None else None,
+    known = ClientCertificate(
+        common_name=common_name,
         dns_names=dns_names,
         uri_names=uri_names,
         sha256_fingerprint=fingerprint,
     )
+    try:
+        _client_certificates[transport] = known
+    except TypeError:  # not weakly referenceable: asked again next time
+        pass
+    return known
+
+
+def _common_names(certificate: Any) -> list[str]:
+    """The common names in a (cryptography) certificate's subject. A name longer than X.509's
+    64 characters is the peer's choice: cryptography's warning about it would be one more
+    line in our log or on a client's stderr."""
+    from cryptography.x509.oid import NameOID
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return [str(a.value) for a in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
 
 
 def _read(path: str, what: str, scheme: str = "mtls:") -> bytes:
+    """The bytes of a PEM file: a regular file of at most ``MAX_PEM_FILE`` bytes (a FIFO would
+    hang start-up, ``/dev/zero`` fill the memory)."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO without a writer: no wait
+        with os.fdopen(descriptor, "rb") as f:
+            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                raise ValueError(f"{scheme} {what} {path} is not a regular file")
+            data = f.read(MAX_PEM_FILE + 1)
     except OSError as e:
         raise ValueError(f"{scheme} cannot read {what} {path}: {e.strerror or e}") from None
+    if len(data) > MAX_PEM_FILE:
+        raise ValueError(f"{scheme} {what} {path} is larger than {MAX_PEM_FILE} bytes")
+    return data
 
 
 def load_ca_certificates(path: str, what: str = "caCerts", scheme: str = "mtls:") -> list[Any]:
@@ -166,6 +208,12 @@ def own_certificate(certificate_path: str, key_path: str | None, scheme: str, na
         raise ValueError(f"{scheme} the certificate in {certificate_path} does not load: {_openssl_text(e)}") from None
     if not PEM_PRIVATE_KEY.search(key_pem):
         raise ValueError(f"{scheme} no PEM private key in {key_name}={key_where}")
+    if PEM_ENCRYPTED_KEY.search(key_pem):
+        # Loaded as it is, OpenSSL would ask for the passphrase on the terminal, and wait.
+        raise ValueError(
+            f"{scheme} the private key in {key_where} is encrypted: sockapp asks for no passphrase "
+            f"(decrypt it: openssl pkey -in {key_where} -out KEY)"
+        )
     try:
         key = ssl.KeyPair.load(key_pem, 1)  # FILETYPE_PEM
     except Exception as e:  # noqa: BLE001 - OpenSSL.crypto.Error (an encrypted key, say)
@@ -305,6 +353,17 @@ def handshake_failure(transport: Any, reason: Any) -> str | None:
     return "other"
 
 
+def note_handshake_failure(log: Any, peer: str, transport: Any, reason: Any, metrics: Any) -> None:
+    """At a server connection's end: if its TLS handshake failed (an mtls: port refusing a
+    client), one log line with the peer and why, and the count in ``metrics`` (if any)."""
+    failed = handshake_failure(transport, reason)
+    if failed is None:
+        return
+    log.warn("{peer}: TLS handshake failed: {why} ({detail})", peer=peer, why=failed, detail=peer_text(reason.value, 200))
+    if metrics is not None:
+        metrics.tls_handshake_failed(failed)
+
+
 # The client side: Twisted's ``tls:`` endpoint, rebuilt so that its files are
 # checked when the endpoint is made and a refused handshake says why.
 
@@ -322,7 +381,6 @@ _verification_failures: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDic
 def _names(certificate: Any) -> str:
     """The host names and addresses a certificate is for (or its common name)."""
     from cryptography import x509
-    from cryptography.x509.oid import NameOID
 
     cert = _cryptography(certificate)
     try:
@@ -330,13 +388,20 @@ def _names(certificate: Any) -> str:
         names = [str(n) for n in alternatives.get_values_for_type(x509.DNSName)]
         names += [str(a) for a in alternatives.get_values_for_type(x509.IPAddress)]
     except x509.ExtensionNotFound:
-        names = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        names = _common_names(cert)
     return peer_text(", ".join(names) or "no host at all", NAME_TEXT_LIMIT)  # the server's words: escaped, cut
 
 
 def _subject(certificate: Any) -> str:
-    cert = _cryptography(certificate)
-    return peer_text(cert.subject.rfc4514_string() or "an empty subject", NAME_TEXT_LIMIT)
+    return peer_text(_distinguished_name(certificate, "subject") or "an empty subject", NAME_TEXT_LIMIT)
+
+
+def _distinguished_name(certificate: Any, which: str) -> str:
+    """A certificate's ``subject`` or ``issuer`` as RFC 4514 text, without cryptography's
+    warning about a name over 64 characters (the peer picks it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return str(getattr(_cryptography(certificate), which).rfc4514_string())
 
 
 @implementer(IOpenSSLClientConnectionCreator)
@@ -407,7 +472,7 @@ class CheckedClientTLS:
         if error in (_CERT_HAS_EXPIRED, _CERT_NOT_YET_VALID):
             return f"{whose} {_validity_problem(certificate) or 'is outside its validity dates'}"
         if error in _UNKNOWN_ISSUER:
-            issuer = peer_text(_cryptography(certificate).issuer.rfc4514_string(), NAME_TEXT_LIMIT)
+            issuer = peer_text(_distinguished_name(certificate, "issuer"), NAME_TEXT_LIMIT)
             return f"{whose} is signed by a CA ({issuer}) not in {self.trusted}"
         if error == _INVALID_PURPOSE:
             return f"{whose} is not for use by a server"

@@ -32,7 +32,7 @@ from sockapp.net.protocol import (
 )
 from sockapp.apps.search import SearchApp, SearchIndex
 from sockapp.wire.text import peer_text
-from sockapp.net.tls import client_certificate, handshake_failure
+from sockapp.net.tls import client_certificate, note_handshake_failure
 
 if TYPE_CHECKING:
     from sockapp.server.metrics import ServerMetrics
@@ -397,17 +397,7 @@ class AppProtocol(ClosesInTime, FramedProtocol):
                 slot.timer.cancel()
             if slot.deferred is not None:
                 slot.deferred.cancel()  # the handler sees CancelledError; _failed ignores it
-        failed = handshake_failure(self.transport, reason)
-        if failed is not None:
-            # One line a connection: its TLS handshake failed (an mtls: port refusing a client).
-            self.log.warn(
-                "{peer}: TLS handshake failed: {why} ({detail})",
-                peer=self.peer,
-                why=failed,
-                detail=peer_text(reason.value, 200),
-            )
-            if self.metrics is not None:
-                self.metrics.tls_handshake_failed(failed)
+        note_handshake_failure(self.log, self.peer, self.transport, reason, self.metrics)
         self.factory.closed(self)
         if self.factory.verbose:
             self.log.info("connection from {peer} closed", peer=self.peer)

@@ -24,6 +24,7 @@ from sockapp.net.protocol import (
     send_without_delay,
     write_now,
 )
+from sockapp.net.tls import note_handshake_failure
 
 READ_SIZE = 256 * 1024
 
@@ -87,6 +88,7 @@ class EchoProtocol(ClosesInTime, Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.deadlines.cancel()
+        note_handshake_failure(self.log, self.peer, self.transport, reason, self.factory.metrics)
         self.factory.closed(self)
         if self.factory.verbose:
             self.log.info("echo connection from {peer} closed after {n} bytes", peer=self.peer, n=self.received)

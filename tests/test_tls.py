@@ -613,3 +613,26 @@ async def test_the_echo_server_logs_and_counts_a_failed_handshake_too(tls_files,
     assert metrics.tls_handshake_failures["no-certificate"] == 1 and sum(metrics.tls_handshake_failures.values()) == 1
     lines = [e for e in events if "TLS handshake failed" in e.get("log_format", "")]
     assert len(lines) == 1 and lines[0]["why"] == "no-certificate"
+
+
+@pytest.mark.parametrize("names, expected", [(["alice"], "alice"), (["alice", "bob"], None), (["bob", "alice"], None), ([], None)])
+def test_a_subject_with_several_common_names_has_none_to_authorize_by(names, expected):
+    """CN=alice,CN=bob would pass a check on the first CN and fail one on the last: it passes neither."""
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from sockapp.net.tls import client_certificate
+
+    ca_key, ca_cert = make_ca("naming CA")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = x509.CertificateBuilder(
+        subject_name=x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, name) for name in names]),
+        issuer_name=ca_cert.subject,
+        public_key=ec.generate_private_key(ec.SECP256R1()).public_key(),
+        serial_number=1,
+        not_valid_before=now,
+        not_valid_after=now + datetime.timedelta(days=1),
+    ).sign(ca_key, hashes.SHA256())
+    assert client_certificate(_PeerCertificateTransport(certificate)).common_name == expected

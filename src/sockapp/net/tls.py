@@ -54,7 +54,7 @@ MAX_PEM_FILE: Final = 10 * 1024 * 1024  # bytes; a system's whole CA bundle is a
 class ClientCertificate:
     """Who connected, from their TLS certificate."""
 
-    common_name: str | None
+    common_name: str | None  # None if the subject has no common name, or several (ambiguous)
     dns_names: tuple[str, ...]
     uri_names: tuple[str, ...]
     sha256_fingerprint: str  # hex, lowercase, of the DER certificate
@@ -87,7 +87,7 @@ def client_certificate(transport: Any) -> ClientCertificate | None:
 
     certificate = _cryptography(peer)
     names = _common_names(certificate)
-    common_name = names[0] if names else None
+    common_name = names[0] if len(names) == 1 else None  # several: ambiguous, so none to authorize by
     try:
         alternatives = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         dns_names = tuple(alternatives.get_values_for_type(x509.DNSName))

@@ -636,3 +636,26 @@ def test_a_subject_with_several_common_names_has_none_to_authorize_by(names, exp
         not_valid_after=now + datetime.timedelta(days=1),
     ).sign(ca_key, hashes.SHA256())
     assert client_certificate(_PeerCertificateTransport(certificate)).common_name == expected
+
+
+@pytest.mark.parametrize("scheme", ["mtls", "ssl"])
+@pytest_twisted.ensureDeferred
+async def test_a_client_limited_to_tls_1_1_is_refused_and_tls_1_2_is_served(tls_files, clients, scheme):
+    """The handshake itself (this machine's OpenSSL may refuse TLS 1.1 on its own as well, which
+    is why test_protocol_versions_below_tls_1_2_are_off checks sockapp's own setting)."""
+    from twisted.internet.threads import deferToThread
+
+    if scheme == "mtls":
+        port = await listen_mtls(tls_files, clients["ca"])
+    else:
+        from sockapp.net.endpoints import server_endpoint
+
+        description = f"ssl:0:interface=127.0.0.1:privateKey={tls_files['key']}:certKey={tls_files['cert']}"
+        port = await server_endpoint(reactor, description).listen(AppFactory(whoami_app(), reactor=reactor))
+    try:
+        number = port.getHost().port
+        old = await deferToThread(handshake, number, tls_files, clients["alice"], stdlib_ssl.TLSVersion.TLSv1_1)
+        assert old != "ok"
+        assert await deferToThread(handshake, number, tls_files, clients["alice"], stdlib_ssl.TLSVersion.TLSv1_2) == "ok"
+    finally:
+        await port.stopListening()

@@ -10,15 +10,13 @@ the server's VmRSS before and after from /proc. Loopback only.
 from __future__ import annotations
 
 import argparse
-import re
 import resource
-import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from sockapp.testing import WaitForLogFailed, start_twistd
 
 
 def rss(pid: int) -> int:
@@ -50,25 +48,16 @@ def main() -> None:
     if hard < wanted:
         raise SystemExit(f"idle_memory: needs {wanted} file descriptors, the hard limit is {hard}")
     resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-    twistd = str(Path(sys.executable).parent / "twistd")
     with tempfile.TemporaryDirectory() as folder:
-        log_path = Path(folder) / "server.log"
-        with open(log_path, "wb") as log:
-            server = subprocess.Popen(
-                [twistd, "-n", "--pidfile=", args.service, "--port", "tcp:0:interface=127.0.0.1:backlog=1024"],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=folder,
-            )
         try:
-            deadline = time.monotonic() + 30
-            while not (found := re.search(rb"starting on (\d+)", log_path.read_bytes())):
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit(f"idle_memory: the server did not start:\n{log_path.read_text()}")
-                time.sleep(0.05)
-            port = int(found.group(1))
+            server = start_twistd(
+                args.service, "--port", "tcp:0:interface=127.0.0.1:backlog=1024", folder=Path(folder), grace=60
+            )
+        except WaitForLogFailed as error:
+            raise SystemExit(f"idle_memory: the server did not start: {error}") from None
+        with server:
             before = settle(server.pid)
-            held = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(args.connections)]
+            held = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(args.connections)]
             after = settle(server.pid)
             per = (after - before) / args.connections
             print(
@@ -77,9 +66,6 @@ def main() -> None:
             )
             for sock in held:
                 sock.close()
-        finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(60)
 
 
 if __name__ == "__main__":

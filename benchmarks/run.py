@@ -19,17 +19,16 @@ import datetime
 import json
 import os
 import platform
-import re
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
+from contextlib import ExitStack
 from pathlib import Path
 
+from sockapp.testing import ServerProcess, WaitForLogFailed, tool, twistd_argv
+
 HERE = Path(__file__).resolve().parent
-BIN = Path(sys.executable).parent
 LOADS = {
     "keep": ("app", ["--connections", "50"], "req/s"),
     "pipe": ("app", ["--connections", "50", "--pipeline", "16"], "req/s"),
@@ -39,29 +38,22 @@ LOADS = {
 }
 
 
-def start(argv: list[str], pattern: str, folder: Path, name: str) -> tuple[subprocess.Popen, int]:
-    log_path = folder / f"{name}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        found = re.search(pattern.encode(), log_path.read_bytes())
-        if found:
-            return proc, int(found.group(1))
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"bench: {name} did not start:\n{log_path.read_text(errors='replace')}")
+def start(argv: list[str], pattern: str, folder: Path, name: str, servers: ExitStack) -> ServerProcess:
+    """Run ``argv`` until its log matches ``pattern`` (group 1: the port); stopped when ``servers`` closes."""
+    server = servers.enter_context(ServerProcess(argv, folder, name=name, grace=30))
+    try:
+        server.wait_until_listening(pattern)
+    except WaitForLogFailed as error:
+        raise SystemExit(f"bench: {name} did not start: {error}") from None
+    return server
 
 
-def servers(folder: Path) -> dict[str, dict[str, tuple[subprocess.Popen, int]]]:
-    twistd = [str(BIN / "twistd"), "-n", "--pidfile="]
+def servers(folder: Path, stack: ExitStack) -> dict[str, dict[str, ServerProcess]]:
     port = ["--port", "tcp:0:interface=127.0.0.1:backlog=1024"]
     found = {
         "sockapp": {
-            "app": start([*twistd, "sockapp", *port], r"starting on (\d+)", folder, "sockapp-app"),
-            "echo": start([*twistd, "echo", *port], r"starting on (\d+)", folder, "sockapp-echo"),
+            "app": start(twistd_argv("sockapp", *port), r"starting on (\d+)", folder, "sockapp-app", stack),
+            "echo": start(twistd_argv("echo", *port), r"starting on (\d+)", folder, "sockapp-echo", stack),
         }
     }
     peer = [sys.executable, str(HERE / "asyncio_peer.py")]
@@ -74,7 +66,9 @@ def servers(folder: Path) -> dict[str, dict[str, tuple[subprocess.Popen, int]]]:
         print("bench: uvloop is not installed; comparing with plain asyncio only", file=sys.stderr)
     for name, extra in flavours.items():
         found[name] = {
-            service: start([*peer, "--service", service, *extra], r"listening on (\d+)", folder, f"{name}-{service}")
+            service: start(
+                [*peer, "--service", service, *extra], r"listening on (\d+)", folder, f"{name}-{service}", stack
+            )
             for service in ("app", "echo")
         }
     return found
@@ -86,7 +80,7 @@ def drive(load: str, port: int, seconds: float, clients: int) -> float:
     if load == "close":
         argv = [sys.executable, str(HERE / "close_load.py"), str(port), *args, "--seconds", str(seconds)]
     else:
-        argv = [str(BIN / "sockapp"), "bench", "--connect", f"tcp:host=127.0.0.1:port={port}", *args]
+        argv = [tool("sockapp"), "bench", "--connect", f"tcp:host=127.0.0.1:port={port}", *args]
         argv += ["--duration", str(seconds), "--json"]
     runs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(clients)]
     total = 0.0
@@ -147,24 +141,18 @@ def main() -> None:
     parser.add_argument("--loads", default=",".join(LOADS))
     args = parser.parse_args()
     loads = args.loads.split(",")
-    with tempfile.TemporaryDirectory() as folder:
-        running = servers(Path(folder))
+    with tempfile.TemporaryDirectory() as folder, ExitStack() as stack:
+        running = servers(Path(folder), stack)
         order = list(running)
         samples: dict[str, dict[str, list[float]]] = {load: {s: [] for s in order} for load in loads}
-        try:
-            for number in range(args.rounds):
-                turn = order[number % len(order) :] + order[: number % len(order)]  # alternate who goes first
-                for load in loads:
-                    service = LOADS[load][0]
-                    for name in turn:
-                        rate = drive(load, running[name][service][1], args.seconds, args.clients)
-                        samples[load][name].append(rate)
-                        print(f"round {number + 1} {load:5} {name:8} {rate:12,.0f} {LOADS[load][2]}", flush=True)
-        finally:
-            for per_service in running.values():
-                for proc, _ in per_service.values():
-                    os.killpg(proc.pid, signal.SIGTERM)
-                    proc.wait(30)
+        for number in range(args.rounds):
+            turn = order[number % len(order) :] + order[: number % len(order)]  # alternate who goes first
+            for load in loads:
+                service = LOADS[load][0]
+                for name in turn:
+                    rate = drive(load, running[name][service].port, args.seconds, args.clients)
+                    samples[load][name].append(rate)
+                    print(f"round {number + 1} {load:5} {name:8} {rate:12,.0f} {LOADS[load][2]}", flush=True)
     medians = {load: {s: statistics.median(v) for s, v in per.items()} for load, per in samples.items()}
     write_results(medians, order, args)
 

@@ -62,8 +62,9 @@ import threading
 import time
 from pathlib import Path
 
+from sockapp.testing import ServerProcess, tool, twistd_argv
+
 HERE = Path(__file__).resolve().parent
-TWISTD = str(Path(sys.executable).parent / "twistd")
 MIB = 2**20
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CLOSE_GRACE = 2.0
@@ -98,26 +99,13 @@ def punycode_frame(length: int) -> bytes:
 # -- the server, measured ------------------------------------------------------------
 
 
-class Server:
-    def __init__(self, *args: str, folder: Path) -> None:
-        self.log_path = folder / f"server-{time.monotonic_ns()}.log"
-        self.log_file = open(self.log_path, "wb")
-        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8")
-        self.proc = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "sockapp", *args],
-            cwd=folder, env=env, stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while not (found := re.search(rb"SearchFactory (?:\(\w+\) )?starting on (\d+)", self.log_bytes())):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()  # leave no process behind
-                raise RuntimeError(f"server did not start:\n{self.log_bytes().decode(errors='replace')}")
-            time.sleep(0.05)
-        self.port = int(found.group(1))
-        self.pid = self.proc.pid
+class Server(ServerProcess):
+    """``twistd -n sockapp ARGS``, started until its search port listens, measured from /proc."""
 
-    def log_bytes(self) -> bytes:
-        return self.log_path.read_bytes()
+    def __init__(self, *args: str, folder: Path) -> None:
+        super().__init__(twistd_argv("sockapp", *args), folder)
+        # Only the search port: with --metrics the MetricsSite logs its own "starting on".
+        self.wait_until_listening(r"SearchFactory (?:\(\w+\) )?starting on (\d+)")
 
     def cpu(self) -> float:
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -135,20 +123,10 @@ class Server:
     def fds(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log_file.close()
-
 
 def has_option(option: str) -> bool:
     """Whether this twistd's sockapp takes ``option`` (an older one, measured for comparison, may not)."""
-    usage = subprocess.run([TWISTD, "sockapp", "--help"], capture_output=True, text=True, timeout=60).stdout
+    usage = subprocess.run([tool("twistd"), "sockapp", "--help"], capture_output=True, text=True, timeout=60).stdout
     return option in usage
 
 

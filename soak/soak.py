@@ -25,13 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import re
 import resource
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -41,9 +36,10 @@ from twisted.internet import defer, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 
-from sockapp.client import Client, request_frame
-from sockapp.wire.framing import encode_frame
 from sockapp.apps.search import TUTORIAL_ANSWERS
+from sockapp.client import Client, request_frame
+from sockapp.testing import ServerProcess, WaitForLogFailed, start_twistd
+from sockapp.wire.framing import encode_frame
 
 FRAME_TIMEOUT = 2
 
@@ -247,37 +243,14 @@ async def soak(reactor, args: argparse.Namespace, port: int, pid: int) -> dict:
     }
 
 
-def start_server(log_path: Path, frame_timeout: float) -> tuple[subprocess.Popen, int]:
-    twistd = str(Path(sys.executable).parent / "twistd")
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [
-            twistd,
-            "-n",
-            "--pidfile=",
-            "sockapp",
-            "--port",
-            "tcp:0:interface=127.0.0.1:backlog=1024",
-            "--frame-timeout",
-            str(frame_timeout),
-            "--max-content-length",
-            str(1 << 20),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        cwd=log_path.parent,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        found = re.search(rb"starting on (\d+)", log_path.read_bytes())
-        if found:
-            return proc, int(found.group(1))
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"soak: the server did not start:\n{log_path.read_text(errors='replace')}")
+def start_server(folder: Path, name: str, frame_timeout: float) -> ServerProcess:
+    """``twistd -n sockapp`` on a loopback port the kernel picks, once it listens (its port in ``port``)."""
+    port = "tcp:0:interface=127.0.0.1:backlog=1024"
+    limits = ["--frame-timeout", str(frame_timeout), "--max-content-length", str(1 << 20)]
+    try:
+        return start_twistd("sockapp", "--port", port, *limits, folder=folder, name=name, grace=30)
+    except WaitForLogFailed as error:
+        raise SystemExit(f"soak: the server did not start: {error}") from None
 
 
 async def big_frames(reactor, port: int, pid: int, count: int, size: int) -> dict:
@@ -341,15 +314,12 @@ def main() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = 4 * max(args.per_wave, args.big_frames) + 256
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, wanted)), hard))
-    with tempfile.TemporaryDirectory() as folder:
-        mixed, mixed_port = start_server(Path(folder) / "mixed.log", FRAME_TIMEOUT)
-        big, big_port = start_server(Path(folder) / "big.log", 120)
-        try:
-            task.react(lambda r: defer.ensureDeferred(_report(r, args, (mixed_port, mixed.pid), (big_port, big.pid))))
-        finally:
-            for proc in (mixed, big):
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(30)
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        start_server(Path(folder), "mixed", FRAME_TIMEOUT) as mixed,
+        start_server(Path(folder), "big", 120) as big,
+    ):
+        task.react(lambda r: defer.ensureDeferred(_report(r, args, (mixed.port, mixed.pid), (big.port, big.pid))))
 
 
 async def _report(reactor, args, mixed: tuple[int, int], big: tuple[int, int]) -> None:

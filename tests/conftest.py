@@ -6,12 +6,9 @@ import datetime
 import ipaddress
 import json
 import os
-import re
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,8 +17,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from sockapp.testing import ServerProcess, tool, twistd_argv  # tool and ServerProcess: for the tests too
+
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 
 
 def raw_frame(header: object, content: bytes = b"", *, header_bytes: bytes | None = None) -> bytes:
@@ -104,51 +102,9 @@ def metric_samples(text: str) -> dict[tuple[str, tuple], float]:
     }
 
 
-def tool(name: str) -> str:
-    """A console script installed beside the running interpreter (twistd, sockapp)."""
-    return str(BIN / name)
-
-
-class ServerProcess:
-    """A real server process (twistd or the tutorial's) stopped at the end of the test."""
-
-    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
-        full_env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8")
-        full_env.update(env or {})
-        self.log_path = cwd / f"server-{time.monotonic_ns()}.log"
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            argv, cwd=cwd, env=full_env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text("utf-8", "replace")
-
-    def wait_for_log(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = re.search(pattern, self.log())
-            if found:
-                return found
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            time.sleep(0.05)
-        raise AssertionError(f"no {pattern!r} in the server log within {timeout} s:\n{self.log()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self._log.close()
-
-
 @pytest.fixture
 def server_processes(tmp_path: Path):
-    """Start server processes; every one is stopped (its whole group) after the test."""
+    """Start server processes (``ServerProcess`` in this test's folder); every one is stopped after the test."""
     started: list[ServerProcess] = []
 
     def start(argv: list[str], env: dict[str, str] | None = None) -> ServerProcess:
@@ -162,10 +118,8 @@ def server_processes(tmp_path: Path):
 
 
 def start_twistd(start, *args: str, env: dict[str, str] | None = None) -> int:
-    """Run ``twistd -n ARGS`` until it listens; return the port (0 for a UNIX socket)."""
-    server = start([tool("twistd"), "-n", "--pidfile=", *args], env)
-    found = server.wait_for_log(r"starting on (\d+|'[^']*')").group(1)
-    return int(found) if found.isdigit() else 0
+    """Run ``twistd -n ARGS`` with ``server_processes`` until it listens; return the port (0 for a UNIX socket)."""
+    return start(twistd_argv(*args), env).wait_until_listening()
 
 
 def run_sockapp(port: int, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -31,6 +31,7 @@ ALLOWED = {
     "server": {"net", "wire", "app", "apps", "errors"},
     "client": {"net", "wire", "errors", "apps", "__init__"},
     "tap": {"server", "net", "wire", "app", "apps", "errors"},
+    "testing": set(),  # server processes for tests and tools: nothing of sockapp
     "__init__": set(),
 }
 

@@ -8,6 +8,7 @@
     server   protocols, lifecycle, metrics, logs, workers
     client   the client, the load generator, the command line
     tap      the twistd entry points: may use everything
+    testing  starting server processes for tests and tools: imports nothing of sockapp
 
 An import that points the other way (or a cycle) fails here, with the line.
 """

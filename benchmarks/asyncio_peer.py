@@ -62,7 +62,9 @@ class App(asyncio.Protocol):
                     result = {"result": f"Error: invalid action '{action}'."}
                 answer = frame(json.dumps(result, ensure_ascii=False).encode(), "text/json", "utf-8")
             else:
-                answer = frame(b"First 10 bytes of request: " + content[:10], "binary/custom-server-binary-type", "binary")
+                answer = frame(
+                    b"First 10 bytes of request: " + content[:10], "binary/custom-server-binary-type", "binary"
+                )
             self.transport.write(answer)  # type: ignore[attr-defined]
 
 

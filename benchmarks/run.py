@@ -125,7 +125,9 @@ def write_results(medians: dict, order: list[str], args: argparse.Namespace) -> 
 
     figure, axes = plt.subplots(1, len(medians), figsize=(4 * len(medians), 4))
     for axis, (load, per_server) in zip(axes, medians.items(), strict=True):
-        axis.bar(order, [per_server[s] for s in order], color=["#2a6f97" if s == "sockapp" else "#999999" for s in order])
+        axis.bar(
+            order, [per_server[s] for s in order], color=["#2a6f97" if s == "sockapp" else "#999999" for s in order]
+        )
         axis.set_title(f"{load} ({LOADS[load][2]})")
     figure.suptitle(f"sockapp vs asyncio peers, {date}, {machine()}", fontsize=9)
     figure.tight_layout()

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from sockapp.wire.framing import NEED_DATA, FrameDecoder, encode_frame, encode_json
 from sockapp.apps.search import SearchIndex
+from sockapp.wire.framing import NEED_DATA, FrameDecoder, encode_frame, encode_json
 
 SEARCH = encode_json({"action": "search", "value": "morpheus"})
 MISS = encode_json({"action": "search", "value": "nobody"})

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from sockapp.apps.search import SearchIndex
 from sockapp.errors import RemoteProtocolError
 from sockapp.wire.framing import NEED_DATA, FrameDecoder
-from sockapp.apps.search import SearchIndex
 
 INDEX = SearchIndex()
 

@@ -17,7 +17,7 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from decoder_target import check  # noqa: E402  (beside this file; plain Python, replayed by the tests)
+    from decoder_target import check
 
 
 def main() -> None:

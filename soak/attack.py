@@ -75,7 +75,12 @@ CLOSE_GRACE = 2.0
 
 def frame(content: bytes, content_type: str = "text/json", encoding: str = "utf-8") -> bytes:
     header = json.dumps(
-        {"byteorder": "little", "content-type": content_type, "content-encoding": encoding, "content-length": len(content)}
+        {
+            "byteorder": "little",
+            "content-type": content_type,
+            "content-encoding": encoding,
+            "content-length": len(content),
+        }
     ).encode("ascii")  # ASCII: a lone surrogate in a field goes as a JSON escape
     return len(header).to_bytes(2, "big") + header + content
 
@@ -397,7 +402,7 @@ def make_certificate(folder: Path) -> tuple[Path, Path]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
@@ -575,7 +580,9 @@ def verdicts(results: dict) -> list[tuple[str, bool]]:
         r = results["json-memory"]
         checks.append(("json-memory: peak RSS growth within the README's budget", r["growth_mib"] <= r["budget_mib"]))
     if "closed" in results:
-        checks.append(("closed: RSS back within 32 MiB within 5 s", results["closed"]["back_within_32_mib_after_s"] is not None))
+        checks.append(
+            ("closed: RSS back within 32 MiB within 5 s", results["closed"]["back_within_32_mib_after_s"] is not None)
+        )
     if "encodings" in results:
         checks.append(("encodings: no lasting growth over 32 MiB", results["encodings"]["lasting_growth_mib"] <= 32))
     if "logs" in results:
@@ -585,8 +592,18 @@ def verdicts(results: dict) -> list[tuple[str, bool]]:
             checks.append((f"logs ({log_format}): no raw control character", r["raw_control_characters"] == 0))
     if "refused" in results:
         for kind, r in results["refused"].items():
-            checks.append((f"refused ({kind}): gone within the grace period", r["fds_3s_after_50_refusals"] <= r["fds_at_start"] + 2))
-            checks.append((f"refused ({kind}): the silent one gone after idle + grace", r["fds_after_idle_and_grace"] <= r["fds_at_start"] + 1))
+            checks.append(
+                (
+                    f"refused ({kind}): gone within the grace period",
+                    r["fds_3s_after_50_refusals"] <= r["fds_at_start"] + 2,
+                )
+            )
+            checks.append(
+                (
+                    f"refused ({kind}): the silent one gone after idle + grace",
+                    r["fds_after_idle_and_grace"] <= r["fds_at_start"] + 1,
+                )
+            )
             checks.append((f"refused ({kind}): no traceback", r["tracebacks"] == 0))
     if "small" in results:
         for kind, r in results["small"].items():

@@ -113,7 +113,7 @@ def error_code(received: bytes) -> str | None:
         header = json.loads(received[2 : 2 + length])
         content = received[2 + length : 2 + length + header["content-length"]]
         return json.loads(content)["error"]["code"]
-    except Exception:
+    except (ValueError, KeyError, TypeError, IndexError):  # not an error frame, or not a whole one
         return None
 
 

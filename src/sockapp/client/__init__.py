@@ -146,7 +146,11 @@ class _Pending:
 
 
 class _Closable:
-    """``close()`` returning a Deferred that fires once the connection is gone."""
+    """``close()`` returning a Deferred that fires once the connection is gone.
+
+    :ivar transport: the connection's transport.
+    :ivar connected: true while the connection is up.
+    """
 
     transport: Any
     connected: bool | int

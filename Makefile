@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # (and never logs "Unable to write to plugin cache").
 REFRESH_PLUGIN_CACHE = $(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 
-.PHONY: run test install clean fuzz soak microbench bench integration haproxy coverage attack
+.PHONY: run test install clean fuzz soak microbench bench integration haproxy coverage attack docs
 
 run: $(VENV)/.installed
 	$(BIN)/twistd -n --pidfile= sockapp --port $(PORT)
@@ -65,6 +65,17 @@ fuzz: $(VENV)/.installed-fuzz
 
 $(VENV)/.installed-fuzz: pyproject.toml $(VENV)/.python
 	$(BIN)/python -m pip install --quiet -e '.[test,fuzz]'
+	$(REFRESH_PLUGIN_CACHE)
+	touch $@ $(VENV)/.installed $(VENV)/.installed-test
+
+# The API reference (pydoctor, options in pyproject.toml's [tool.pydoctor]) in build/docs;
+# any warning fails it.
+docs: $(VENV)/.installed-check
+	rm -rf build/docs
+	$(BIN)/pydoctor
+
+$(VENV)/.installed-check: pyproject.toml $(VENV)/.python
+	$(BIN)/python -m pip install --quiet -e '.[test,check]'
 	$(REFRESH_PLUGIN_CACHE)
 	touch $@ $(VENV)/.installed $(VENV)/.installed-test
 

@@ -44,13 +44,18 @@ from sockapp.wire.text import peer_text
 __all__ = ["App", "ActionError", "Context", "Reply", "Answer", "Pending", "BUILT_IN_ACTIONS", "error_answer"]
 
 BUILT_IN_ACTIONS: Final = ("ping", "describe")
+"""The actions every app answers by itself; `App.action` refuses these names."""
 BINARY: Final = "binary"  # the metrics label of a request that is not text/json
+"""The action name that labels a request that is not ``text/json`` (in metrics and `Answer`)."""
 OTHER: Final = "other"  # the metrics label of an action the app does not have
+"""The action name that labels a request for an action the app does not have."""
 OK: Final = "ok"
+"""The outcome of an answer that is not an error (in metrics and `Answer`)."""
 
 _CODE: Final = re.compile(r"[a-z][a-z0-9-]{0,63}")
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
+"""A handler function: `App.action` and `App.binary` return it unchanged."""
 
 
 class ActionError(Exception):
@@ -59,6 +64,9 @@ class ActionError(Exception):
     ``code`` is stable and machine-readable (lowercase letters, digits and
     ``-``, at most 64 characters: it also labels metrics); ``message`` is for
     people. The connection stays open for the requests after it.
+
+    :ivar code: the answer's error code, e.g. ``not-found``.
+    :ivar message: the answer's error message.
     """
 
     def __init__(self, code: str, message: str) -> None:
@@ -80,7 +88,13 @@ class ActionError(Exception):
 class Reply:
     """An answer whose content and header fields the handler sets exactly
     (a ``bytes`` result is ``Reply(content)``). Its frame is built once, so a
-    ``Reply`` kept and returned again costs nothing to encode."""
+    ``Reply`` kept and returned again costs nothing to encode.
+
+    :ivar content: the answer's content, as sent.
+    :ivar content_type: the answer's ``content-type``.
+    :ivar content_encoding: the answer's ``content-encoding``.
+    :ivar frame: the whole answer frame, built when the ``Reply`` is made.
+    """
 
     content: bytes
     content_type: str = "application/octet-stream"
@@ -97,7 +111,19 @@ class Reply:
 
 @frozen
 class Context:
-    """What a handler may know about the request besides its value."""
+    """What a handler may know about the request besides its value.
+
+    A handler gets one if it has a parameter named ``context``.
+
+    :ivar peer: the client's address (an ``IAddress``); on a ``haproxy:``
+        port, the real client's, from the PROXY header.
+    :ivar header: the request frame's header.
+    :ivar request: the whole request document (``None`` for a binary request).
+    :ivar reactor: the server's reactor, for timers and calls a handler makes.
+    :ivar client_certificate: the client's TLS certificate
+        (a `sockapp.net.tls.ClientCertificate`) when it presented one on an
+        ``mtls:`` port; ``None`` otherwise.
+    """
 
     peer: Any  # the client's address (an IAddress): behind a PROXY header, the real client's
     header: Header
@@ -109,7 +135,13 @@ class Context:
 class Answer(NamedTuple):
     """What ``App.dispatch`` gives: the answer's frame, and the action and outcome
     (``ok`` or an error code) that label it in metrics. (A tuple: one is made per
-    request, and a tuple costs a fifth of a frozen attrs instance.)"""
+    request, and a tuple costs a fifth of a frozen attrs instance.)
+
+    :ivar frame: the answer frame, ready to write.
+    :ivar action: the action's name, or `BINARY` or `OTHER`.
+    :ivar outcome: `OK`, or the error code answered.
+    :ivar reason: an error answer's message, for the log (empty otherwise).
+    """
 
     frame: bytes
     action: str
@@ -119,7 +151,11 @@ class Answer(NamedTuple):
 
 class Pending(NamedTuple):
     """What ``App.dispatch`` gives for a handler still running: the Deferred of its
-    ``Answer``, and the action's name (for a timeout's answer and the metrics)."""
+    ``Answer``, and the action's name (for a timeout's answer and the metrics).
+
+    :ivar deferred: fires with the `Answer` once the handler is done.
+    :ivar action: the action's name.
+    """
 
     deferred: Deferred[Answer]
     action: str
@@ -130,7 +166,18 @@ _new_answer = tuple.__new__  # _new_answer(Answer, (frame, action, outcome, reas
 
 @frozen
 class Action:
-    """One registered action: its handler and how to call it."""
+    """One registered action: its handler and how to call it.
+
+    :ivar name: the action's name, as requests give it.
+    :ivar handler: the function that answers it.
+    :ivar summary: its one line in ``describe``.
+    :ivar takes_value: whether the handler has a parameter for the request's value.
+    :ivar wants_context: whether the handler has a ``context`` parameter.
+    :ivar value_type: an attrs class the value is structured into (from the
+        handler's annotation), or ``None`` to pass the JSON value as it is.
+    :ivar value_optional: the annotation was ``value_type | None``: a request
+        without a value passes ``None``.
+    """
 
     name: str
     handler: Callable[..., Any]
@@ -202,6 +249,11 @@ class App:
 
     Every app also answers ``ping`` (``{"result": "pong"}``) and ``describe``
     (its name and each action's one-line summary, from its docstring).
+
+    :ivar name: the app's name, as ``describe`` gives it and logs and metrics name it.
+    :cvar log: where a handler's failure is logged, with its traceback.
+    :cvar MAX_TRACEBACKS_PER_MINUTE: at most this many handler tracebacks are
+        logged a minute; the rest are counted, and the next one logged says how many.
     """
 
     log = Logger()
@@ -394,6 +446,7 @@ def _ping() -> Reply:
 
 
 PONG: Final = Reply(b'{"result": "pong"}', "text/json", "utf-8")
+"""The answer to ``ping``, framed once."""
 
 
 # -- typed values -----------------------------------------------------------------

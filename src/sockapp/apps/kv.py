@@ -22,18 +22,33 @@ from twisted.enterprise import adbapi
 from sockapp.app import ActionError, App
 
 DEFAULT_DATABASE: Final = "kv.sqlite3"
+"""The database file without ``--app-option database=``, in the working directory."""
 MAX_KEYS: Final = 1000  # the most ``keys`` answers at once
+"""The largest ``limit`` of a ``keys`` request: the most keys one answer lists."""
 MAX_KEY_LENGTH: Final = 1024
+"""The longest key, in characters; a longer one is ``bad-request``."""
 
 
 @attrs.frozen
 class SetValue:
+    """The value of a ``set`` request: ``{"key": K, "value": V}``.
+
+    :ivar key: the key to store under (1 to `MAX_KEY_LENGTH` characters).
+    :ivar value: any JSON value, stored as JSON.
+    """
+
     key: str
     value: Any
 
 
 @attrs.frozen
 class KeysValue:
+    """The value of a ``keys`` request, every field optional: ``{"prefix": P, "limit": N}``.
+
+    :ivar prefix: only keys that start with it (all keys by default).
+    :ivar limit: at most this many keys, in key order (0 to `MAX_KEYS`; 100 by default).
+    """
+
     prefix: str = ""
     limit: int = 100
 

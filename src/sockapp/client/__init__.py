@@ -45,9 +45,13 @@ from sockapp.net.protocol import CLOSE_GRACE, FramedProtocol
 from sockapp.net.tls import handshake_unfinished, tls_failure_text
 
 DEFAULT_ENDPOINT: Final = "tcp:host=127.0.0.1:port=5634"
+"""Where the ``sockapp`` command connects without ``--connect``: the tutorial's server."""
 DEFAULT_RETRIES: Final = 2
+"""How many times a `Client` sends an idempotent request again after a dropped connection."""
 BINARY_REQUEST_TYPE: Final = "binary/custom-client-binary-type"
+"""The ``content-type`` of the tutorial client's binary requests (any action but ``search``)."""
 BINARY_REQUEST_ENCODING: Final = "binary"
+"""The ``content-encoding`` of the tutorial client's binary requests."""
 
 
 @frozen
@@ -57,6 +61,10 @@ class Response:
     ``result`` is the ``"result"`` member of a ``text/json`` answer (for a
     search, the answer string); ``content`` and ``content_type`` give the
     raw content, which is what a binary answer is.
+
+    :ivar header: the answer frame's header.
+    :ivar content: the answer's content, exactly as received.
+    :ivar document: the parsed JSON of a ``text/json`` answer; ``None`` otherwise.
     """
 
     header: Header
@@ -65,14 +73,17 @@ class Response:
 
     @property
     def content_type(self) -> str:
+        """The answer's ``content-type``."""
         return self.header.content_type
 
     @property
     def is_json(self) -> bool:
+        """Whether the answer is ``text/json`` (and so `document` is its JSON)."""
         return self.header.content_type == JSON_CONTENT_TYPE
 
     @property
     def result(self) -> Any:
+        """The ``"result"`` member of a JSON object answer; ``None`` for any other answer."""
         if isinstance(self.document, dict):
             return self.document.get("result")
         return None
@@ -135,7 +146,11 @@ class _Pending:
 
 
 class _Closable:
-    """``close()`` returning a Deferred that fires once the connection is gone."""
+    """``close()`` returning a Deferred that fires once the connection is gone.
+
+    :ivar transport: the connection's transport.
+    :ivar connected: true while the connection is up.
+    """
 
     transport: Any
     connected: bool | int
@@ -168,6 +183,9 @@ class _Closable:
 # requests, answers received on it, whether the server ended it between answers
 # rather than inside one or we gave it up, the error to fail them with).
 LostHandler = Callable[["AppClient", list[_Pending], int, bool, ConnectionClosed], None]
+"""`AppClient.on_lost`: called with the connection, its unanswered requests, the
+answers received on it, whether the server ended it between answers (not inside
+one, and not given up by us), and the error to fail the requests with."""
 
 
 def _loss_error(reason: Failure | None, transport: Any = None) -> ConnectionClosed:
@@ -182,7 +200,19 @@ def _loss_error(reason: Failure | None, transport: Any = None) -> ConnectionClos
 
 
 class AppClient(_Closable, FramedProtocol):
-    """Client side of the app protocol on one connection: requests out, answers matched in order."""
+    """Client side of the app protocol on one connection: requests out, answers matched in order.
+
+    :cvar on_made: called with the connection once it is made (a `Client` tracks its connections so).
+    :cvar on_lost: called when the connection ends, to send its unanswered
+        requests again; without it they fail with `ConnectionClosed`.
+    :ivar given_up: set once a request on this connection timed out and the
+        connection was given up (`giveUp`).
+    :ivar single_request: set for a connection that carries one request only:
+        it is closed once that is answered.
+    :ivar closing: set once the connection is being closed: `usable` is false.
+    :ivar submitted: requests written on this connection.
+    :ivar answered: answers received on this connection.
+    """
 
     on_made: Callable[[AppClient], None] | None = None
     on_lost: LostHandler | None = None
@@ -192,6 +222,7 @@ class AppClient(_Closable, FramedProtocol):
     single_request: bool = False
 
     def connectionMade(self) -> None:
+        """Start decoding answers (as a client, with a client's limits) and tell `on_made`."""
         super().connectionMade()
         self._decoder = FrameDecoder(self.max_content_length, self.max_json_length, side="client")
         self._outstanding: deque[_Pending] = deque()
@@ -294,6 +325,7 @@ class AppClient(_Closable, FramedProtocol):
         self.transport.abortConnection()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        """Hand what is unanswered to `on_lost` (or fail it), then fire the Deferreds of ``close()``."""
         self.closing = True
         unanswered = [p for p in self._outstanding if not p.abandoned]
         self._outstanding = deque()
@@ -349,6 +381,19 @@ class Client:
     stalled server would otherwise collect every later request on it. What
     else was outstanding there is treated as dropped (sent again within
     ``retries`` if idempotent) and later requests go on a new connection.
+
+    :ivar reactor: the reactor connections are made with and timeouts run on.
+    :ivar endpoint: the client endpoint every connection is made to.
+    :ivar connect_timeout: seconds each connection attempt may take, or ``None``.
+    :ivar request_timeout: seconds each request may wait for its answer, or
+        ``None``; a request's own ``timeout`` overrides it.
+    :ivar retries: how many times an idempotent request is sent again after a
+        connection dropped before any answer or inside one.
+    :ivar connections_made: connections made so far.
+    :ivar resent: requests sent again after a server closed between answers.
+    :ivar retried: requests sent again after a dropped connection (each one of ``retries``).
+    :ivar one_request_per_connection: set once the server showed it closes
+        after every answer; each request then goes on a connection of its own.
     """
 
     def __init__(
@@ -614,6 +659,7 @@ class EchoClient(_Closable, Protocol):
     """Sends bytes and collects the echo; round trips may be pipelined."""
 
     def connectionMade(self) -> None:
+        """Start collecting the echo."""
         self._received = bytearray()
         self._waiting: deque[tuple[int, Deferred[bytes]]] = deque()
         self._start_close_tracking()
@@ -629,6 +675,7 @@ class EchoClient(_Closable, Protocol):
         return echoed
 
     def dataReceived(self, data: bytes) -> None:
+        """Collect echoed bytes; fire each round trip whose bytes are all back."""
         self._received += data
         self._deliver()
 
@@ -640,6 +687,7 @@ class EchoClient(_Closable, Protocol):
             echoed.callback(data)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        """Fail the round trips still waiting (naming a TLS failure as such), then fire the Deferreds of ``close()``."""
         waiting, self._waiting = self._waiting, deque()
         got = len(self._received)
         tls_failure = _loss_error(reason, self.transport)  # a refused or unfinished TLS handshake says so

@@ -208,6 +208,20 @@ class FramedProtocol(Protocol):
 
     A peer that half-closes (shuts down its sending side) still gets every
     answer to what it sent; then the connection closes.
+
+    :cvar max_content_length: the largest ``content-length`` accepted.
+    :cvar max_json_length: the largest ``text/json`` ``content-length``
+        accepted; ``None``: the same limit as any other content.
+    :cvar content_faults_in_band: false: a message whose content could not be
+        read (``Message.error``) is a protocol error, as a client treats an
+        answer; true: it goes to ``messageReceived`` (a server answers it in-band).
+    :cvar holding: true while the protocol wants no more messages for now:
+        complete frames wait in the decoder, and ``resumeMessages`` hands them out.
+    :cvar log: where protocol errors are logged.
+    :cvar closing: set once the connection is closing: no more messages are handed out.
+    :cvar completed_in_read: frames completed by the last read: if it left a
+        frame unfinished, that frame began in it.
+    :cvar count_sent: told the length of everything written (for metrics); ``None`` costs nothing.
     """
 
     max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH
@@ -233,6 +247,7 @@ class FramedProtocol(Protocol):
         self.closing = False
 
     def dataReceived(self, data: bytes) -> None:
+        """Decode ``data`` and hand out each complete message, in order, until ``holding`` or closing."""
         if self.closing:
             return
         decoder = self._decoder

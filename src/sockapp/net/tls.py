@@ -45,14 +45,27 @@ _log = Logger()
 PEM_CERTIFICATE: Final = re.compile(
     rb"-----BEGIN CERTIFICATE-----(?:[^-]|-(?!----BEGIN ))+?-----END CERTIFICATE-----"
 )
+"""One PEM certificate in a file's bytes; a file without one is refused at start-up."""
 PEM_PRIVATE_KEY: Final = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----")
+"""The start of a PEM private key, of any kind; a key file without one is refused."""
 PEM_ENCRYPTED_KEY: Final = re.compile(rb"-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type: *4, *ENCRYPTED")
+"""An encrypted private key, refused with a message (OpenSSL would ask for a passphrase on the terminal)."""
 MAX_PEM_FILE: Final = 10 * 1024 * 1024  # bytes; a system's whole CA bundle is about 200 kB
+"""The largest PEM file read, in bytes: a larger one is refused at start-up."""
 
 
 @frozen
 class ClientCertificate:
-    """Who connected, from their TLS certificate."""
+    """Who connected, from their TLS certificate.
+
+    A handler gets it as `sockapp.app.Context.client_certificate` on an ``mtls:`` port.
+
+    :ivar common_name: the subject's common name; ``None`` if it has none, or
+        several (which one would be meant is ambiguous).
+    :ivar dns_names: the DNS names of its subject alternative names.
+    :ivar uri_names: the URIs of its subject alternative names.
+    :ivar sha256_fingerprint: the SHA-256 of the DER certificate, in lowercase hex.
+    """
 
     common_name: str | None  # None if the subject has no common name, or several (ambiguous)
     dns_names: tuple[str, ...]
@@ -328,6 +341,7 @@ def ssl_server_endpoint(
 # Why a TLS handshake failed, in a fixed vocabulary (it labels a metric): OpenSSL's
 # words for each, as they appear in the error it reports.
 HANDSHAKE_FAILURES: Final = ("no-certificate", "certificate-refused", "protocol-version", "not-tls", "other")
+"""Why a TLS handshake failed, in the fixed words that label ``sockapp_tls_handshake_failures_total``."""
 _HANDSHAKE_WORDS: Final = (
     ("no-certificate", ("did not return a certificate", "certificate required")),
     ("certificate-refused", ("certificate verify failed", "unknown ca", "certificate expired", "bad certificate")),
@@ -368,6 +382,7 @@ def note_handshake_failure(log: Any, peer: str, transport: Any, reason: Any, met
 # checked when the endpoint is made and a refused handshake says why.
 
 NAME_TEXT_LIMIT: Final = 120  # characters of a certificate's names quoted in a message
+"""At most this many characters of a certificate's names are quoted in a message."""
 _UNKNOWN_ISSUER: Final = frozenset({2, 18, 19, 20, 21})  # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT and kin
 _CERT_NOT_YET_VALID: Final = 9
 _CERT_HAS_EXPIRED: Final = 10
@@ -408,7 +423,11 @@ def _distinguished_name(certificate: Any, which: str) -> str:
 class CheckedClientTLS:
     """What Twisted's ``optionsForClientTLS`` does (the server's chain checked against
     the trust roots, its names against the host), remembering for each connection
-    why a check failed, so that the error names the cause (``tls_failure_text``)."""
+    why a check failed, so that the error names the cause (``tls_failure_text``).
+
+    :ivar hostname: the host the server's certificate must name.
+    :ivar trusted: where the trust roots came from, for messages.
+    """
 
     def __init__(self, hostname: str, options: Any, trusted: str) -> None:
         from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -420,6 +439,7 @@ class CheckedClientTLS:
         self._server_name = None if self._is_address else _idna(hostname)
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> Any:  # noqa: N802, N803 - Twisted's interface
+        """An OpenSSL connection for ``tlsProtocol`` that sends the host name (SNI) and checks the server."""
         from OpenSSL import SSL
 
         connection = SSL.Connection(self._context)

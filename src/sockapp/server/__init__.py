@@ -39,7 +39,9 @@ if TYPE_CHECKING:
 
 
 DEFAULT_MAX_PENDING: Final = 64
+"""The default limit on a connection's unanswered requests (``--max-pending``): past it, the server stops reading."""
 DEFAULT_ACTION_TIMEOUT: Final = 30.0
+"""The default seconds a handler may take (``--action-timeout``) before it is cancelled and ``timeout`` answered."""
 
 
 class _Pending:
@@ -58,7 +60,35 @@ class _Pending:
 
 
 class AppProtocol(ClosesInTime, FramedProtocol):
-    """Answers each request frame with its app's answer, in request order."""
+    """Answers each request frame with its app's answer, in request order.
+
+    One is built per connection by `AppFactory`, which it takes its app,
+    limits and deadlines from. Handlers of requests on one connection run
+    concurrently; at most ``max_pending`` requests wait unanswered, and
+    while the peer does not read its answers no more are read from it.
+
+    :cvar factory: the `AppFactory` that built it.
+    :cvar log: where connections' faults (and, with ``--verbose``, their
+        requests) are logged.
+    :cvar BATCH_LIMIT: bytes of answers handed to the transport within one
+        read before the rest of the read's requests wait for the peer to read
+        them (a peer that does not read must not make the server answer a
+        whole read of requests into memory).
+    :cvar content_faults_in_band: true: a sound frame with unreadable
+        ``text/json`` content is answered with an error, not fatal.
+    :ivar max_content_length: the factory's limit on a frame's content.
+    :ivar max_json_length: the factory's limit on ``text/json`` content.
+    :ivar metrics: the server's metrics (``--metrics``), or ``None``.
+    :ivar count_sent: told the length of every write, for the metrics.
+    :ivar deadlines: the idle and frame deadlines of this connection.
+    :ivar reading: pauses reading while the peer does not read its answers.
+    :ivar holding: true while requests wait in the decoder (too many are
+        unanswered, or the peer does not read).
+    :ivar closing: set once a close has been decided: no more requests are handed out.
+    :ivar draining: set by `drain`: close between requests, once every one received is answered.
+    :ivar lost: set once the connection is gone.
+    :ivar answered_in_read: answers written within the current read, for the latency metric.
+    """
 
     factory: AppFactory
     log = Logger()
@@ -85,6 +115,7 @@ class AppProtocol(ClosesInTime, FramedProtocol):
         return describe_address(self.transport.getPeer())
 
     def connectionMade(self) -> None:
+        """Take the factory's limits, start the deadlines and backpressure, and register with the factory."""
         factory = self.factory
         self.max_content_length = factory.max_content_length
         self.max_json_length = factory.max_json_length
@@ -142,6 +173,7 @@ class AppProtocol(ClosesInTime, FramedProtocol):
         return (pending is not None and len(pending) >= self.factory.max_pending) or self.reading.paused
 
     def dataReceived(self, data: bytes) -> None:
+        """Decode and dispatch the requests in ``data``, timed and counted with ``--metrics``."""
         metrics = self.metrics
         self._batched = 0
         if metrics is None:
@@ -340,6 +372,7 @@ class AppProtocol(ClosesInTime, FramedProtocol):
             self.closeWithin(self.factory.close_grace)
 
     def idleTimedOut(self) -> None:
+        """No traffic for ``--idle-timeout``: close, unless answers owed to the peer are still to come."""
         if self._pending:
             self.deadlines.restart_idle()  # the peer waits for answers it is owed: not idle
             return
@@ -369,6 +402,7 @@ class AppProtocol(ClosesInTime, FramedProtocol):
         self.closeWithin(self.factory.close_grace)
 
     def frameTimedOut(self) -> None:
+        """A frame was begun and not finished within ``--frame-timeout``: answer ``frame-timeout`` and close."""
         timeout = self.factory.frame_timeout
         self.protocolError(
             RemoteProtocolError(ErrorCode.FRAME_TIMEOUT, f"a frame was started and not finished within {timeout:g} s")
@@ -386,6 +420,7 @@ class AppProtocol(ClosesInTime, FramedProtocol):
             self.closeAfterFlush()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        """Cancel the handlers still running and the deadlines; log a failed TLS handshake."""
         self.lost = True
         self.deadlines.cancel()
         # The transport may keep its producer: it must not keep this protocol (and its buffers).
@@ -404,7 +439,21 @@ class AppProtocol(ClosesInTime, FramedProtocol):
 
 
 class AppFactory(ServerFactory):
-    """Builds ``AppProtocol`` connections serving one ``App``."""
+    """Builds ``AppProtocol`` connections serving one ``App``.
+
+    The keyword arguments after ``action_timeout`` are the limits of every
+    sockapp server (`sockapp.server.lifecycle.ServerFactory`): ``reactor``,
+    ``idle_timeout``, ``frame_timeout``, ``max_connections``, ``verbose``
+    and ``metrics``.
+
+    :ivar app: the `App` every connection serves.
+    :ivar max_content_length: the largest request content, in bytes (``content-too-large`` past it).
+    :ivar max_json_length: the largest ``text/json`` request content, in bytes.
+    :ivar max_pending: how many requests of one connection may wait unanswered
+        before the server stops reading from it.
+    :ivar action_timeout: seconds a handler may take before it is cancelled
+        and ``timeout`` answered; ``None`` for no limit.
+    """
 
     protocol = AppProtocol
 
@@ -430,7 +479,10 @@ class AppFactory(ServerFactory):
 
 
 class SearchFactory(AppFactory):
-    """The tutorial's search server: an ``AppFactory`` of a ``SearchApp`` (over ``index``)."""
+    """The tutorial's search server: an ``AppFactory`` of a ``SearchApp`` (over ``index``).
+
+    :ivar index: the search's answers.
+    """
 
     def __init__(self, index: SearchIndex | SearchApp | None = None, **options: Any) -> None:
         app = index if isinstance(index, SearchApp) else SearchApp(index)

@@ -291,7 +291,13 @@ class Refused(Protocol):
 
 
 class ClosesInTime:
-    """For server protocols with ``deadlines``: a close that was decided on always finishes."""
+    """For server protocols with ``deadlines``: a close that was decided on always finishes.
+
+    :ivar deadlines: the connection's idle and frame deadlines.
+    :ivar transport: the connection's transport, aborted if a close is overdue.
+    :ivar peer: the client, for the log line of an overdue close.
+    :ivar log: where an overdue close is logged.
+    """
 
     deadlines: Deadlines
     transport: Any
@@ -311,7 +317,25 @@ class ClosesInTime:
 
 
 class ServerFactory(Factory):
-    """Connection limits, timeouts and graceful shutdown shared by the servers."""
+    """Connection limits, timeouts and graceful shutdown shared by the servers.
+
+    :cvar noisy: false: Twisted logs no line per factory start and stop.
+    :cvar log: where refused connections are logged.
+    :ivar reactor: the reactor the deadlines run on (the global one if none was given).
+    :ivar idle_timeout: seconds a connection may be silent before it is closed
+        (``--idle-timeout``), or ``None``.
+    :ivar frame_timeout: seconds a begun frame may take to arrive in full
+        (``--frame-timeout``), or ``None``.
+    :ivar max_connections: connections open at once past which new ones are
+        refused (``--max-connections``), or ``None``.
+    :ivar verbose: log every connection and request (``--verbose``), not only faults.
+    :ivar metrics: the server's metrics (``--metrics``), or ``None``.
+    :ivar close_grace: seconds a decided close may take before the connection is aborted.
+    :ivar connections: the connections open now.
+    :ivar refused: connections refused so far for ``max_connections``.
+    :ivar shutting_down: set by `shutdown`: new connections are refused.
+    :ivar deadline_sweep: arms the far-off deadlines of every connection only once they come near.
+    """
 
     noisy = False
     log = Logger()
@@ -344,6 +368,7 @@ class ServerFactory(Factory):
         self.deadline_sweep = DeadlineSweep(reactor)
 
     def buildProtocol(self, addr: IAddress) -> Any:
+        """A connection's protocol, or one that closes it at once while shutting down or at ``max_connections``."""
         if self.shutting_down:
             return Refused(self.reactor, self.close_grace)
         if self.max_connections is not None and len(self.connections) >= self.max_connections:
@@ -372,11 +397,13 @@ class ServerFactory(Factory):
         )
 
     def opened(self, protocol: ServerConnection) -> None:
+        """Called by each connection once it is made: counted, and drained at `shutdown`."""
         self.connections.add(protocol)
         if self.metrics is not None:
             self.metrics.connection_opened()
 
     def closed(self, protocol: ServerConnection) -> None:
+        """Called by each connection once it is gone; the last one fires `shutdown`'s Deferred."""
         if protocol in self.connections and self.metrics is not None:
             self.metrics.connection_closed()
         self.connections.discard(protocol)

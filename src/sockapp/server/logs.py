@@ -29,6 +29,7 @@ _OWN_KEYS: Final = frozenset({"time", "level", "namespace", "message", "system",
 # (sockapp.wire.text), but as ASCII JSON one character can take 12 bytes, and a field appears
 # in the message too: long strings are cut further until the line fits.
 MAX_JSON_LINE: Final = 2000
+"""The longest line, in bytes, of an event without a traceback: longer strings in it are cut."""
 _FIXED_KEYS: Final = frozenset({"time", "level", "namespace"})
 
 
@@ -92,6 +93,9 @@ class JSONLogging(MultiService):
     then logs to the ``ILogObserver`` of the application, if it has one: this
     service sets it on the application it is added to (a ``.tac`` file's
     too).
+
+    :ivar observer: the log observer set on the application; by default
+        `json_observer`, JSON lines on standard output.
     """
 
     def __init__(self, observer: ILogObserver | None = None) -> None:
@@ -99,6 +103,7 @@ class JSONLogging(MultiService):
         self.observer = observer if observer is not None else json_observer()
 
     def setServiceParent(self, parent: Any) -> None:
+        """Add this service to ``parent`` and, if it is twistd's application, make ``observer`` its log observer."""
         set_component = getattr(parent, "setComponent", None)
         if set_component is not None:
             set_component(ILogObserver, self.observer)

@@ -28,16 +28,23 @@ from sockapp.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from sockapp.wire.text import peer_text
 
 PREFIX_LENGTH: Final = 2
+"""Bytes of the big-endian header length that starts every frame."""
 MAX_HEADER_LENGTH: Final = 0xFFFF
+"""The longest header the 2-byte prefix can announce, in bytes."""
 DEFAULT_MAX_CONTENT_LENGTH: Final = 64 * 1024 * 1024
+"""The default limit on any frame's ``content-length`` (``--max-content-length``): 64 MiB."""
 # text/json content is parsed into Python objects, up to ~40 times its size in memory
 # (README, "Limits"), so it has a limit of its own, far below the binary one.
 DEFAULT_MAX_JSON_LENGTH: Final = 1024 * 1024
+"""The default limit on a server's ``text/json`` content (``--max-json-length``): 1 MiB."""
 REQUIRED_KEYS: Final = ("byteorder", "content-length", "content-type", "content-encoding")
+"""The header keys every frame must have; a header without one is ``header-missing-key``."""
 JSON_CONTENT_TYPE: Final = "text/json"
-# Whose limits a decoder applies: its errors say "this server's limit" or "this client's limit".
+"""The ``content-type`` of JSON content: parsed into `Message.document`, answered as JSON."""
 Side = Literal["server", "client"]
+"""Whose limits a decoder applies: its errors say "this server's limit" or "this client's limit"."""
 SIDES: Final = ("server", "client")
+"""The values of `Side`, for checking one at run time."""
 
 
 class _NeedData:
@@ -58,6 +65,10 @@ class _NeedData:
 
 
 NEED_DATA: Final = _NeedData()
+"""What `FrameDecoder.next_message` returns while no complete message is buffered.
+
+It is false, so ``while message := decoder.next_message():`` reads every
+complete message and stops."""
 
 
 def _non_negative_int(instance: object, attribute: Any, value: object) -> None:
@@ -67,7 +78,16 @@ def _non_negative_int(instance: object, attribute: Any, value: object) -> None:
 
 @frozen
 class Header:
-    """The JSON header of a frame, with the four fields the format requires."""
+    """The JSON header of a frame, with the four fields the format requires.
+
+    :ivar content_type: ``content-type``: `JSON_CONTENT_TYPE` for JSON, anything
+        else for content handed over as bytes.
+    :ivar content_encoding: ``content-encoding``: the text encoding of ``text/json``
+        content (``utf-8`` usually); for other content, whatever the sender says.
+    :ivar content_length: ``content-length``: how many bytes of content follow.
+    :ivar byteorder: ``byteorder``: the sender's, as the tutorial sends it; not
+        used (the length prefix is always big-endian).
+    """
 
     content_type: str = field(validator=validators.instance_of(str))
     content_encoding: str = field(validator=validators.instance_of(str))
@@ -93,7 +113,15 @@ class Header:
 class Message:
     """One complete frame: its header, its raw content, and for ``text/json``
     content the parsed JSON ``document`` (``None`` for any other type, or
-    when the content could not be parsed: then ``error`` says why)."""
+    when the content could not be parsed: then ``error`` says why).
+
+    :ivar header: the frame's header.
+    :ivar content: the frame's content, exactly as received.
+    :ivar document: the parsed JSON of ``text/json`` content; ``None`` otherwise.
+    :ivar error: for a sound frame whose ``text/json`` content could not be
+        read (unknown encoding, not decodable, not JSON, too complex), the
+        fault, for the server to answer in-band; ``None`` otherwise.
+    """
 
     header: Header
     content: bytes = field(validator=validators.instance_of(bytes))
@@ -104,6 +132,7 @@ class Message:
 
     @property
     def is_json(self) -> bool:
+        """Whether the content is ``text/json`` (and so `document` is its JSON)."""
         return self.header.content_type == JSON_CONTENT_TYPE
 
 
@@ -193,6 +222,7 @@ def _json_frame(text: str, document: object, content_encoding: str) -> bytes:
 # A header is one object of four strings and numbers (and whatever else a peer adds):
 # more arrays and objects than this in it are a peer making the server work.
 MAX_HEADER_CONTAINERS: Final = 16
+"""At most this many ``[`` and ``{`` in a header, or it is ``header-too-complex``."""
 
 _PARSED_HEADERS: dict[bytes, Header] = {}
 _PARSED_HEADERS_LIMIT = 512
@@ -317,15 +347,18 @@ TEXT_ENCODINGS: Final = (
     "utf_32_le",
     "utf_32_be",
     "ascii",
-    "latin_1",
-    # single-byte charmap codecs in wide use
+    "latin_1",  # then single-byte charmap codecs in wide use
     *(f"iso8859_{n}" for n in (2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 14, 15, 16)),
     *(f"cp{n}" for n in (437, 850, 852, 866, 1250, 1251, 1252, 1253, 1254, 1255, 1256, 1257, 1258)),
     "koi8_r",
     "koi8_u",
     "mac_roman",
 )
+"""The codecs ``text/json`` content may be declared in, under any of Python's names for them.
+
+Others are ``unknown-encoding``."""
 MAX_ENCODING_NAME: Final = 64
+"""The longest ``content-encoding`` name that is looked up; a longer one is ``unknown-encoding``."""
 
 
 def _encoding_names() -> dict[str, str]:
@@ -372,7 +405,9 @@ def _text_codec(encoding: str) -> str | None:
 # must average at least this many characters for each one opened, which keeps parsing
 # any request under 0.1 CPU-s per MB, small ones pipelined included.
 FREE_CONTAINERS: Final = 32  # counted anywhere, inside strings too: counting is what must be cheap
+"""``text/json`` content with at most this many ``[`` and ``{`` is never ``content-too-complex``."""
 CHARACTERS_PER_CONTAINER: Final = 6
+"""Past `FREE_CONTAINERS`, content must have at least this many characters per ``[`` or ``{``."""
 
 
 def parse_json_content(content: bytes, encoding: str, limit_complexity: bool = True) -> Any:
@@ -439,6 +474,11 @@ class FrameDecoder:
     objects (``content-too-complex``); without it (a client's) neither applies.
     ``side`` names whose limits they are in the errors ("over this client's
     limit"); it does not change what is accepted.
+
+    :ivar max_content_length: the largest ``content-length`` accepted.
+    :ivar max_json_length: the largest ``text/json`` ``content-length``
+        accepted, or ``None`` (a client's) for no limit below ``max_content_length``.
+    :ivar side: `Side` whose limits these are, for the errors' words.
     """
 
     def __init__(

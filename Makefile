@@ -9,13 +9,19 @@ PYTEST_ARGS ?=
 # (and never logs "Unable to write to plugin cache").
 REFRESH_PLUGIN_CACHE = $(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 
-.PHONY: run test install clean fuzz soak microbench bench integration haproxy coverage attack
+.PHONY: run test check install clean fuzz soak microbench bench integration haproxy coverage attack
 
 run: $(VENV)/.installed
 	$(BIN)/twistd -n --pidfile= sockapp --port $(PORT)
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Types (mypy with the mypy-zope plugin, src/ strict), lint and format; settings in pyproject.toml.
+check: $(VENV)/.installed-check
+	$(BIN)/mypy
+	$(BIN)/ruff check
+	$(BIN)/ruff format --check
 
 install: $(VENV)/.installed
 
@@ -79,10 +85,15 @@ $(VENV)/.installed: pyproject.toml $(VENV)/.python
 	$(REFRESH_PLUGIN_CACHE)
 	touch $@
 
+$(VENV)/.installed-check: pyproject.toml $(VENV)/.python
+	$(BIN)/python -m pip install --quiet -e '.[test,check]'
+	$(REFRESH_PLUGIN_CACHE)
+	touch $@ $(VENV)/.installed $(VENV)/.installed-test
+
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	$(REFRESH_PLUGIN_CACHE)
 	touch $@ $(VENV)/.installed
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .hypothesis .coverage .coverage.* twisted/plugins/dropin.cache
+	rm -rf $(VENV) build dist .pytest_cache .hypothesis .mypy_cache .ruff_cache .coverage .coverage.* twisted/plugins/dropin.cache

@@ -4,6 +4,7 @@ StringTransport (order, concurrency, timeouts, cancellation, backpressure)."""
 from __future__ import annotations
 
 import json
+from typing import cast
 
 import attrs
 import pytest
@@ -12,7 +13,7 @@ from twisted.internet import task
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 
 from sockapp.app import ActionError, App, Context, Reply
 from sockapp.wire.framing import NEED_DATA, FrameDecoder
@@ -85,12 +86,12 @@ def test_an_action_error_is_answered_with_its_code_and_message():
 
 
 def test_any_other_exception_is_an_internal_error_with_the_traceback_in_the_log_only():
-    events = []
-    globalLogPublisher.addObserver(events.append)
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(cast(ILogObserver, events.append))
     try:
         document, _ = answer(calculator(), {"action": "broken"})
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
     assert document["error"]["code"] == "internal-error"
     assert "ZeroDivision" not in json.dumps(document)
     (failure,) = [e["log_failure"] for e in events if "log_failure" in e]
@@ -332,12 +333,12 @@ def test_connection_lost_cancels_every_pending_request_and_writes_nothing():
     slow = Slow()
     protocol, transport, _, factory = serve(slow.app)
     protocol.dataReceived(b"".join(json_request({"action": "wait", "value": n}) for n in range(3)))
-    events = []
-    globalLogPublisher.addObserver(events.append)
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(cast(ILogObserver, events.append))
     try:
         protocol.connectionLost(None)
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
     assert slow.cancelled == [0, 1, 2]
     assert transport.value() == b""
     assert not [e for e in events if "log_failure" in e]  # a cancellation is not an error
@@ -586,13 +587,13 @@ def test_verbose_logs_escape_and_cut_an_apps_error_message():
 
     from twisted.logger import formatEvent
 
-    events = []
-    globalLogPublisher.addObserver(events.append)
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(cast(ILogObserver, events.append))
     try:
         protocol, transport, _, _ = serve(app, verbose=True)
         protocol.dataReceived(json_request({"action": "lookup", "value": "\x1b[31m\nFAKE" + "x" * 100_000}))
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
     (line,) = [formatEvent(e) for e in events if e.get("code") == "not-found"]
     assert len(line) < 500 and line.isprintable() and "\\x1b[31m\\x0aFAKE" in line
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import cast
 
 import pytest
 from conftest import binary_request, json_request, split_frames
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 
 from sockapp.server.echo import EchoFactory
 from sockapp.server.lifecycle import DeadlineSweep, Deadlines, Refused
@@ -183,13 +184,13 @@ def lose(protocol, transport):
 
 def test_idle_connection_is_closed_and_logged():
     clock = Clock()
-    events = []
-    globalLogPublisher.addObserver(events.append)
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(cast(ILogObserver, events.append))
     try:
         protocol, transport = connect(SearchFactory(reactor=clock, idle_timeout=5))
         clock.advance(5)
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
     assert transport.disconnecting
     assert any("idle-timeout" in e.get("log_format", "") for e in events)
 
@@ -537,7 +538,7 @@ def test_a_connection_that_failed_is_freed_without_the_cycle_collector(request_)
         protocol, transport = connect(factory)
         # As in a running server, events go to observers and are gone (not to the buffer Twisted
         # keeps, with every event's source, until logging begins: no test process begins it).
-        protocol.log = Logger(observer=lambda event: None)
+        protocol.log = Logger(observer=cast(ILogObserver, lambda event: None))
         protocol.dataReceived(request_)
         if transport.disconnecting:  # the error frame was sent; the decoder keeps refusing
             protocol.dataReceived(b"more")
@@ -553,12 +554,12 @@ def test_one_log_line_for_one_fault_even_when_the_close_is_cut():
     clock = Clock()
     factory = SearchFactory(reactor=clock)
     protocol, transport = connect_unflushable(factory)
-    events = []
-    globalLogPublisher.addObserver(events.append)
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(cast(ILogObserver, events.append))
     try:
         protocol.dataReceived(EMPTY_HEADER)
         clock.advance(factory.close_grace)
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
     assert transport.aborted
     assert len([e for e in events if "peer" in e]) == 1

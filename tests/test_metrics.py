@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 import pytest_twisted
 from conftest import binary_request, json_request, metric_samples, raw_frame
@@ -9,6 +11,7 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.logger import ILogObserver, LogEvent
 from twisted.python import usage
 from twisted.web.client import Agent, readBody
 
@@ -321,12 +324,12 @@ def test_head_is_answered_without_a_body_or_a_log_line():
 
     site = MetricsSite(ServerMetrics(process=False).registry, reactor=Clock())
     channel, transport = metrics_connection(site)
-    events = []
-    globalLogPublisher.addObserver(events.append)
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(cast(ILogObserver, events.append))
     try:
         channel.dataReceived(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
     head, _, body = transport.value().partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200") and body == b""
     assert events == []
@@ -337,12 +340,12 @@ def test_verbose_access_lines_are_escaped_and_cut():
 
     site = MetricsSite(ServerMetrics(process=False).registry, verbose=True, reactor=Clock())
     channel, transport = metrics_connection(site)
-    events = []
-    globalLogPublisher.addObserver(events.append)
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(cast(ILogObserver, events.append))
     try:
         channel.dataReceived(b"GET /metrics?" + b"x%1b" * 3000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
     (line,) = [formatEvent(e) for e in events if e.get("log_namespace") == "sockapp.server.metrics.access"]
     assert len(line) < 400 and line.isprintable() and " GET /metrics?x%1b" in line
 

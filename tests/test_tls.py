@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl as stdlib_ssl
 import socket
+from typing import cast
 
 import pytest
 import pytest_twisted
@@ -13,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from twisted.internet import reactor
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import ILogObserver, LogEvent
 
 from sockapp.app import App
 from sockapp.client import connect
@@ -135,8 +137,8 @@ async def test_a_failed_handshake_is_one_log_line_and_counted_by_reason(tls_file
     from sockapp.server.metrics import ServerMetrics
 
     metrics = ServerMetrics(process=False)
-    events = []
-    globalLogPublisher.addObserver(events.append)
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(cast(ILogObserver, events.append))
     port = await listen_mtls(tls_files, clients["ca"], metrics)
     try:
         number = port.getHost().port
@@ -149,7 +151,7 @@ async def test_a_failed_handshake_is_one_log_line_and_counted_by_reason(tls_file
                 break
             await deferLater(reactor, 0.05)
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
         await port.stopListening()
     assert metrics.tls_handshake_failures[why] == 1 and sum(metrics.tls_handshake_failures.values()) == 1
     lines = [e for e in events if "TLS handshake failed" in e.get("log_format", "")]
@@ -597,8 +599,8 @@ async def test_the_echo_server_logs_and_counts_a_failed_handshake_too(tls_files,
     from sockapp.server.metrics import ServerMetrics
 
     metrics = ServerMetrics(process=False)
-    events = []
-    globalLogPublisher.addObserver(events.append)
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(cast(ILogObserver, events.append))
     description = f"mtls:0:interface=127.0.0.1:privateKey={tls_files['key']}:certKey={tls_files['cert']}:caCerts={clients['ca']}"
     port = await serverFromString(reactor, description).listen(EchoFactory(reactor=reactor, metrics=metrics))
     try:
@@ -608,7 +610,7 @@ async def test_the_echo_server_logs_and_counts_a_failed_handshake_too(tls_files,
                 break
             await deferLater(reactor, 0.05)
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
         await port.stopListening()
     assert metrics.tls_handshake_failures["no-certificate"] == 1 and sum(metrics.tls_handshake_failures.values()) == 1
     lines = [e for e in events if "TLS handshake failed" in e.get("log_format", "")]

@@ -4,7 +4,7 @@ StringTransport (order, concurrency, timeouts, cancellation, backpressure)."""
 from __future__ import annotations
 
 import json
-from typing import cast
+from typing import Any, cast
 
 import attrs
 import pytest
@@ -15,8 +15,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 
-from sockapp.app import ActionError, App, Context, Reply
-from sockapp.wire.framing import NEED_DATA, FrameDecoder
+from sockapp.app import ActionError, Answer, App, Context, Reply
+from sockapp.wire.framing import NEED_DATA, FrameDecoder, Message
 from sockapp.server import AppFactory
 
 
@@ -28,11 +28,16 @@ def message_of(data: bytes):
     return message
 
 
+def no_context(message: Message) -> Any:
+    """For a handler that asks for a context: none."""
+    return None
+
+
 def answer(app: App, request, context=None):
     """The decoded answer ``app`` gives to ``request`` (a document, or bytes for a binary request)."""
     data = binary_request(request) if isinstance(request, bytes) else json_request(request)
-    result = app.dispatch(message_of(data), context or (lambda message: None))
-    assert not isinstance(result, Deferred)
+    result = app.dispatch(message_of(data), context or no_context)
+    assert isinstance(result, Answer)
     ((header, content),) = split_frames(result.frame)
     return (json.loads(content) if header["content-type"] == "text/json" else (header, content)), result
 
@@ -257,7 +262,7 @@ class Slow:
 
         @self.app.action("wait")
         def wait(value):
-            deferred = Deferred(lambda d: self.cancelled.append(value))
+            deferred: Deferred[Any] = Deferred(lambda d: self.cancelled.append(value))
             self.waiting.append(deferred)
             return deferred.addCallback(lambda _: value)
 
@@ -530,6 +535,7 @@ def test_a_peer_that_does_not_read_gets_no_more_answers_than_its_transport_holds
     for _ in range(100):
         before = len(calls)
         transport.clear()  # the peer reads what was sent...
+        assert transport.producer is not None
         transport.producer.resumeProducing()  # ...and Twisted resumes reading: one more answer fits
         assert 0 < len(calls) - before <= 2 or len(calls) == 50
         if len(calls) == 50:
@@ -658,6 +664,7 @@ def test_a_peer_reading_steadily_what_it_is_owed_is_not_idle():
         clock.advance(1)  # the peer takes a second to read each answer...
         received += len(transport.value())
         transport.clear()
+        assert transport.producer is not None
         transport.producer.resumeProducing()  # ...and reads it
         assert not transport.disconnecting and not transport.aborted
     received += len(transport.value())

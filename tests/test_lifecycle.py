@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from conftest import binary_request, json_request, split_frames
 from twisted.internet.address import IPv4Address
+from twisted.internet.base import DelayedCall
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
@@ -163,7 +164,7 @@ def test_short_lived_connections_make_no_timer_of_their_own():
     for protocol, transport in opened:
         lose(protocol, transport)
     assert not factory.deadline_sweep.waiting
-    assert [call.func for call in clock.getDelayedCalls()] == [factory._release_if_idle]
+    assert [cast(DelayedCall, call).func for call in clock.getDelayedCalls()] == [factory._release_if_idle]
 
 
 def connect(factory):
@@ -213,7 +214,7 @@ def test_max_connections_refuses_the_extra_and_counts_it():
     second, _ = connect(factory)
     third, third_transport = connect_unflushable(factory)
     assert isinstance(third, Refused) and factory.refused == 1
-    assert third_transport.disconnecting and third not in factory.connections  # closed at once
+    assert third_transport.disconnecting and third not in cast(set[object], factory.connections)  # closed at once
     assert third_transport.value() == b""  # without a word
     factory.reactor.advance(factory.close_grace)
     assert third_transport.aborted  # a close that did not finish (TLS waits for the peer) is cut
@@ -230,7 +231,7 @@ def test_shutdown_closes_idle_connections_and_lets_a_started_request_finish():
     busy, busy_transport = connect(factory)
     request = json_request({"action": "search", "value": "morpheus"})
     busy.dataReceived(request[:10])
-    done = []
+    done: list[None] = []
     factory.shutdown(timeout=10).addCallback(done.append)
     assert idle_transport.disconnecting and not busy_transport.disconnecting
     refused, refused_transport = connect(factory)  # no new connections while shutting down
@@ -253,7 +254,7 @@ def test_shutdown_aborts_what_is_left_after_the_timeout():
     protocol, transport = connect(factory)
     transport.abortConnection = lambda: lose(protocol, transport)  # StringTransport cannot abort
     transport.loseConnection = lambda: None  # a close that never completes (peer not reading)
-    done = []
+    done: list[None] = []
     factory.shutdown(timeout=10).addCallback(done.append)
     clock.advance(9.9)
     assert done == []
@@ -273,7 +274,7 @@ def test_connections_are_tracked(factory_class):
 def test_freed_memory_is_released_once_the_server_has_been_idle_a_moment(monkeypatch):
     from sockapp.server import lifecycle
 
-    calls = []
+    calls: list[int] = []
     monkeypatch.setattr(lifecycle, "_malloc_trim", calls.append)
     clock = Clock()
     factory = SearchFactory(reactor=clock)
@@ -461,7 +462,7 @@ async def test_a_closed_connection_is_freed_without_the_cycle_collector(listen, 
     gc.collect()
     gc.disable()
     try:
-        client = await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(Factory.forProtocol(Protocol))
+        client: Any = await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(Factory.forProtocol(Protocol))
         frame = binary_request(b"x" * 3_000_000)
         client.transport.write(frame[: len(frame) // 2])  # half a frame: the server buffers it
         for _ in range(500):

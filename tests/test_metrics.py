@@ -17,7 +17,7 @@ from twisted.web.client import Agent, readBody
 
 from sockapp.server.echo import EchoFactory
 from sockapp.errors import ErrorCode
-from sockapp.server.lifecycle import Refused
+from sockapp.server.lifecycle import Refused, ServerFactory
 from sockapp.server.metrics import MetricsSite, ServerMetrics
 from sockapp.server import SearchFactory
 from sockapp.tap import echo, search
@@ -200,7 +200,7 @@ def test_metrics_option_serves_the_factory_registry(module):
     servers = {port: factory for port, factory, _backlog, _interface in memory.tcpServers}
     assert set(servers) == {6000, 9100}
     assert isinstance(servers[9100], MetricsSite)
-    assert servers[6000].metrics is not None
+    assert isinstance(servers[6000], ServerFactory) and servers[6000].metrics is not None
 
 
 def test_metrics_are_off_by_default():
@@ -208,7 +208,7 @@ def test_metrics_are_off_by_default():
     service = search.makeService(parse(search, "--port", "6000"), memory)
     service.startService()
     ((_port, factory, _backlog, _interface),) = memory.tcpServers
-    assert factory.metrics is None
+    assert isinstance(factory, ServerFactory) and factory.metrics is None
 
 
 @pytest.mark.parametrize(

@@ -9,13 +9,19 @@ PYTEST_ARGS ?=
 # (and never logs "Unable to write to plugin cache").
 REFRESH_PLUGIN_CACHE = $(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 
-.PHONY: run test install clean fuzz soak microbench bench integration haproxy coverage attack docs
+.PHONY: run test check install clean fuzz soak microbench bench integration haproxy coverage attack docs
 
 run: $(VENV)/.installed
 	$(BIN)/twistd -n --pidfile= sockapp --port $(PORT)
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Types (mypy with the mypy-zope plugin, src/ strict), lint and format; settings in pyproject.toml.
+check: $(VENV)/.installed-check
+	$(BIN)/mypy
+	$(BIN)/ruff check
+	$(BIN)/ruff format --check
 
 install: $(VENV)/.installed
 
@@ -96,4 +102,4 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.python
 	touch $@ $(VENV)/.installed
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .hypothesis .coverage .coverage.* twisted/plugins/dropin.cache
+	rm -rf $(VENV) build dist .pytest_cache .hypothesis .mypy_cache .ruff_cache .coverage .coverage.* twisted/plugins/dropin.cache

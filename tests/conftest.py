@@ -132,7 +132,9 @@ def run_sockapp(port: int, *args: str, timeout: float = 120) -> subprocess.Compl
     )
 
 
-def send_and_read_all(address: object, data: bytes, family: int = socket.AF_INET, timeout: float = 30) -> bytes:
+def send_and_read_all(
+    address: tuple[str, int] | str, data: bytes, family: int = socket.AF_INET, timeout: float = 30
+) -> bytes:
     """Send ``data``, half-close, and return everything received until the server closes."""
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)

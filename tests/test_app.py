@@ -4,6 +4,7 @@ StringTransport (order, concurrency, timeouts, cancellation, backpressure)."""
 from __future__ import annotations
 
 import json
+from typing import Any, cast
 
 import attrs
 import pytest
@@ -12,10 +13,10 @@ from twisted.internet import task
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 
-from sockapp.app import ActionError, App, Context, Reply
-from sockapp.wire.framing import NEED_DATA, FrameDecoder
+from sockapp.app import ActionError, Answer, App, Context, Reply
+from sockapp.wire.framing import NEED_DATA, FrameDecoder, Message
 from sockapp.server import AppFactory
 
 
@@ -27,11 +28,16 @@ def message_of(data: bytes):
     return message
 
 
+def no_context(message: Message) -> Any:
+    """For a handler that asks for a context: none."""
+    return None
+
+
 def answer(app: App, request, context=None):
     """The decoded answer ``app`` gives to ``request`` (a document, or bytes for a binary request)."""
     data = binary_request(request) if isinstance(request, bytes) else json_request(request)
-    result = app.dispatch(message_of(data), context or (lambda message: None))
-    assert not isinstance(result, Deferred)
+    result = app.dispatch(message_of(data), context or no_context)
+    assert isinstance(result, Answer)
     ((header, content),) = split_frames(result.frame)
     return (json.loads(content) if header["content-type"] == "text/json" else (header, content)), result
 
@@ -85,12 +91,12 @@ def test_an_action_error_is_answered_with_its_code_and_message():
 
 
 def test_any_other_exception_is_an_internal_error_with_the_traceback_in_the_log_only():
-    events = []
-    globalLogPublisher.addObserver(events.append)
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(cast(ILogObserver, events.append))
     try:
         document, _ = answer(calculator(), {"action": "broken"})
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
     assert document["error"]["code"] == "internal-error"
     assert "ZeroDivision" not in json.dumps(document)
     (failure,) = [e["log_failure"] for e in events if "log_failure" in e]
@@ -256,7 +262,7 @@ class Slow:
 
         @self.app.action("wait")
         def wait(value):
-            deferred = Deferred(lambda d: self.cancelled.append(value))
+            deferred: Deferred[Any] = Deferred(lambda d: self.cancelled.append(value))
             self.waiting.append(deferred)
             return deferred.addCallback(lambda _: value)
 
@@ -332,12 +338,12 @@ def test_connection_lost_cancels_every_pending_request_and_writes_nothing():
     slow = Slow()
     protocol, transport, _, factory = serve(slow.app)
     protocol.dataReceived(b"".join(json_request({"action": "wait", "value": n}) for n in range(3)))
-    events = []
-    globalLogPublisher.addObserver(events.append)
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(cast(ILogObserver, events.append))
     try:
         protocol.connectionLost(None)
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
     assert slow.cancelled == [0, 1, 2]
     assert transport.value() == b""
     assert not [e for e in events if "log_failure" in e]  # a cancellation is not an error
@@ -529,6 +535,7 @@ def test_a_peer_that_does_not_read_gets_no_more_answers_than_its_transport_holds
     for _ in range(100):
         before = len(calls)
         transport.clear()  # the peer reads what was sent...
+        assert transport.producer is not None
         transport.producer.resumeProducing()  # ...and Twisted resumes reading: one more answer fits
         assert 0 < len(calls) - before <= 2 or len(calls) == 50
         if len(calls) == 50:
@@ -586,13 +593,13 @@ def test_verbose_logs_escape_and_cut_an_apps_error_message():
 
     from twisted.logger import formatEvent
 
-    events = []
-    globalLogPublisher.addObserver(events.append)
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(cast(ILogObserver, events.append))
     try:
         protocol, transport, _, _ = serve(app, verbose=True)
         protocol.dataReceived(json_request({"action": "lookup", "value": "\x1b[31m\nFAKE" + "x" * 100_000}))
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
     (line,) = [formatEvent(e) for e in events if e.get("code") == "not-found"]
     assert len(line) < 500 and line.isprintable() and "\\x1b[31m\\x0aFAKE" in line
 
@@ -657,6 +664,7 @@ def test_a_peer_reading_steadily_what_it_is_owed_is_not_idle():
         clock.advance(1)  # the peer takes a second to read each answer...
         received += len(transport.value())
         transport.clear()
+        assert transport.producer is not None
         transport.producer.resumeProducing()  # ...and reads it
         assert not transport.disconnecting and not transport.aborted
     received += len(transport.value())

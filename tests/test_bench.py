@@ -7,6 +7,7 @@ import os
 import pty
 import select
 import subprocess
+from typing import Any, cast
 
 import pytest
 import pytest_twisted
@@ -37,7 +38,7 @@ def test_percentiles_are_exact_nearest_rank():
 def test_send_schedule_spaces_sends_evenly_and_skips_none():
     schedule = SendSchedule(rate=100, start=10.0, end=11.0)
     assert [round(schedule.take(), 6) for _ in range(4)] == [10.0, 10.01, 10.02, 10.03]
-    assert round(schedule.next_due(), 6) == 10.04  # however late it is now: sends fall behind, never away
+    assert round(cast(float, schedule.next_due()), 6) == 10.04  # however late it is now: sends fall behind, never away
     assert schedule.due_by(10.5) == 51 and schedule.due_by(99.0) == 100  # none due at or after the end
     schedule.taken = 100
     assert schedule.next_due() is None
@@ -103,7 +104,7 @@ async def test_expected_answer_can_be_given(listen):
 def recording_app():
     from sockapp.app import ActionError, App
 
-    app = App("recording")
+    app: Any = App("recording")
     app.seen = []
 
     @app.action("put")
@@ -352,7 +353,7 @@ class MemoryEndpoint:
             pump.flush()
 
 
-def run_in_memory(server: Factory, clock: Clock, step: float = 0.001, limit: float = 60.0, **kwargs):
+def run_in_memory(server: Factory[Any], clock: Clock, step: float = 0.001, limit: float = 60.0, **kwargs):
     """Run a bench against ``server`` on ``clock`` until it ends (or ``limit`` fake seconds pass)."""
     endpoint = MemoryEndpoint(server, clock)
     bench = Bench(clock, BenchConfig(endpoint=endpoint, **kwargs), now=clock.seconds, clock=clock)
@@ -403,6 +404,7 @@ class StallsOnce(FakeSearchFactory):
 
     def release(self):
         held, self.held = self.held, None
+        assert held is not None
         for protocol, frame in held:
             protocol.transport.write(frame)
 
@@ -483,18 +485,21 @@ def test_stop_at_any_time_gives_what_was_measured_so_far():
     endpoint.pump()
     clock.advance(10)
     endpoint.pump()
-    assert done.called and done.result.requests == 10 and len(server.received) == 10
+    result: Any = done.result
+    assert done.called and result.requests == 10 and len(server.received) == 10
 
     stopped_first = Bench(clock, BenchConfig(endpoint=endpoint, requests=5), now=clock.seconds, clock=clock)
     stopped_first.stop()
     done = ensureDeferred(stopped_first.run())
     endpoint.pump()
-    summary = done.result
+    summary: Any = done.result
     assert (summary.requests, summary.errors) == (0, {})
 
 
 class Deaf(Protocol):
     """Accepts a connection and never reads from it."""
+
+    transport: Any  # connected over TCP
 
     def connectionMade(self):
         self.transport.pauseProducing()
@@ -530,6 +535,8 @@ async def test_the_answer_check_can_be_skipped_for_exact_counts(listen, check, s
 
 class AnswerOnceThenClose(Protocol):
     """The tutorial's app_msrvr.py in miniature: read one request, answer it as the search does, close."""
+
+    transport: Any  # connected over TCP
 
     def connectionMade(self):
         from sockapp.wire.framing import FrameDecoder

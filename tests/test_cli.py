@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -63,12 +64,16 @@ async def test_echo_and_multiconn(listen):
 class Mangler(Protocol):
     """An 'echo server' that changes one byte: multiconn must notice."""
 
+    transport: Any  # connected over TCP
+
     def dataReceived(self, data):
         self.transport.write(data.replace(b"1", b"7"))
 
 
 class HangUp(Protocol):
     """Reads a little, then closes mid-answer."""
+
+    transport: Any  # connected over TCP
 
     def dataReceived(self, data):
         self.transport.write(data[:3])
@@ -175,6 +180,8 @@ class AnswersThenStalls(Protocol):
     client has measured exactly ``factory.answers`` answers and is waiting.
     """
 
+    transport: Any  # connected over TCP
+
     def connectionMade(self):
         self.buffer = b""
 
@@ -197,7 +204,7 @@ class AnswersThenStalls(Protocol):
 
 
 def waiting_factory(protocol, **attributes) -> Factory:
-    factory = Factory.forProtocol(protocol)
+    factory: Any = Factory.forProtocol(protocol)  # with the attributes its protocol reads
     factory.requested = Deferred()
     for name, value in attributes.items():
         setattr(factory, name, value)
@@ -209,7 +216,7 @@ class Collect(ProcessProtocol):
 
     def __init__(self):
         self.out, self.err = b"", b""
-        self.ended = Deferred()
+        self.ended: Deferred[int | None] = Deferred()
 
     def outReceived(self, data):
         self.out += data
@@ -221,7 +228,7 @@ class Collect(ProcessProtocol):
         self.ended.callback(0 if reason.check(ProcessDone) else reason.value.exitCode)
 
 
-async def interrupted_sockapp(factory: Factory, endpoint: str, number: int, *args: str) -> tuple[str, str, int]:
+async def interrupted_sockapp(factory: Any, endpoint: str, number: int, *args: str) -> tuple[str, str, int | None]:
     """Run ``sockapp ARGS --connect ENDPOINT``, send it signal ``number`` once it has sent a request."""
     child = Collect()
     env = dict(os.environ, PYTHONIOENCODING="utf-8")
@@ -270,13 +277,15 @@ async def test_an_interrupted_bench_prints_what_it_measured(listen):
 class Answers(Protocol):
     """Answers anything with ``factory.frame``."""
 
+    transport: Any  # connected over TCP
+
     def dataReceived(self, data):
         self.transport.write(self.factory.frame)
         self.transport.loseConnection()
 
 
 def answering(frame: bytes) -> Factory:
-    factory = Factory.forProtocol(Answers)
+    factory: Any = Factory.forProtocol(Answers)  # with the frame its protocol answers
     factory.frame = frame
     return factory
 

@@ -9,8 +9,10 @@ import pytest
 import pytest_twisted
 from conftest import split_frames
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IProtocol, IStreamClientEndpoint, ITransport
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from sockapp.client import AppClient, EchoClient, request_frame
 from sockapp.errors import ConnectionClosed, ErrorCode, RemoteProtocolError, ServerError
@@ -26,7 +28,7 @@ def connect(cls=AppClient):
 
 
 def collect(d):
-    out = []
+    out: list[object] = []
     d.addBoth(out.append)
     return out
 
@@ -77,7 +79,7 @@ def test_error_frame_fails_the_request_with_server_error():
     client, _ = connect()
     result = collect(client.request("search", "x"))
     client.dataReceived(encode_json({"error": {"code": "bad-request", "message": "nope"}}))
-    assert isinstance(result[0], Failure) and result[0].check(ServerError)
+    assert isinstance(result[0], Failure) and isinstance(result[0].value, ServerError)
     assert result[0].value.code == "bad-request"
 
 
@@ -152,6 +154,7 @@ from sockapp.client import Client  # noqa: E402
 from sockapp.errors import ConnectTimeout, RequestTimeout  # noqa: E402
 
 
+@implementer(IStreamClientEndpoint)
 class StringEndpoint:
     """A client endpoint whose connections are StringTransports, kept for inspection."""
 
@@ -166,6 +169,7 @@ class StringEndpoint:
         return succeed(protocol)
 
 
+@implementer(IStreamClientEndpoint)
 class NeverEndpoint:
     """A client endpoint whose connection attempts never finish (until cancelled)."""
 
@@ -444,7 +448,7 @@ def test_close_aborts_connections_that_cannot_drain_after_the_grace_period():
 def test_the_client_takes_large_dense_json_answers_a_server_would_refuse():
     client, transport = connect()
     result = collect(client.request("search", "ring"))
-    dense = [[[]] * 10] * 20_000  # 100 KB, a '[' every 3 characters
+    dense: list[list[list[object]]] = [[[]] * 10] * 20_000  # 100 KB, a '[' every 3 characters
     client.dataReceived(encode_json({"result": dense}))
     assert result[0].result == dense
 
@@ -472,6 +476,8 @@ class AbortingEndpoint(StringEndpoint):
 
 
 class AbortingTransport(StringTransport):
+    protocol: IProtocol
+
     def __init__(self, clock):
         super().__init__()
         self.clock = clock
@@ -540,7 +546,7 @@ def test_requests_behind_a_timed_out_one_fail_when_no_retries_are_left():
 
 def test_a_request_that_times_out_before_its_connection_is_made_is_never_sent():
     clock = Clock()
-    pending_connection = Deferred()
+    pending_connection: Deferred[None] = Deferred()
 
     class SlowEndpoint(StringEndpoint):
         def connect(self, factory):
@@ -602,13 +608,14 @@ def test_connect_cut_off_by_add_timeout_stops_the_attempt():
     assert reactor.connectors[0].stoppedConnecting
 
 
+@implementer(IStreamClientEndpoint)
 class HandshakeEndpoint:
     """The connection is made at once but the endpoint fires only after a handshake
     (a proxy or TLS in front), and cannot stop anything once the connection is up."""
 
     def __init__(self):
         self.transports = []
-        self.handshake = Deferred()
+        self.handshake: Deferred[None] = Deferred()
 
     def connect(self, factory):
         protocol = factory.buildProtocol(None)
@@ -632,6 +639,7 @@ def test_a_connection_that_arrives_after_connect_was_cancelled_is_closed():
     """An endpoint that ignores cancellation: the connection it makes later is closed at once."""
     late = []
 
+    @implementer(IStreamClientEndpoint)
     class IgnoresCancel:
         def connect(self, factory):
             late.append(factory)
@@ -765,7 +773,7 @@ def test_an_in_band_error_fails_the_call_and_the_connection_serves_on():
     raw = collect(client.call("raw"))
     described = collect(client.describe())
     answer_with(small_app(), *endpoint.connections[0])
-    assert isinstance(failed[0], Failure) and failed[0].check(ServerError)
+    assert isinstance(failed[0], Failure) and isinstance(failed[0].value, ServerError)
     assert (failed[0].value.code, failed[0].value.message) == ("nope", "not this one")
     assert added == [2] and raw == [b"\x00raw"]
     assert described[0]["name"] == "small" and described[0]["actions"]["add"] == "Add two numbers."
@@ -848,6 +856,9 @@ def test_a_server_that_closes_after_several_answers_keeps_the_client_pipelining(
 class AnswerOnceThenClose(Protocol):
     """The tutorial's app_msrvr.py in miniature: read one request, answer it, close."""
 
+    factory: AnswerOnceFactory
+    transport: ITransport  # connected
+
     def connectionMade(self):
         self.factory.connections += 1
         self.decoder = FrameDecoder()
@@ -864,10 +875,13 @@ class AnswerOnceThenClose(Protocol):
             self.transport.loseConnection()
 
 
+class AnswerOnceFactory(Factory[AnswerOnceThenClose]):
+    protocol = AnswerOnceThenClose
+    connections = 0
+
+
 def answer_once_factory():
-    factory = Factory.forProtocol(AnswerOnceThenClose)
-    factory.connections = 0
-    return factory
+    return AnswerOnceFactory()
 
 
 REQUESTS = 10

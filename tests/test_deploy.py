@@ -6,7 +6,7 @@ import re
 
 from conftest import ROOT
 
-from sockapp.wire.framing import NEED_DATA, FrameDecoder, encode_json
+from sockapp.wire.framing import NEED_DATA, FrameDecoder, Message, encode_json
 from sockapp.apps.search import PONG, SearchIndex
 
 CONFIG = ROOT / "deploy" / "haproxy.cfg"
@@ -23,7 +23,7 @@ def test_the_check_sends_exactly_a_ping_frame():
     decoder = FrameDecoder()
     decoder.receive_data(frame)
     message = decoder.next_message()
-    assert message.document == {"action": "ping"}
+    assert isinstance(message, Message) and message.document == {"action": "ping"}
     assert decoder.next_message() is NEED_DATA
 
 
@@ -31,7 +31,9 @@ def test_the_server_answers_the_check_with_what_it_expects():
     (expected,) = re.findall(r"^\s*tcp-check expect string (\S+)\s*$", CONFIG.read_text(), re.MULTILINE)
     decoder = FrameDecoder()
     decoder.receive_data(check_frame())
-    answer = SearchIndex().respond(decoder.next_message())
+    request = decoder.next_message()
+    assert isinstance(request, Message)
+    answer = SearchIndex().respond(request)
     assert answer == PONG and expected.encode() in answer
     # The tutorial's server answers an unknown action with an error text, which must fail the check.
     assert expected.encode() not in encode_json({"result": "Error: invalid action 'ping'."})
@@ -51,7 +53,9 @@ def check_timing() -> dict[str, float]:
     text = CONFIG.read_text()
 
     def seconds(value: str) -> float:
-        number, unit = re.fullmatch(r"(\d+)(ms|s)", value).groups()
+        match = re.fullmatch(r"(\d+)(ms|s)", value)
+        assert match is not None, value
+        number, unit = match.groups()
         return int(number) / (1000 if unit == "ms" else 1)
 
     (server,) = re.findall(r"^\s*default-server (.*)$", text, re.MULTILINE)

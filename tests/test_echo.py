@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
@@ -51,9 +53,12 @@ def test_transport_is_its_own_producer():
 class GreedyClient(Protocol):
     """Writes a lot but does not read until told to."""
 
+    transport: Any  # connected over TCP
+    expected: int
+
     def connectionMade(self):
         self.received = bytearray()
-        self.done = defer.Deferred()
+        self.done: defer.Deferred[bytes] = defer.Deferred()
         self.transport.pauseProducing()  # stop reading: the echo piles up server-side
 
     def dataReceived(self, data):
@@ -64,8 +69,8 @@ class GreedyClient(Protocol):
 
 def settle(check, reactor, interval=0.05, quiet_rounds=6, limit=400):
     """Wait until ``check()`` stops changing for a few rounds (no timing is asserted)."""
-    state = {"last": None, "same": 0, "rounds": 0}
-    done = defer.Deferred()
+    state: dict[str, Any] = {"last": None, "same": 0, "rounds": 0}
+    done: defer.Deferred[Any] = defer.Deferred()
 
     def poll():
         value = check()
@@ -94,8 +99,11 @@ async def test_a_peer_that_does_not_read_is_not_read_from():
     port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Recording())
     try:
         total = 32 * 1024 * 1024
-        client = await TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
-            Factory.forProtocol(GreedyClient)
+        client = cast(
+            GreedyClient,
+            await TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
+                Factory.forProtocol(GreedyClient)
+            ),
         )
         client.expected = total
         block = bytes(range(256)) * 256  # 64 KiB
@@ -156,8 +164,11 @@ async def test_echo_over_tcp_turns_nagle_off():
 
     port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Recording())
     try:
-        client = await TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
-            Factory.forProtocol(Protocol)
+        client = cast(
+            Any,
+            await TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
+                Factory.forProtocol(Protocol)
+            ),
         )
         await settle(lambda: len(servers), reactor, quiet_rounds=2)
         handle = servers[0].transport.getHandle()

@@ -9,7 +9,7 @@ import pytest_twisted
 from conftest import binary_request, json_request
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 
 from sockapp.client import connect, connect_echo
 from sockapp.server.echo import EchoFactory
@@ -55,12 +55,12 @@ class Raw(Protocol):
         self.received = b""
         from twisted.internet.defer import Deferred
 
-        self.closed = Deferred()
+        self.closed: Deferred[bytes] = Deferred()
 
     def dataReceived(self, data):
         self.received += data
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason=connectionDone):
         self.closed.callback(self.received)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import pytest
 from twisted.internet.endpoints import _parse as twisted_parse
 from twisted.internet.testing import MemoryReactor
@@ -34,7 +36,7 @@ def test_ssl_ports_are_built_by_sockapp_with_tls_1_2_at_least(tls_files):
     from OpenSSL import SSL
 
     endpoint = server_endpoint(MemoryReactor(), f"ssl:0:privateKey={tls_files['key']}:certKey={tls_files['cert']}")
-    options = endpoint._sslContextFactory.getContext().set_options(0)  # adds nothing; returns what is set
+    options = cast(Any, endpoint)._sslContextFactory.getContext().set_options(0)  # adds nothing; returns what is set
     assert options & SSL.OP_NO_TLSv1 and options & SSL.OP_NO_TLSv1_1
 
 

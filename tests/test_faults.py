@@ -9,8 +9,10 @@ import os
 import signal
 import socket
 import struct
+import sys
 import termios
 import time
+from typing import Any
 
 import pytest
 from conftest import binary_request, json_request, raw_frame, split_frames, start_twistd, tool
@@ -74,7 +76,7 @@ def test_connections_beyond_the_limit_are_closed_at_once(server_processes):
 
 def test_sigterm_drains_gracefully(server_processes):
     server = server_processes(
-        [os.path.join(os.path.dirname(os.sys.executable), "twistd"), "-n", "--pidfile=", "sockapp", "--port", LOOPBACK]
+        [os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile=", "sockapp", "--port", LOOPBACK]
     )
     port = int(server.wait_for_log(r"starting on (\d+)").group(1))
     idle = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
@@ -102,7 +104,7 @@ def test_sigterm_drains_gracefully(server_processes):
 def test_shutdown_timeout_cuts_a_frame_that_never_ends(server_processes):
     server = server_processes(
         [
-            os.path.join(os.path.dirname(os.sys.executable), "twistd"),
+            os.path.join(os.path.dirname(sys.executable), "twistd"),
             "-n",
             "--pidfile=",
             "sockapp",
@@ -130,7 +132,7 @@ def test_server_memory_stays_bounded_while_a_peer_pushes_without_reading(server_
     peer's sends never stall for long and it pushes far more than 64 MiB.
     """
     server = server_processes(
-        [os.path.join(os.path.dirname(os.sys.executable), "twistd"), "-n", "--pidfile=", service, "--port", LOOPBACK]
+        [os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile=", service, "--port", LOOPBACK]
     )
     port = int(server.wait_for_log(r"starting on (\d+)").group(1))
     before = rss_bytes(server.proc.pid)
@@ -279,7 +281,7 @@ def test_peak_memory_stays_within_the_readme_budget(server_processes):
         binary_request(b"\xab" * max_content),
         nested_json_request(max_content),
     ]
-    peers = []
+    peers: list[list[Any]] = []  # [socket, data, bytes sent]
     try:
         for _ in range(per_kind):
             for frame in frames:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import pytest
 from conftest import binary_request, json_request, raw_frame
@@ -25,6 +26,13 @@ from sockapp.wire.framing import (
 HEADER = {"byteorder": "little", "content-type": "binary/x", "content-encoding": "binary", "content-length": 0}
 
 
+def next_message(decoder: FrameDecoder) -> Message:
+    """The next complete message, which the test expects to be there."""
+    message = decoder.next_message()
+    assert isinstance(message, Message)
+    return message
+
+
 def decode_all(data: bytes, *, pieces: int | None = None, max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH):
     """Feed ``data`` whole (pieces=None) or in pieces of that size; collect messages."""
     decoder = FrameDecoder(max_content_length)
@@ -32,7 +40,7 @@ def decode_all(data: bytes, *, pieces: int | None = None, max_content_length: in
     step = pieces or max(len(data), 1)
     for start in range(0, max(len(data), 1), step):
         decoder.receive_data(data[start : start + step])
-        while (message := decoder.next_message()) is not NEED_DATA:
+        while isinstance(message := decoder.next_message(), Message):
             messages.append(message)
     return messages, decoder
 
@@ -44,7 +52,7 @@ def decode_error(data: bytes, *, pieces: int | None = None, **kwargs) -> tuple[R
     for start in range(0, len(data), step):
         decoder.receive_data(data[start : start + step])
         try:
-            while (message := decoder.next_message()) is not NEED_DATA:
+            while isinstance(message := decoder.next_message(), Message):
                 messages.append(message)
         except RemoteProtocolError as e:
             return e, messages
@@ -163,7 +171,7 @@ def test_decoder_holds_incomplete_content_as_received_chunks_not_one_growing_buf
     assert decoder._chunks is not None and len(decoder._chunks) == len(pieces) - 1
     assert all(a is b for a, b in zip(decoder._chunks, pieces[:-1], strict=True))
     decoder.receive_data(pieces[-1])
-    assert decoder.next_message().content == b"".join(pieces)
+    assert next_message(decoder).content == b"".join(pieces)
 
 
 @settings(max_examples=200, deadline=None)
@@ -176,7 +184,7 @@ def test_any_split_of_a_valid_stream_decodes_to_the_same_messages(data):
     for cut in [*cuts, len(GOOD_STREAM)]:
         decoder.receive_data(GOOD_STREAM[previous:cut])
         previous = cut
-        while (message := decoder.next_message()) is not NEED_DATA:
+        while isinstance(message := decoder.next_message(), Message):
             messages.append(message)
     expected, _ = decode_all(GOOD_STREAM)
     assert messages == expected
@@ -331,7 +339,7 @@ def test_random_bytes_give_messages_or_a_typed_error_never_anything_else(data, p
     for start in range(0, len(data), piece):
         decoder.receive_data(data[start : start + piece])
         try:
-            while (message := decoder.next_message()) is not NEED_DATA:
+            while isinstance(message := decoder.next_message(), Message):
                 assert isinstance(message, Message)
         except RemoteProtocolError as e:
             assert isinstance(e.code, ErrorCode)
@@ -372,7 +380,7 @@ def test_repeated_headers_are_parsed_once_and_limits_still_apply():
 
 @pytest.mark.parametrize("field", ["content_type", "content_encoding", "byteorder"])
 def test_encode_refuses_header_fields_that_are_not_strings(field):
-    kwargs = {"content_type": "binary/x", "content_encoding": "binary", "byteorder": "little", field: 5}
+    kwargs: dict[str, Any] = {"content_type": "binary/x", "content_encoding": "binary", "byteorder": "little", field: 5}
     with pytest.raises(LocalProtocolError):
         encode_frame(b"", **kwargs)
     kwargs[field] = ["unhashable"]
@@ -394,7 +402,7 @@ def test_the_parsed_header_cache_stays_bounded_however_many_distinct_headers_arr
         }
         decoder = FrameDecoder()
         decoder.receive_data(raw_frame(header))
-        assert decoder.next_message().header.content_type == f"binary/kind-{number}"
+        assert next_message(decoder).header.content_type == f"binary/kind-{number}"
         assert len(framing._PARSED_HEADERS) <= framing._PARSED_HEADERS_LIMIT
 
 
@@ -452,7 +460,7 @@ def test_text_json_over_max_json_length_is_refused_at_the_header():
 def test_binary_content_keeps_the_larger_limit():
     decoder = FrameDecoder(max_content_length=1000, max_json_length=100)
     decoder.receive_data(binary_request(b"x" * 1000))
-    assert decoder.next_message().content == b"x" * 1000
+    assert next_message(decoder).content == b"x" * 1000
 
 
 def test_long_headers_are_not_cached():
@@ -464,7 +472,7 @@ def test_long_headers_are_not_cached():
     header = {"byteorder": "big", "content-type": long_type, "content-encoding": "binary", "content-length": 0}
     decoder = FrameDecoder()
     decoder.receive_data(raw_frame(header))
-    assert decoder.next_message().header.content_type == long_type
+    assert next_message(decoder).header.content_type == long_type
     assert framing._PARSED_HEADERS == {}
     decoder.receive_data(binary_request(b""))
     decoder.next_message()
@@ -476,7 +484,7 @@ def test_a_lone_surrogate_is_encoded_as_a_json_escape():
     frame.decode("utf-8")  # valid UTF-8
     decoder = FrameDecoder()
     decoder.receive_data(frame)
-    assert decoder.next_message().document == {"result": "No match for '\ud800' \U0001f436."}
+    assert next_message(decoder).document == {"result": "No match for '\ud800' \U0001f436."}
 
 
 def test_json_dense_with_arrays_and_objects_is_too_complex():
@@ -503,7 +511,7 @@ def test_a_header_with_many_arrays_or_objects_is_refused():
     header = {"byteorder": "big", "content-type": "x", "content-encoding": "binary", "content-length": 0}
     decoder = FrameDecoder()
     decoder.receive_data(raw_frame({**header, "extra": [[[]]]}) + raw_frame({**header, "p": [[]] * MAX_HEADER_CONTAINERS}))
-    assert decoder.next_message().content == b""
+    assert next_message(decoder).content == b""
     with pytest.raises(RemoteProtocolError) as caught:
         decoder.next_message()
     assert caught.value.code is ErrorCode.HEADER_TOO_COMPLEX
@@ -545,7 +553,7 @@ def test_a_lone_surrogate_in_another_encoding_is_escaped_too():
     frame = encode_json({"result": "\ud800 \U0001f436"}, "latin-1")
     decoder = FrameDecoder()
     decoder.receive_data(frame)
-    assert decoder.next_message().document == {"result": "\ud800 \U0001f436"}
+    assert next_message(decoder).document == {"result": "\ud800 \U0001f436"}
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -14,7 +15,7 @@ from conftest import binary_request, json_request, raw_frame, split_frames
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import clientFromString, connectProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 
 from sockapp.server import SearchFactory
 
@@ -69,6 +70,8 @@ BAD_REQUESTS = {
 class Peer(Protocol):
     """Collects everything until the connection closes."""
 
+    transport: Any  # connected over TCP
+
     def connectionMade(self):
         self.received = b""
         self.closed: Deferred[bytes] = Deferred()
@@ -76,7 +79,7 @@ class Peer(Protocol):
     def dataReceived(self, data):
         self.received += data
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason=connectionDone):
         self.closed.callback(self.received)
 
 
@@ -169,6 +172,8 @@ async def test_client_gets_a_typed_error_for_an_oversized_answer(listen):
     from sockapp.errors import RemoteProtocolError
 
     class Oversized(Protocol):
+        transport: Any  # connected over TCP
+
         def dataReceived(self, data):
             self.transport.write(raw_frame(header(content_length=2**40)))  # then nothing: no hang allowed
 

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from test_smoke import scrape
 
-from sockapp.wire.framing import NEED_DATA, FrameDecoder, encode_json
+from sockapp.wire.framing import FrameDecoder, Message, encode_json
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -235,7 +235,7 @@ def test_haproxy_routes_around_a_hung_backend(server_processes, haproxy_binary, 
         hits_at_stop = {n: scrape(metrics_ports[n])[HITS] for n in live}
         os.killpg(hung.proc.pid, signal.SIGSTOP)
         stopped_at = time.monotonic()
-        live_check_ms = []  # how long the live backends took to answer a ping under this load
+        live_check_ms: list[float] = []  # how long the live backends took to answer a ping under this load
 
         def hung_is_down():
             rows = haproxy_stats(stats_socket)
@@ -435,7 +435,7 @@ def client_certificates(tmp_path_factory) -> dict:
 def search_on(tls, decoder: FrameDecoder, value: str):
     """One search on an open connection; the answer's document."""
     tls.sendall(encode_json({"action": "search", "value": value}))
-    while (message := decoder.next_message()) is NEED_DATA:
+    while not isinstance(message := decoder.next_message(), Message):
         data = tls.recv(65536)
         assert data, "the connection closed before the answer"
         decoder.receive_data(data)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -25,7 +26,7 @@ def within(deferred):
 
 @pytest_twisted.ensureDeferred
 async def test_get_set_delete_and_keys(listen, tmp_path):
-    app = kv.app(str(tmp_path / "kv.sqlite3"))
+    app: Any = kv.app(str(tmp_path / "kv.sqlite3"))  # with the pool kv.app hangs on it, for closing
     try:
         endpoint = await listen(AppFactory(app))
         client = await within(connect(reactor, endpoint))
@@ -137,7 +138,7 @@ async def test_only_writers_may_set_and_delete_and_the_others_are_answered_forbi
     from twisted.internet.endpoints import serverFromString
 
     ca, people = kv_clients
-    app = kv.app(str(tmp_path / "kv.sqlite3"), writers="alice")
+    app: Any = kv.app(str(tmp_path / "kv.sqlite3"), writers="alice")
     port = await serverFromString(
         reactor, f"mtls:0:interface=127.0.0.1:privateKey={tls_files['key']}:certKey={tls_files['cert']}:caCerts={ca}"
     ).listen(AppFactory(app))

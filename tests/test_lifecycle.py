@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from typing import Any, cast
 
 import pytest
 from conftest import binary_request, json_request, split_frames
 from twisted.internet.address import IPv4Address
+from twisted.internet.base import DelayedCall
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 
 from sockapp.server.echo import EchoFactory
 from sockapp.server.lifecycle import DeadlineSweep, Deadlines, Refused
@@ -162,7 +164,7 @@ def test_short_lived_connections_make_no_timer_of_their_own():
     for protocol, transport in opened:
         lose(protocol, transport)
     assert not factory.deadline_sweep.waiting
-    assert [call.func for call in clock.getDelayedCalls()] == [factory._release_if_idle]
+    assert [cast(DelayedCall, call).func for call in clock.getDelayedCalls()] == [factory._release_if_idle]
 
 
 def connect(factory):
@@ -183,13 +185,13 @@ def lose(protocol, transport):
 
 def test_idle_connection_is_closed_and_logged():
     clock = Clock()
-    events = []
-    globalLogPublisher.addObserver(events.append)
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(cast(ILogObserver, events.append))
     try:
         protocol, transport = connect(SearchFactory(reactor=clock, idle_timeout=5))
         clock.advance(5)
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
     assert transport.disconnecting
     assert any("idle-timeout" in e.get("log_format", "") for e in events)
 
@@ -212,7 +214,7 @@ def test_max_connections_refuses_the_extra_and_counts_it():
     second, _ = connect(factory)
     third, third_transport = connect_unflushable(factory)
     assert isinstance(third, Refused) and factory.refused == 1
-    assert third_transport.disconnecting and third not in factory.connections  # closed at once
+    assert third_transport.disconnecting and third not in cast(set[object], factory.connections)  # closed at once
     assert third_transport.value() == b""  # without a word
     factory.reactor.advance(factory.close_grace)
     assert third_transport.aborted  # a close that did not finish (TLS waits for the peer) is cut
@@ -229,7 +231,7 @@ def test_shutdown_closes_idle_connections_and_lets_a_started_request_finish():
     busy, busy_transport = connect(factory)
     request = json_request({"action": "search", "value": "morpheus"})
     busy.dataReceived(request[:10])
-    done = []
+    done: list[None] = []
     factory.shutdown(timeout=10).addCallback(done.append)
     assert idle_transport.disconnecting and not busy_transport.disconnecting
     refused, refused_transport = connect(factory)  # no new connections while shutting down
@@ -252,7 +254,7 @@ def test_shutdown_aborts_what_is_left_after_the_timeout():
     protocol, transport = connect(factory)
     transport.abortConnection = lambda: lose(protocol, transport)  # StringTransport cannot abort
     transport.loseConnection = lambda: None  # a close that never completes (peer not reading)
-    done = []
+    done: list[None] = []
     factory.shutdown(timeout=10).addCallback(done.append)
     clock.advance(9.9)
     assert done == []
@@ -272,7 +274,7 @@ def test_connections_are_tracked(factory_class):
 def test_freed_memory_is_released_once_the_server_has_been_idle_a_moment(monkeypatch):
     from sockapp.server import lifecycle
 
-    calls = []
+    calls: list[int] = []
     monkeypatch.setattr(lifecycle, "_malloc_trim", calls.append)
     clock = Clock()
     factory = SearchFactory(reactor=clock)
@@ -460,7 +462,7 @@ async def test_a_closed_connection_is_freed_without_the_cycle_collector(listen, 
     gc.collect()
     gc.disable()
     try:
-        client = await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(Factory.forProtocol(Protocol))
+        client: Any = await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(Factory.forProtocol(Protocol))
         frame = binary_request(b"x" * 3_000_000)
         client.transport.write(frame[: len(frame) // 2])  # half a frame: the server buffers it
         for _ in range(500):
@@ -537,7 +539,7 @@ def test_a_connection_that_failed_is_freed_without_the_cycle_collector(request_)
         protocol, transport = connect(factory)
         # As in a running server, events go to observers and are gone (not to the buffer Twisted
         # keeps, with every event's source, until logging begins: no test process begins it).
-        protocol.log = Logger(observer=lambda event: None)
+        protocol.log = Logger(observer=cast(ILogObserver, lambda event: None))
         protocol.dataReceived(request_)
         if transport.disconnecting:  # the error frame was sent; the decoder keeps refusing
             protocol.dataReceived(b"more")
@@ -553,12 +555,12 @@ def test_one_log_line_for_one_fault_even_when_the_close_is_cut():
     clock = Clock()
     factory = SearchFactory(reactor=clock)
     protocol, transport = connect_unflushable(factory)
-    events = []
-    globalLogPublisher.addObserver(events.append)
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(cast(ILogObserver, events.append))
     try:
         protocol.dataReceived(EMPTY_HEADER)
         clock.advance(factory.close_grace)
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
     assert transport.aborted
     assert len([e for e in events if "peer" in e]) == 1

@@ -6,6 +6,7 @@ import io
 import json
 import socket
 import subprocess
+from typing import cast
 
 import pytest
 from conftest import json_request, tool
@@ -152,8 +153,8 @@ def test_a_json_line_stays_under_the_cap_whatever_the_peer_text_escapes_to():
     hostile = peer_text("\U0001f436" * 300)
     escaped = peer_text("\x85" * 1000)
     log = Logger(namespace="test")
-    lines = []
-    log.observer = lambda event: lines.append(event_as_json(event))
+    lines: list[str] = []
+    log.observer = cast(ILogObserver, lambda event: lines.append(event_as_json(event)))
     log.warn("{peer}: unknown encoding {encoding} {uri}", peer="1.2.3.4:5", encoding=hostile, uri=escaped)
     (line,) = lines
     assert len(line.encode()) <= MAX_JSON_LINE

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 import pytest_twisted
 from conftest import binary_request, json_request, metric_samples, raw_frame
@@ -9,12 +11,13 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.logger import ILogObserver, LogEvent
 from twisted.python import usage
 from twisted.web.client import Agent, readBody
 
 from sockapp.server.echo import EchoFactory
 from sockapp.errors import ErrorCode
-from sockapp.server.lifecycle import Refused
+from sockapp.server.lifecycle import Refused, ServerFactory
 from sockapp.server.metrics import MetricsSite, ServerMetrics
 from sockapp.server import SearchFactory
 from sockapp.tap import echo, search
@@ -197,7 +200,7 @@ def test_metrics_option_serves_the_factory_registry(module):
     servers = {port: factory for port, factory, _backlog, _interface in memory.tcpServers}
     assert set(servers) == {6000, 9100}
     assert isinstance(servers[9100], MetricsSite)
-    assert servers[6000].metrics is not None
+    assert isinstance(servers[6000], ServerFactory) and servers[6000].metrics is not None
 
 
 def test_metrics_are_off_by_default():
@@ -205,7 +208,7 @@ def test_metrics_are_off_by_default():
     service = search.makeService(parse(search, "--port", "6000"), memory)
     service.startService()
     ((_port, factory, _backlog, _interface),) = memory.tcpServers
-    assert factory.metrics is None
+    assert isinstance(factory, ServerFactory) and factory.metrics is None
 
 
 @pytest.mark.parametrize(
@@ -321,12 +324,12 @@ def test_head_is_answered_without_a_body_or_a_log_line():
 
     site = MetricsSite(ServerMetrics(process=False).registry, reactor=Clock())
     channel, transport = metrics_connection(site)
-    events = []
-    globalLogPublisher.addObserver(events.append)
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(cast(ILogObserver, events.append))
     try:
         channel.dataReceived(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
     head, _, body = transport.value().partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200") and body == b""
     assert events == []
@@ -337,12 +340,12 @@ def test_verbose_access_lines_are_escaped_and_cut():
 
     site = MetricsSite(ServerMetrics(process=False).registry, verbose=True, reactor=Clock())
     channel, transport = metrics_connection(site)
-    events = []
-    globalLogPublisher.addObserver(events.append)
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(cast(ILogObserver, events.append))
     try:
         channel.dataReceived(b"GET /metrics?" + b"x%1b" * 3000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
     (line,) = [formatEvent(e) for e in events if e.get("log_namespace") == "sockapp.server.metrics.access"]
     assert len(line) < 400 and line.isprintable() and " GET /metrics?x%1b" in line
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from typing import cast
 
 import pytest
 from conftest import json_request, split_frames
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 
 from sockapp.net.proxy import CheckedProxyFactory, valid_address
 from sockapp.server import SearchFactory
@@ -34,13 +35,13 @@ def wrapped_connection():
 
 
 def behind_proxy(header: bytes):
-    events = []
-    globalLogPublisher.addObserver(events.append)
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(cast(ILogObserver, events.append))
     try:
         wrapper, transport, factory = wrapped_connection()
         wrapper.dataReceived(header + json_request({"action": "search", "value": "ring"}))
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
     return wrapper, transport, events, factory
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from typing import cast
 
 import pytest
 from conftest import binary_request, json_request, raw_frame, split_frames
 from twisted.internet.testing import StringTransport
+from twisted.logger import ILogObserver, LogEvent
 
 from sockapp.apps.search import SearchIndex
 from sockapp.server import SearchFactory
@@ -166,13 +168,13 @@ def test_custom_index_is_used():
 def test_verbose_logs_each_request(capsys):
     from twisted.logger import globalLogPublisher
 
-    events = []
-    globalLogPublisher.addObserver(events.append)
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(cast(ILogObserver, events.append))
     try:
         protocol, _ = connect(SearchFactory(verbose=True))
         protocol.dataReceived(binary_request(b"abc"))
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
     assert any(e.get("log_format", "").endswith("request, {length} bytes") and e["length"] == 3 for e in events)
 
 
@@ -183,8 +185,8 @@ def test_behind_a_proxy_header_the_logs_name_the_real_client():
 
     from sockapp.net.proxy import CheckedProxyFactory
 
-    events = []
-    globalLogPublisher.addObserver(events.append)
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(cast(ILogObserver, events.append))
     try:
         wrapper = CheckedProxyFactory(SearchFactory()).buildProtocol(IPv4Address("TCP", "10.0.0.1", 5634))
         transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.5", 41000))
@@ -193,7 +195,7 @@ def test_behind_a_proxy_header_the_logs_name_the_real_client():
         wrapper.dataReceived(b"PROXY TCP4 203.0.113.7 10.0.0.1 40000 5634\r\n")
         feed(wrapper, b"\x00\x00", one_byte_at_a_time=True)
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
     (warning,) = [e for e in events if e.get("code") == "empty-header"]
     assert warning["peer"] == "203.0.113.7:40000"
     assert results(transport)[0]["error"]["code"] == "empty-header"
@@ -205,12 +207,12 @@ def test_behind_a_proxy_header_the_logs_name_the_real_client():
 def logged(action):
     from twisted.logger import globalLogPublisher
 
-    events = []
-    globalLogPublisher.addObserver(events.append)
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(cast(ILogObserver, events.append))
     try:
         action()
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
     return events
 
 

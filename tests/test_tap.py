@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from typing import Any
 
 import pytest
 from conftest import send_and_read_all, split_frames, start_twistd, tool
@@ -14,6 +15,7 @@ from twisted.plugin import getPlugins
 from twisted.python import usage
 
 from sockapp.server.echo import EchoFactory
+from sockapp.server.listening import ListeningService
 from sockapp.wire.framing import encode_json
 from sockapp.apps.search import TUTORIAL_ANSWERS
 from sockapp.apps.search import SearchApp
@@ -102,7 +104,7 @@ def test_echo_service_listens():
 
 
 def test_plugins_are_discovered():
-    makers = {maker.tapname: maker for maker in getPlugins(IServiceMaker)}
+    makers: dict[str, Any] = {maker.tapname: maker for maker in getPlugins(IServiceMaker)}  # ServiceMakers
     assert makers["sockapp"].module == "sockapp.tap.search"
     assert makers["echo"].module == "sockapp.tap.echo"
     assert makers["sockapp"].options is search.Options
@@ -134,6 +136,7 @@ def test_a_lone_surrogate_in_the_data_file_is_served(tmp_path):
     reactor = MemoryReactorClock()
     search.makeService(parse(search, "--port", "6002", "--data", str(path)), reactor).startService()
     ((_port, factory, _backlog, _interface),) = reactor.tcpServers
+    assert isinstance(factory, AppFactory)
     protocol = factory.buildProtocol(None)
     transport = StringTransport()
     protocol.makeConnection(transport)
@@ -250,6 +253,7 @@ def test_max_pending_and_action_timeout_reach_the_factory():
 
     options = parse(search, "--max-pending", "3", "--action-timeout", "0")
     service = search.makeService(options, reactor=Clock())
+    assert isinstance(service, ListeningService)
     factory = service.factory
     assert (factory.max_pending, factory.action_timeout) == (3, None)
     with pytest.raises(usage.UsageError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl as stdlib_ssl
 import socket
+from typing import Any, cast
 
 import pytest
 import pytest_twisted
@@ -12,7 +13,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import reactor
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IReactorSSL, ITransport
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import ILogObserver, LogEvent
 
 from sockapp.app import App
 from sockapp.client import connect
@@ -61,7 +64,9 @@ def whoami_app() -> App:
     return app
 
 
-async def listen_mtls(tls_files, ca, metrics=None) -> int:
+# An IListeningPort; Any, as Twisted types its getHost() as IAddress (no port) and its
+# stopListening() as maybe returning a Deferred.
+async def listen_mtls(tls_files, ca, metrics=None) -> Any:
     description = (
         f"mtls:0:interface=127.0.0.1:privateKey={tls_files['key']}:certKey={tls_files['cert']}:caCerts={ca}"
     )
@@ -135,8 +140,8 @@ async def test_a_failed_handshake_is_one_log_line_and_counted_by_reason(tls_file
     from sockapp.server.metrics import ServerMetrics
 
     metrics = ServerMetrics(process=False)
-    events = []
-    globalLogPublisher.addObserver(events.append)
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(cast(ILogObserver, events.append))
     port = await listen_mtls(tls_files, clients["ca"], metrics)
     try:
         number = port.getHost().port
@@ -149,7 +154,7 @@ async def test_a_failed_handshake_is_one_log_line_and_counted_by_reason(tls_file
                 break
             await deferLater(reactor, 0.05)
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
         await port.stopListening()
     assert metrics.tls_handshake_failures[why] == 1 and sum(metrics.tls_handshake_failures.values()) == 1
     lines = [e for e in events if "TLS handshake failed" in e.get("log_format", "")]
@@ -239,7 +244,9 @@ def raw_tls_port(certificate, key):
     options = ssl.CertificateOptions(
         privateKey=both.privateKey.original.to_cryptography_key(), certificate=both.original.to_cryptography()
     )
-    return reactor.listenSSL(0, AppFactory(App("raw"), reactor=reactor), options, interface="127.0.0.1")
+    # Twisted types the listen* methods' factory as its own ServerFactory[...]; any IProtocolFactory serves.
+    factory = AppFactory(App("raw"), reactor=reactor)
+    return cast(IReactorSSL, reactor).listenSSL(0, factory, options, interface="127.0.0.1")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("trust", ["bundle", "keyed-dir"])
@@ -335,6 +342,8 @@ async def test_a_client_certificate_the_server_refuses_is_said_so(tls_files, cli
 class _Garbage(Protocol):
     """A server that does not speak TLS: answers anything with an HTTP error."""
 
+    transport: ITransport  # connected
+
     def dataReceived(self, data: bytes) -> None:
         self.transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
         self.transport.loseConnection()
@@ -344,7 +353,8 @@ class _Garbage(Protocol):
 @pytest_twisted.ensureDeferred
 async def test_a_server_that_does_not_speak_tls_is_said_so(tls_files, kind):
     factory = Factory.forProtocol(_Garbage if kind == "answers-garbage" else Protocol)
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    # Twisted types the listen* methods' factory as its own ServerFactory[...]; any IProtocolFactory serves.
+    port: Any = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[arg-type]
     try:
         # A server that says nothing keeps the handshake waiting: the request timeout ends it.
         said = await refusal(f"tls:127.0.0.1:{port.getHost().port}:trustRoots={tls_files['trust']}", request_timeout=0.5)
@@ -448,7 +458,8 @@ async def test_an_echo_client_whose_handshake_stalls_closes_at_once_and_says_tls
     from sockapp.client import connect_echo
     from sockapp.errors import SockappError
 
-    port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+    # Twisted types the listen* methods' factory as its own ServerFactory[...]; any IProtocolFactory serves.
+    port: Any = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")  # type: ignore[arg-type]
     try:
         client = await connect_echo(reactor, f"tls:127.0.0.1:{port.getHost().port}:trustRoots={tls_files['trust']}")
         echoed = client.roundTrip(b"hi")
@@ -496,7 +507,7 @@ def test_the_client_certificate_is_read_once_a_connection():
     names = [x509.DNSName(f"n{i:05d}.example") for i in range(3000)]
     transport = _PeerCertificateTransport(issue_certificate(make_ca("big CA"), "big", names)[1])
     first = client_certificate(transport)
-    assert client_certificate(transport) is first and len(first.dns_names) == 3000
+    assert first is not None and client_certificate(transport) is first and len(first.dns_names) == 3000
     assert transport.asked == 1
 
 
@@ -526,7 +537,8 @@ def test_a_common_name_over_64_characters_warns_nothing():
         ).sign(ca_key, hashes.SHA256())
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert client_certificate(_PeerCertificateTransport(certificate)).common_name == "L" * 100
+        known = client_certificate(_PeerCertificateTransport(certificate))
+        assert known is not None and known.common_name == "L" * 100
         assert _names(certificate).startswith("LLLL")
 
 
@@ -597,8 +609,8 @@ async def test_the_echo_server_logs_and_counts_a_failed_handshake_too(tls_files,
     from sockapp.server.metrics import ServerMetrics
 
     metrics = ServerMetrics(process=False)
-    events = []
-    globalLogPublisher.addObserver(events.append)
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(cast(ILogObserver, events.append))
     description = f"mtls:0:interface=127.0.0.1:privateKey={tls_files['key']}:certKey={tls_files['cert']}:caCerts={clients['ca']}"
     port = await serverFromString(reactor, description).listen(EchoFactory(reactor=reactor, metrics=metrics))
     try:
@@ -608,7 +620,7 @@ async def test_the_echo_server_logs_and_counts_a_failed_handshake_too(tls_files,
                 break
             await deferLater(reactor, 0.05)
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
         await port.stopListening()
     assert metrics.tls_handshake_failures["no-certificate"] == 1 and sum(metrics.tls_handshake_failures.values()) == 1
     lines = [e for e in events if "TLS handshake failed" in e.get("log_format", "")]
@@ -635,7 +647,8 @@ def test_a_subject_with_several_common_names_has_none_to_authorize_by(names, exp
         not_valid_before=now,
         not_valid_after=now + datetime.timedelta(days=1),
     ).sign(ca_key, hashes.SHA256())
-    assert client_certificate(_PeerCertificateTransport(certificate)).common_name == expected
+    known = client_certificate(_PeerCertificateTransport(certificate))
+    assert known is not None and known.common_name == expected
 
 
 @pytest.mark.parametrize("scheme", ["mtls", "ssl"])

@@ -319,7 +319,7 @@ def test_a_worker_that_ends_is_started_again_after_a_delay():
 
 def test_workers_outliving_the_shutdown_timeout_are_killed():
     clock, pool = pool_of(2, shutdown_timeout=3)
-    stopped = []
+    stopped: list[object] = []
     pool.stopService().addCallback(stopped.append)
     processes = [worker.transport for worker in pool.workers.values()]
     assert [p.signals for p in processes] == [["TERM"], ["TERM"]]
@@ -337,7 +337,7 @@ def test_signalling_a_worker_that_has_already_exited_is_harmless():
     clock, pool = pool_of(1, shutdown_timeout=1)
     worker = pool.workers[0]
     worker.transport.exited = True
-    stopped = []
+    stopped: list[object] = []
     pool.stopService().addCallback(stopped.append)
     clock.advance(1 + 5)  # TERM and then KILL meet ProcessExitedAlready
     worker.processEnded(Failure(Exception("gone")))
@@ -348,10 +348,10 @@ def test_the_pool_has_stopped_only_once_its_socket_is_closed():
     # With no worker left to wait for, the parent's stop used to end before its
     # port had closed: the reactor stopped first, leaving a unix: path behind.
     clock, pool = pool_of(1)
-    closing = Deferred()
+    closing: Deferred[None] = Deferred()
     pool.port.stopListening = lambda: closing
     pool.workers[0].processEnded(Failure(Exception("killed")))
-    stopped = []
+    stopped: list[object] = []
     pool.stopService().addCallback(stopped.append)
     assert not stopped
     closing.callback(None)

@@ -29,7 +29,7 @@ import time
 import types
 import typing
 from collections.abc import Callable, Mapping
-from typing import Any, Final, NamedTuple, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar, final
 
 import attrs
 from attrs import field, frozen
@@ -132,6 +132,7 @@ class Context:
     client_certificate: Any = None  # the client's TLS certificate, when it presented one
 
 
+@final  # the server tells them apart by type(answer) is Answer
 class Answer(NamedTuple):
     """What ``App.dispatch`` gives: the answer's frame, and the action and outcome
     (``ok`` or an error code) that label it in metrics. (A tuple: one is made per
@@ -149,6 +150,7 @@ class Answer(NamedTuple):
     reason: str = ""  # an error answer's message, for the log
 
 
+@final  # the server tells them apart by type(answer) is Answer
 class Pending(NamedTuple):
     """What ``App.dispatch`` gives for a handler still running: the Deferred of its
     ``Answer``, and the action's name (for a timeout's answer and the metrics).
@@ -418,8 +420,8 @@ class App:
 
         if failure.check(CancelledError):
             return failure  # the connection cancelled it, and decides what (if anything) to answer
-        if failure.check(ActionError):
-            error = failure.value
+        error = failure.value
+        if isinstance(error, ActionError):
             return error_answer(name, error.code, error.message)
         return self._internal_error(failure, name)
 

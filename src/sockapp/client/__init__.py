@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from attrs import field, frozen
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
@@ -439,7 +439,8 @@ class Client:
         return waiter
 
     def _start_connecting(self) -> None:
-        attempt = self.endpoint.connect(_AppClientFactory(self._made, self._lost))
+        # Twisted types connect() as Deferred[IProtocol]; it fires with the factory's protocol.
+        attempt = cast("Deferred[AppClient]", self.endpoint.connect(_AppClientFactory(self._made, self._lost)))
         self._connecting = attempt
         if self.connect_timeout is not None:
             attempt.addTimeout(self.connect_timeout, self.reactor, onTimeoutCancel=_connect_timed_out)
@@ -760,7 +761,8 @@ def connect_echo(
         ep = as_endpoint(reactor, endpoint)
     except BadEndpoint as e:
         return fail(e)
-    attempt = ep.connect(Factory.forProtocol(EchoClient))
+    # Twisted types connect() as Deferred[IProtocol]; it fires with the factory's protocol.
+    attempt = cast("Deferred[EchoClient]", ep.connect(Factory.forProtocol(EchoClient)))
     if connect_timeout is not None:
         attempt.addTimeout(connect_timeout, reactor, onTimeoutCancel=_connect_timed_out)
     return attempt

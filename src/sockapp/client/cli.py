@@ -15,13 +15,14 @@ import json
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, Final, TextIO
+from typing import Any, Final, TextIO, cast
 
 from attrs import evolve
 from twisted.internet import defer, task
 from twisted.internet import error as neterror
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
+from twisted.python.failure import Failure
 
 from sockapp import __version__
 from sockapp.client.bench import Bench, BenchConfig, Summary
@@ -239,7 +240,8 @@ async def run_multiconn(reactor: Any, args: argparse.Namespace, interruption: In
         elif ok:
             show(f"connection {number}: echo differs: sent {expected!r}, got {value!r}", sys.stderr)
         else:
-            show(f"connection {number}: {describe_error(value.value)}", sys.stderr)
+            # A failed item's value is its Failure (consumeErrors), which Twisted's typing leaves out.
+            show(f"connection {number}: {describe_error(cast(Failure, value).value)}", sys.stderr)
     show(f"{good} of {args.connections} connections echoed {len(expected)} bytes exactly")
     return 0 if good == args.connections else 1
 
@@ -298,7 +300,7 @@ def _measured_so_far(bench: Bench, elapsed: float) -> Summary:
     return evolve(bench.summary(), elapsed=elapsed, interrupted=True)
 
 
-def describe_error(error: BaseException) -> str:
+def describe_error(error: BaseException | None) -> str:
     """One line for the user about ``error``."""
     if isinstance(error, neterror.ConnectionRefusedError):
         return "connection refused (is the server running?)"

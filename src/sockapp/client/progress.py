@@ -40,7 +40,7 @@ def live_progress(reactor: Any, bench: Bench, console: Console | None = None) ->
         rate = bench.completed / elapsed if elapsed else 0.0
         progress.update(
             task,
-            completed=min(elapsed, config.duration) if by_time else bench.completed,
+            completed=min(elapsed, config.duration) if config.duration is not None else bench.completed,
             stats=f"{bench.completed:,} done  {rate:,.0f}/s  {sum(bench.errors.values()):,} errors",
         )
         progress.refresh()

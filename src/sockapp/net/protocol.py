@@ -8,9 +8,9 @@ frames go down with ``sendMessage``. All parsing lives in ``framing``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Protocol as TypingProtocol
 
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, ITransport
+from twisted.internet.interfaces import IHalfCloseableProtocol, IProducer, IPushProducer, ITransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -37,8 +37,22 @@ def error_document(error: RemoteProtocolError) -> dict[str, dict[str, str]]:
     return {"error": {"code": error.code.value, "message": error.message}}
 
 
+class StreamTransport(TypingProtocol):
+    """What these helpers use of a connected stream transport (TCP, TLS, UNIX): ``ITransport``'s
+    writing and closing plus the abort and producer registration, which Twisted declares only on
+    ``ITCPTransport`` and ``IConsumer``, never together."""
+
+    def write(self, data: bytes) -> None: ...
+    def loseConnection(self) -> None: ...
+    def abortConnection(self) -> None: ...
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None: ...
+    def unregisterProducer(self) -> None: ...
+
+
 def read_only_as_fast_as_peer_reads(
-    transport: ITransport, on_pause: Callable[[], object] | None = None, on_resume: Callable[[], object] | None = None
+    transport: StreamTransport,
+    on_pause: Callable[[], object] | None = None,
+    on_resume: Callable[[], object] | None = None,
 ) -> ReadingProducer:
     """Register the transport's reading as its own streaming producer.
 
@@ -162,7 +176,7 @@ def send_without_delay(transport: ITransport) -> None:
         pass
 
 
-def close_after_flush(transport: ITransport) -> None:
+def close_after_flush(transport: StreamTransport) -> None:
     """Close once buffered output is written.
 
     The transport must stop being its own producer first: Twisted does not
@@ -173,7 +187,7 @@ def close_after_flush(transport: ITransport) -> None:
     transport.loseConnection()
 
 
-def abort_if_peer_not_reading(transport: ITransport) -> None:
+def abort_if_peer_not_reading(transport: StreamTransport) -> None:
     """Close now; drop unsent output only if the peer has stopped reading it.
 
     A peer that reads gets what was written before the close; one that does
@@ -234,6 +248,9 @@ class FramedProtocol(Protocol):
     holding: bool = False
     log = Logger()
 
+    # Connected: a TCP, TLS or UNIX transport (a StreamTransport); Twisted types it
+    # ``ITransport | None``, without the producer and abort methods those transports have.
+    transport: Any
     _decoder: FrameDecoder
     _batch: list[bytes] | None = None
     closing: bool = False

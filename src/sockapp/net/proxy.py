@@ -60,6 +60,7 @@ class CheckedProxyWrapper(HAProxyProtocolWrapper):
     """
 
     _start = b""
+    transport: Any  # connected: a TCP or UNIX transport (see StreamTransport), not just ITransport | None
 
     def dataReceived(self, data: bytes) -> None:
         if self._proxyInfo is not None:
@@ -106,7 +107,8 @@ class CheckedProxyWrapper(HAProxyProtocolWrapper):
 
 
 class CheckedProxyFactory(HAProxyWrappingFactory):
-    protocol = CheckedProxyWrapper
+    # Twisted types the wrapper's __init__ as taking WrappingFactory[Self], which no subclass can match.
+    protocol = CheckedProxyWrapper  # type: ignore[assignment]
 
 
 @implementer(IStreamServerEndpoint)

@@ -438,7 +438,7 @@ class AppProtocol(ClosesInTime, FramedProtocol):
             self.log.info("connection from {peer} closed", peer=self.peer)
 
 
-class AppFactory(ServerFactory):
+class AppFactory(ServerFactory[AppProtocol]):
     """Builds ``AppProtocol`` connections serving one ``App``.
 
     The keyword arguments after ``action_timeout`` are the limits of every

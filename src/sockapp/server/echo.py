@@ -94,7 +94,7 @@ class EchoProtocol(ClosesInTime, Protocol):
             self.log.info("echo connection from {peer} closed after {n} bytes", peer=self.peer, n=self.received)
 
 
-class EchoFactory(ServerFactory):
+class EchoFactory(ServerFactory[EchoProtocol]):
     """Builds ``EchoProtocol`` connections."""
 
     protocol = EchoProtocol

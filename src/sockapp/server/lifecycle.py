@@ -11,7 +11,7 @@ with ``twisted.internet.task.Clock``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, succeed
@@ -22,6 +22,8 @@ from twisted.logger import Logger
 from sockapp.net.protocol import CLOSE_GRACE, describe_address
 
 if TYPE_CHECKING:
+    from twisted.internet.protocol import _ProtoWithFactory
+
     from sockapp.server.metrics import ServerMetrics
 
 DEFAULT_IDLE_TIMEOUT = 300.0
@@ -59,7 +61,10 @@ class ServerConnection(TypingProtocol):
     """What ``ServerFactory`` needs of a connection's protocol."""
 
     transport: Any
-    peer: str
+
+    @property
+    def peer(self) -> str:
+        """The client, for logs."""
 
     def drain(self) -> None:
         """Stop taking requests: answer what has arrived, then close."""
@@ -272,6 +277,8 @@ class Refused(Protocol):
     """A connection over ``--max-connections``: closed as soon as it is made, and aborted
     if the close has not finished within the grace period (a TLS close waits for the peer)."""
 
+    transport: Any  # connected: a TCP, TLS or UNIX transport (see StreamTransport), not just ITransport | None
+
     def __init__(self, reactor: Any, grace: float) -> None:
         self.reactor = reactor
         self.grace = grace
@@ -301,8 +308,11 @@ class ClosesInTime:
 
     deadlines: Deadlines
     transport: Any
-    peer: str
     log: Logger
+    if TYPE_CHECKING:
+
+        @property
+        def peer(self) -> str: ...  # the protocol's own
 
     def closeWithin(self, seconds: float | None) -> None:
         """A close has been decided: no idle or frame deadline fires any more, and the
@@ -316,7 +326,11 @@ class ClosesInTime:
         self.transport.abortConnection()
 
 
-class ServerFactory(Factory):
+# The connections' protocol class: Twisted's Factory is generic over it.
+_P = TypeVar("_P", bound="_ProtoWithFactory")
+
+
+class ServerFactory(Factory[_P]):
     """Connection limits, timeouts and graceful shutdown shared by the servers.
 
     :cvar noisy: false: Twisted logs no line per factory start and stop.
@@ -367,7 +381,7 @@ class ServerFactory(Factory):
         self._release_call: IDelayedCall | None = None
         self.deadline_sweep = DeadlineSweep(reactor)
 
-    def buildProtocol(self, addr: IAddress) -> Any:
+    def buildProtocol(self, addr: IAddress | None) -> Any:
         """A connection's protocol, or one that closes it at once while shutting down or at ``max_connections``."""
         if self.shutting_down:
             return Refused(self.reactor, self.close_grace)

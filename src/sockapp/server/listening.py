@@ -32,21 +32,21 @@ class ListeningService(StreamServerEndpointService):
     def __init__(
         self, endpoint: Any, factory: IProtocolFactory, description: str, shutdown_timeout: float | None = None
     ) -> None:
-        super().__init__(endpoint, factory)
+        StreamServerEndpointService.__init__(self, endpoint, factory)
         self._raiseSynchronously = True
         self.description = description
         self.shutdown_timeout = shutdown_timeout
 
     def privilegedStartService(self) -> None:
         try:
-            super().privilegedStartService()
+            StreamServerEndpointService.privilegedStartService(self)
         except CannotListenError as e:
             reason = getattr(e.socketError, "strerror", None) or e.socketError
             raise CannotListen(f"sockapp: cannot listen on {self.description}: {reason}") from None
 
     def stopService(self) -> Any:
         """Stop listening, then let open connections finish (``ServerFactory.shutdown``, if it has one)."""
-        stopped = super().stopService()
+        stopped = StreamServerEndpointService.stopService(self)
         shutdown = getattr(self.factory, "shutdown", None)
         if shutdown is None:
             return stopped

@@ -99,7 +99,7 @@ class JSONLogging(MultiService):
     """
 
     def __init__(self, observer: ILogObserver | None = None) -> None:
-        super().__init__()
+        MultiService.__init__(self)
         self.observer = observer if observer is not None else json_observer()
 
     def setServiceParent(self, parent: Any) -> None:
@@ -107,4 +107,4 @@ class JSONLogging(MultiService):
         set_component = getattr(parent, "setComponent", None)
         if set_component is not None:
             set_component(ILogObserver, self.observer)
-        super().setServiceParent(parent)
+        MultiService.setServiceParent(self, parent)

@@ -26,10 +26,12 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import pages
 from twisted.web.http import HTTPChannel
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from sockapp.app import BINARY, OK, OTHER, App
@@ -81,7 +83,7 @@ class ServerMetrics:
         self.connections_refused = 0
         self.tls_handshake_failures = dict.fromkeys(HANDSHAKE_FAILURES, 0)
         self.requests: dict[tuple[str, str], int] = {}
-        self.error_frames = dict.fromkeys(SERVER_ERROR_CODES, 0)
+        self.error_frames: dict[ErrorCode, int] = dict.fromkeys(SERVER_ERROR_CODES, 0)
         self.bytes_received = 0
         self.bytes_sent = 0
         self._latency_buckets = [0] * len(LATENCY_BUCKETS)  # per bucket, not yet cumulative
@@ -181,14 +183,15 @@ class MetricsPage(Resource):
     isLeaf = True
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        super().__init__()
+        Resource.__init__(self)
         self.registry = registry
 
     def render(self, request: Request) -> bytes:
         if request.method not in (b"GET", b"HEAD"):
             request.setHeader("allow", "GET, HEAD")
-            return pages.errorPage(405, "Method Not Allowed", "Only GET.").render(request)  # type: ignore[no-any-return]
-        return super().render(request)  # type: ignore[no-any-return]
+            # Twisted's IResource.render returns object (bytes or NOT_DONE_YET); an error page renders bytes.
+            return pages.errorPage(405, "Method Not Allowed", "Only GET.").render(request)  # type: ignore[return-value]
+        return Resource.render(self, request)  # type: ignore[no-any-return]
 
     def render_HEAD(self, request: Request) -> bytes:
         """The headers of GET, without rendering the registry (Twisted would log the body it drops)."""
@@ -210,7 +213,7 @@ class MetricsPage(Resource):
 class _Root(Resource):
     """Only ``/metrics`` is here; anything else is a plain 404."""
 
-    def getChild(self, path: bytes, request: Request) -> Resource:
+    def getChild(self, path: bytes, request: Request) -> IResource:
         return pages.notFound()
 
 
@@ -237,9 +240,10 @@ class MetricsChannel(HTTPChannel):
 
     abortTimeout = 2
     _lifetime: Any = None
+    transport: Any  # connected: a TCP, TLS or UNIX transport (see StreamTransport), not just ITransport | None
 
     def connectionMade(self) -> None:
-        super().connectionMade()
+        HTTPChannel.connectionMade(self)
         # The idle timeout restarts with every byte; a peer trickling a header a byte at a time
         # would hold its slot for ever. One request a connection: it gets this long in all.
         self._lifetime = self.callLater(self.factory.idle_timeout, self.transport.abortConnection)
@@ -259,13 +263,13 @@ class MetricsChannel(HTTPChannel):
             self.setTimeout(None)
             self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
             return
-        super().allHeadersReceived()
+        HTTPChannel.allHeadersReceived(self)
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._lifetime is not None and self._lifetime.active():
             self._lifetime.cancel()
         self._lifetime = None
-        super().connectionLost(reason)
+        HTTPChannel.connectionLost(self, reason)
         self.factory.channel_closed()
 
 
@@ -282,14 +286,15 @@ class MetricsSite(Site):
     """
 
     noisy = False
-    protocol = MetricsChannel
+    # Twisted types Site.protocol as its HTTP/2-negotiating channel factory; an HTTPChannel class is what it calls.
+    protocol = MetricsChannel  # type: ignore[assignment]
     max_connections = 16
     idle_timeout = 10.0
 
     def __init__(self, registry: CollectorRegistry, verbose: bool = False, reactor: Any = None) -> None:
         root = _Root()
         root.putChild(b"metrics", MetricsPage(registry))
-        super().__init__(root, timeout=self.idle_timeout, reactor=reactor)
+        Site.__init__(self, root, timeout=self.idle_timeout, reactor=reactor)
         self.verbose = verbose
         self.open = 0
         self.refused = 0
@@ -302,7 +307,7 @@ class MetricsSite(Site):
             self.refused += 1
             return Refused(self.reactor, CLOSE_GRACE)
         self.open += 1
-        return super().buildProtocol(addr)
+        return Site.buildProtocol(self, addr)
 
     def channel_closed(self) -> None:
         self.open -= 1

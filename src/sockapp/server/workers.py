@@ -21,6 +21,7 @@ from twisted.internet import tcp, unix
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError, ProcessExitedAlready
+from twisted.internet.interfaces import IProcessTransport
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.internet.stdio import StandardIO
 from twisted.logger import Logger
@@ -44,6 +45,8 @@ class Workers(Factory):
 
 class _Worker(ProcessProtocol):
     """One worker process: its log lines are passed on to the parent's log."""
+
+    transport: IProcessTransport  # set by spawnProcess, before the pool uses it
 
     def __init__(self, pool: WorkerPool, index: int) -> None:
         self.pool = pool
@@ -102,10 +105,10 @@ class WorkerPool(Service):
             result[0].raiseException()
         self.port = result[0]
         self.port.stopReading()  # the workers accept; the parent only holds the socket
-        super().privilegedStartService()
+        Service.privilegedStartService(self)
 
     def startService(self) -> None:
-        super().startService()
+        Service.startService(self)
         for index in range(self.count):
             self._spawn(index)
 
@@ -140,7 +143,7 @@ class WorkerPool(Service):
         self.reactor.callLater(RESTART_DELAY, self._spawn, worker.index)
 
     def stopService(self) -> Deferred[Any]:
-        super().stopService()
+        Service.stopService(self)
         self.stopping = True
         # Waited for: with no worker left to wait on, the reactor would stop
         # before the port closed, leaving a unix: path (and its lock) behind.
@@ -180,7 +183,7 @@ class AdoptedPortService(Service):
         self.port: Any = None
 
     def startService(self) -> None:
-        super().startService()
+        Service.startService(self)
         inherited = socket.socket(fileno=self.fd)
         if inherited.family == socket.AF_UNIX:
             self.port = InheritedUNIXPort._fromListeningDescriptor(self.reactor, inherited.fileno(), self.factory)
@@ -192,7 +195,7 @@ class AdoptedPortService(Service):
         StandardIO(_StopWhenParentGoes(self.reactor), reactor=self.reactor)
 
     def stopService(self) -> Any:
-        super().stopService()
+        Service.stopService(self)
         stopped = maybeDeferred(self.port.stopListening) if self.port is not None else succeed(None)
         return stopped.addCallback(lambda _: self.factory.shutdown(self.shutdown_timeout))
 
@@ -211,11 +214,12 @@ class InheritedUNIXPort(unix.Port):
     def startListening(self) -> None:
         tcp._reservedFD.reserve()  # as tcp.Port does, so that running out of descriptors is handled
         listening, self._preexistingSocket = self._preexistingSocket, None
+        assert listening is not None and self.factory is not None  # _fromListeningDescriptor set both
         self._shouldShutdown = False  # close our copy only; shutdown() would stop the parent's socket
         self.factory.doStart()
         self.connected = True
         self.socket = listening
-        self.fileno = listening.fileno
+        self.fileno = listening.fileno  # type: ignore[method-assign]  # as Twisted's own ports do
         self.numberAccepts = 100
         self.startReading()
 

@@ -64,6 +64,7 @@ log_format.coerceDoc = "One of: text, json."  # type: ignore[attr-defined]
 class ListenOptions(usage.Options):
     """Where to listen and the limits every server shares, validated when parsed."""
 
+    tapname: str  # the twistd subcommand: each server's options set it
     optParameters = [
         [
             "port",
@@ -127,7 +128,7 @@ class ListenOptions(usage.Options):
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         try:
-            super().parseOptions(options)
+            usage.Options.parseOptions(self, options)
         except usage.UsageError:
             self._failed = True
             raise
@@ -155,7 +156,7 @@ class ListenOptions(usage.Options):
 
     def worker_args(self) -> list[str]:
         """These options as a worker's command line: all but where and how many."""
-        args = []
+        args: list[str] = []
         for option in self.longOpt:
             name = option.rstrip("=")
             # Workers log text; the parent passes their lines on in its own format.

@@ -20,6 +20,7 @@ import json.decoder
 import json.encoder
 import re
 import sys
+from collections.abc import Callable
 from typing import Any, Final, Literal
 
 from attrs import field, frozen, validators
@@ -71,7 +72,7 @@ It is false, so ``while message := decoder.next_message():`` reads every
 complete message and stops."""
 
 
-def _non_negative_int(instance: object, attribute: Any, value: object) -> None:
+def _non_negative_int(instance: object, attribute: Any, value: int) -> None:
     if type(value) is not int or value < 0:
         raise LocalProtocolError(f"{attribute.name} must be a non-negative int, not {value!r}")
 
@@ -311,8 +312,10 @@ def _parse_header(raw: bytes) -> Header:
 
 _new_header = object.__new__
 _set_field = object.__setattr__
-_scan_json = json.decoder.JSONDecoder().scan_once
-_skip_space = json.decoder.WHITESPACE.match
+# The stdlib's own scanner and whitespace pattern, which typeshed leaves undeclared; the pattern
+# matches the empty string, so match() never returns None.
+_scan_json: Callable[[str, int], tuple[Any, int]] = json.decoder.JSONDecoder().scan_once  # type: ignore[attr-defined]
+_skip_space: Callable[[str, int], re.Match[str]] = json.decoder.WHITESPACE.match  # type: ignore[attr-defined]
 _SPACE: Final = frozenset(" \t\n\r")
 
 

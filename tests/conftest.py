@@ -178,7 +178,7 @@ def _pem_key(key) -> bytes:
 def make_ca(common_name: str):
     """A throwaway CA: its key and self-signed certificate, valid for a day."""
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(_name(common_name))
@@ -198,7 +198,7 @@ def issue_certificate(ca, common_name: str, alternative_names: list, expired: bo
     """A key and a certificate for ``common_name`` signed by ``ca`` (valid for a day, or expired a day ago)."""
     ca_key, ca_cert = ca
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     start = now - (datetime.timedelta(days=3) if expired else datetime.timedelta(minutes=5))
     end = now + (-datetime.timedelta(days=2) if expired else datetime.timedelta(days=1))
     cert = (

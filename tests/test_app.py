@@ -16,8 +16,8 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 
 from sockapp.app import ActionError, Answer, App, Context, Reply
-from sockapp.wire.framing import NEED_DATA, FrameDecoder, Message
 from sockapp.server import AppFactory
+from sockapp.wire.framing import NEED_DATA, FrameDecoder, Message
 
 
 def message_of(data: bytes):
@@ -627,7 +627,8 @@ def test_every_answer_to_a_request_that_waited_is_timed():
     metrics = ServerMetrics(process=False)
     protocol, transport, _, _ = serve(slow.app, metrics=metrics, max_pending=1)
     protocol.dataReceived(
-        json_request({"action": "wait", "value": 0}) + b"".join(json_request({"action": "echo", "value": n}) for n in range(20))
+        json_request({"action": "wait", "value": 0})
+        + b"".join(json_request({"action": "echo", "value": n}) for n in range(20))
     )
     slow.waiting[0].callback(None)
     assert len(results(transport)) == 21

@@ -20,11 +20,11 @@ from twisted.internet.task import Clock, deferLater
 from twisted.test import iosim
 from zope.interface import implementer
 
-from sockapp.client.bench import Bench, BenchConfig, Latencies, SendSchedule
-from sockapp.server.echo import EchoFactory
-from sockapp.net.protocol import FramedProtocol
 from sockapp.apps.search import SearchIndex
+from sockapp.client.bench import Bench, BenchConfig, Latencies, SendSchedule
+from sockapp.net.protocol import FramedProtocol
 from sockapp.server import SearchFactory
+from sockapp.server.echo import EchoFactory
 
 
 def test_percentiles_are_exact_nearest_rank():
@@ -511,7 +511,12 @@ async def test_the_run_ends_against_a_server_that_does_not_read(listen, protocol
     """Requests the server never reads are dropped at the end and the connection aborted after a grace period."""
     endpoint = await listen(Factory.forProtocol(Deaf))
     config = BenchConfig(
-        endpoint=endpoint, protocol=protocol, connections=1, size=8_000_000, duration=0.5, request_timeout=0.3,
+        endpoint=endpoint,
+        protocol=protocol,
+        connections=1,
+        size=8_000_000,
+        duration=0.5,
+        request_timeout=0.3,
         retries=0,
     )
     run = ensureDeferred(Bench(reactor, config).run())
@@ -545,8 +550,8 @@ class AnswerOnceThenClose(Protocol):
         self.answered = False
 
     def dataReceived(self, data):
-        from sockapp.wire.framing import Message, encode_json
         from sockapp.apps.search import TUTORIAL_ANSWERS
+        from sockapp.wire.framing import Message, encode_json
 
         if self.answered:
             return

@@ -19,10 +19,10 @@ from twisted.internet.error import ProcessDone, ProcessExitedAlready
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.internet.utils import getProcessOutputAndValue
 
-from sockapp.server.echo import EchoFactory
-from sockapp.wire.framing import encode_frame, encode_result
 from sockapp.apps.search import TUTORIAL_ANSWERS, SearchIndex
 from sockapp.server import SearchFactory
+from sockapp.server.echo import EchoFactory
+from sockapp.wire.framing import encode_frame, encode_result
 
 
 async def sockapp(*args: str, encoding: str = "utf-8") -> tuple[str, str, int]:
@@ -337,7 +337,14 @@ async def test_multi_line_answers_keep_their_lines(listen):
 
 @pytest.mark.parametrize(
     "text, value",
-    [("5", 5), ('{"a": 1}', {"a": 1}), ('"quoted"', "quoted"), ("word", "word"), ("two words", "two words"), ("null", None)],
+    [
+        ("5", 5),
+        ('{"a": 1}', {"a": 1}),
+        ('"quoted"', "quoted"),
+        ("word", "word"),
+        ("two words", "two words"),
+        ("null", None),
+    ],
 )
 def test_a_call_value_is_json_or_else_a_word(text, value):
     from sockapp.client.cli import json_or_word

@@ -16,8 +16,8 @@ from zope.interface import implementer
 
 from sockapp.client import AppClient, EchoClient, request_frame
 from sockapp.errors import ConnectionClosed, ErrorCode, RemoteProtocolError, ServerError
-from sockapp.wire.framing import encode_frame, encode_json
 from sockapp.server import SearchFactory, SearchProtocol
+from sockapp.wire.framing import encode_frame, encode_json
 
 
 def connect(cls=AppClient):
@@ -699,7 +699,6 @@ def test_an_answer_over_the_clients_limit_says_so():
     assert "over this client's limit of 67108864 bytes" in result[0].value.message
 
 
-
 def test_a_servers_words_for_its_limit_are_unchanged():
     from conftest import raw_frame
 
@@ -756,7 +755,7 @@ def test_call_sends_the_action_and_value_and_fires_with_the_result():
     endpoint = StringEndpoint()
     client = Client(Clock(), endpoint)
     added = collect(client.call("add", {"a": 2, "b": 3}))
-    (protocol, transport), = endpoint.connections
+    ((protocol, transport),) = endpoint.connections
     frames = split_frames(transport.value())
     assert [(h["content-type"], json.loads(c)) for h, c in frames] == [
         ("text/json", {"action": "add", "value": {"a": 2, "b": 3}})

@@ -6,8 +6,8 @@ import re
 
 from conftest import ROOT
 
-from sockapp.wire.framing import NEED_DATA, FrameDecoder, Message, encode_json
 from sockapp.apps.search import PONG, SearchIndex
+from sockapp.wire.framing import NEED_DATA, FrameDecoder, Message, encode_json
 
 CONFIG = ROOT / "deploy" / "haproxy.cfg"
 

@@ -166,9 +166,7 @@ async def test_echo_over_tcp_turns_nagle_off():
     try:
         client = cast(
             Any,
-            await TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
-                Factory.forProtocol(Protocol)
-            ),
+            await TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(Factory.forProtocol(Protocol)),
         )
         await settle(lambda: len(servers), reactor, quiet_rounds=2)
         handle = servers[0].transport.getHandle()

@@ -12,9 +12,9 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol, connectionDone
 
 from sockapp.client import connect, connect_echo
-from sockapp.server.echo import EchoFactory
 from sockapp.errors import BadEndpoint, ServerError
 from sockapp.server import SearchFactory
+from sockapp.server.echo import EchoFactory
 
 TIMEOUT = 30
 
@@ -103,7 +103,7 @@ async def test_half_closing_peer_gets_its_answer(listen):
     raw.transport.write(json_request({"action": "search", "value": "morpheus"}) + binary_request(b"abc"))
     raw.transport.loseWriteConnection()
     received = await within(raw.closed)
-    assert "Follow the white rabbit".encode() in received
+    assert b"Follow the white rabbit" in received
     assert received.endswith(b"First 10 bytes of request: abc")
 
 

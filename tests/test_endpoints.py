@@ -41,7 +41,9 @@ def test_ssl_ports_are_built_by_sockapp_with_tls_1_2_at_least(tls_files):
 
 
 def test_haproxy_ports_wrap_what_follows_them(tls_files):
-    endpoint = server_endpoint(MemoryReactor(), f"haproxy:ssl:0:privateKey={tls_files['key']}:certKey={tls_files['cert']}")
+    endpoint = server_endpoint(
+        MemoryReactor(), f"haproxy:ssl:0:privateKey={tls_files['key']}:certKey={tls_files['cert']}"
+    )
     assert isinstance(endpoint, CheckedProxyEndpoint)
 
 

@@ -53,7 +53,7 @@ def is_complete(data: bytes) -> bool:
     try:
         split_frames(data)
         return True
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure to split means incomplete here
         return False
 
 

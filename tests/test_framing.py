@@ -66,8 +66,8 @@ def test_encode_json_matches_the_tutorials_layout():
     frame = encode_json({"result": "Follow the white rabbit. \U0001f430"})
     content = '{"result": "Follow the white rabbit. \U0001f430"}'.encode()
     header = (
-        '{"byteorder": "%s", "content-type": "text/json", "content-encoding": "utf-8", "content-length": %d}'
-        % (sys.byteorder, len(content))
+        f'{{"byteorder": "{sys.byteorder}", "content-type": "text/json", "content-encoding": "utf-8", '
+        f'"content-length": {len(content)}}}'
     ).encode()
     assert frame == len(header).to_bytes(2, "big") + header + content
 
@@ -409,7 +409,9 @@ def test_the_parsed_header_cache_stays_bounded_however_many_distinct_headers_arr
 # -- declared text encodings: an allowlist, never codecs.lookup -----------------
 
 
-@pytest.mark.parametrize("name", ["utf-8", "UTF8", "utf_16", "UTF-16-LE", "utf-32", "ascii", "latin-1", "cp1252", "koi8-r"])
+@pytest.mark.parametrize(
+    "name", ["utf-8", "UTF8", "utf_16", "UTF-16-LE", "utf-32", "ascii", "latin-1", "cp1252", "koi8-r"]
+)
 def test_the_usual_text_encodings_are_accepted_under_their_usual_names(name):
     text = {"action": "search", "value": "r\u00e9ng" if name != "koi8-r" else "\u043a\u043e\u0442"}
     content = json.dumps(text, ensure_ascii=(name == "ascii")).encode(name)
@@ -510,7 +512,9 @@ def test_a_header_with_many_arrays_or_objects_is_refused():
 
     header = {"byteorder": "big", "content-type": "x", "content-encoding": "binary", "content-length": 0}
     decoder = FrameDecoder()
-    decoder.receive_data(raw_frame({**header, "extra": [[[]]]}) + raw_frame({**header, "p": [[]] * MAX_HEADER_CONTAINERS}))
+    decoder.receive_data(
+        raw_frame({**header, "extra": [[[]]]}) + raw_frame({**header, "p": [[]] * MAX_HEADER_CONTAINERS})
+    )
     assert next_message(decoder).content == b""
     with pytest.raises(RemoteProtocolError) as caught:
         decoder.next_message()
@@ -558,7 +562,16 @@ def test_a_lone_surrogate_in_another_encoding_is_escaped_too():
 
 @pytest.mark.parametrize(
     "value",
-    ["pong", "No match for 'caf\u00e9' \U0001f436.", "\ud800", 'quote " back \\ slash \n\x00', 7, None, [1, "\udfff"], {}],
+    [
+        "pong",
+        "No match for 'caf\u00e9' \U0001f436.",
+        "\ud800",
+        'quote " back \\ slash \n\x00',
+        7,
+        None,
+        [1, "\udfff"],
+        {},
+    ],
 )
 def test_encode_result_is_encode_json_of_a_result_byte_for_byte(value):
     from sockapp.wire.framing import encode_result

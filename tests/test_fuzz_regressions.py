@@ -8,7 +8,7 @@ import pytest
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "fuzz"))
-from decoder_target import check  # noqa: E402
+from decoder_target import check
 
 INPUTS = sorted(p for d in ("seeds", "regressions") for p in (ROOT / "fuzz" / d).iterdir() if p.name != "README.md")
 

@@ -104,7 +104,11 @@ def start_haproxy(start, binary: str, config, servers: list, tmp_path) -> tuple:
         env = {"SOCKAPP_LISTEN": f"127.0.0.1:{front}", "SOCKAPP_HAPROXY_STATS": stats_socket}
         env.update({f"SOCKAPP_BACKEND_{n + 1}": f"127.0.0.1:{server.port}" for n, server in enumerate(servers)})
         haproxy = start([binary, "-db", "-f", str(config)], env)
-        wait_until(lambda: os.path.exists(stats_socket) or haproxy.proc.poll() is not None, "HAProxy's stats socket")
+
+        def up_or_gone(socket_path: str = stats_socket, process=haproxy) -> bool:
+            return os.path.exists(socket_path) or process.proc.poll() is not None
+
+        wait_until(up_or_gone, "HAProxy's stats socket")
         if haproxy.proc.poll() is None:
             break
         assert "cannot bind" in haproxy.log(), f"haproxy exited:\n{haproxy.log()}"
@@ -366,7 +370,7 @@ def test_proxy_protocol_gives_the_servers_the_real_client_address(server_process
     assert (result.returncode, result.stdout) == (0, "In the caves beneath the Misty Mountains. \U0001f48d\n")
     # A malformed request from a port we know: the server that got it logs that port, not HAProxy's.
     with socket.create_connection(("127.0.0.1", front), timeout=30) as sock:
-        client = "127.0.0.1:%d" % sock.getsockname()[1]
+        client = f"127.0.0.1:{sock.getsockname()[1]}"
         sock.sendall(b"\x00\x00")  # a frame fault: logged (in-band request faults are not, without --verbose)
         sock.shutdown(socket.SHUT_WR)
         while sock.recv(65536):
@@ -390,7 +394,7 @@ def _for_servers_only(ca):
     """A key and a certificate from ``ca`` whose ExtendedKeyUsage allows server authentication only."""
     ca_key, ca_cert = ca
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "alice")]))
@@ -449,7 +453,7 @@ def test_mutual_tls_at_haproxy(server_processes, haproxy_binary, tls_files, clie
         (
             'bind "${SOCKAPP_LISTEN-*:5634}"\n',
             f'bind "${{SOCKAPP_LISTEN-*:5634}}" ssl crt {tls_files["combined"]}'
-            f' verify required ca-file {client_certificates["ca"]}\n',
+            f" verify required ca-file {client_certificates['ca']}\n",
         ),
     )
     servers = start_backends(server_processes, "tcp:0:interface=127.0.0.1")
@@ -478,8 +482,7 @@ def test_mutual_tls_at_haproxy(server_processes, haproxy_binary, tls_files, clie
 
             # No certificate, another CA's, an expired one, one not for clients: HAProxy refuses the handshake.
             refused = {
-                who or "no certificate": request(who)
-                for who in (None, "another CA's", "expired", "for servers only")
+                who or "no certificate": request(who) for who in (None, "another CA's", "expired", "for servers only")
             }
             print(
                 "\nmutual TLS at HAProxy, what the refused clients print:",
@@ -489,9 +492,14 @@ def test_mutual_tls_at_haproxy(server_processes, haproxy_binary, tls_files, clie
                 assert result.returncode != 0, (who, result.stdout, result.stderr)
                 assert ANSWER not in result.stdout and result.stdout.strip() == "", (who, result.stdout)
                 assert "Traceback" not in result.stderr, (who, result.stderr)
-            said = {who: result.stderr.removeprefix("sockapp request: error: ").strip() for who, result in refused.items()}
+            said = {
+                who: result.stderr.removeprefix("sockapp request: error: ").strip() for who, result in refused.items()
+            }
             assert said["no certificate"].startswith("TLS: the server requires a client certificate")
-            assert said["another CA's"] == "TLS: the server refused our client certificate: it does not accept the CA that signed it"
+            assert (
+                said["another CA's"]
+                == "TLS: the server refused our client certificate: it does not accept the CA that signed it"
+            )
             assert "expired on" in said["expired"]  # sockapp's client refuses to present it: checked before connecting
             assert said["for servers only"] == (
                 "TLS: the server refused our client certificate: it is not for client use (its extended key usage)"

@@ -68,9 +68,7 @@ KV = ("sockapp", "--app", "sockapp.apps.kv:app", "--port", "tcp:0:interface=127.
 
 
 def start_kv(server_processes, database: str):
-    server = server_processes(
-        [tool("twistd"), "-n", "--pidfile=", *KV, "--app-option", f"database={database}"]
-    )
+    server = server_processes([tool("twistd"), "-n", "--pidfile=", *KV, "--app-option", f"database={database}"])
     return server, int(server.wait_for_log(r"AppFactory starting on (\d+)").group(1))
 
 
@@ -89,7 +87,16 @@ def test_concurrent_sets_from_50_connections_lose_nothing(server_processes, tmp_
     database = str(tmp_path / "kv.sqlite3")
     server, port = start_kv(server_processes, database)
     bench = run_sockapp(
-        port, "bench", "--action", "set", "--value", '{"key": "k{n}", "value": "v{n}"}', "-c", "50", "-n", "2000",
+        port,
+        "bench",
+        "--action",
+        "set",
+        "--value",
+        '{"key": "k{n}", "value": "v{n}"}',
+        "-c",
+        "50",
+        "-n",
+        "2000",
         "--json",
     )
     summary = json.loads(bench.stdout)
@@ -133,7 +140,9 @@ def kv_clients(tmp_path, tls_files):
 
 
 @pytest_twisted.ensureDeferred
-async def test_only_writers_may_set_and_delete_and_the_others_are_answered_forbidden(tmp_path, tls_files, kv_clients, listen):
+async def test_only_writers_may_set_and_delete_and_the_others_are_answered_forbidden(
+    tmp_path, tls_files, kv_clients, listen
+):
     """The README's per-action authorization: --app-option writers=alice on an mtls: port."""
     from twisted.internet.endpoints import serverFromString
 
@@ -146,16 +155,26 @@ async def test_only_writers_may_set_and_delete_and_the_others_are_answered_forbi
     try:
         for name in ("alice", "bob"):
             certificate, key = people[name]
-            endpoint = f"tls:127.0.0.1:{port.getHost().port}:trustRoots={tls_files['trust']}:certificate={certificate}:privateKey={key}"
+            endpoint = (
+                f"tls:127.0.0.1:{port.getHost().port}:trustRoots={tls_files['trust']}"
+                f":certificate={certificate}:privateKey={key}"
+            )
             clients.append(await within(connect(reactor, endpoint)))
         alice, bob = clients
         plain = await within(connect(reactor, await listen(AppFactory(app))))  # no certificate at all
         clients.append(plain)
         assert await within(alice.call("set", {"key": "k", "value": 1})) is True
-        for who, call in ((bob, ("set", {"key": "k", "value": 2})), (bob, ("delete", "k")), (plain, ("set", {"key": "k", "value": 3}))):
+        for who, call in (
+            (bob, ("set", {"key": "k", "value": 2})),
+            (bob, ("delete", "k")),
+            (plain, ("set", {"key": "k", "value": 3})),
+        ):
             with pytest.raises(ServerError) as refused:
                 await within(who.call(*call))
-            assert (refused.value.code, refused.value.message) == ("forbidden", "writing needs a client certificate for alice")
+            assert (refused.value.code, refused.value.message) == (
+                "forbidden",
+                "writing needs a client certificate for alice",
+            )
         assert await within(bob.call("get", "k")) == 1  # bob's connection serves on; reading is for everyone
         assert await within(alice.call("delete", "k")) is True
     finally:

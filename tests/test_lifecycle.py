@@ -13,9 +13,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 
-from sockapp.server.echo import EchoFactory
-from sockapp.server.lifecycle import DeadlineSweep, Deadlines, Refused
 from sockapp.server import SearchFactory
+from sockapp.server.echo import EchoFactory
+from sockapp.server.lifecycle import Deadlines, DeadlineSweep, Refused
 
 ADDRESS = IPv4Address("TCP", "127.0.0.1", 40000)
 

@@ -53,7 +53,7 @@ def test_a_failure_carries_its_traceback():
     out = io.StringIO()
     log = Logger(namespace="x", observer=json_lines_observer(out))
     try:
-        1 / 0
+        _ = 1 / 0
     except ZeroDivisionError:
         log.failure("dividing", Failure())
     (line,) = lines_of(out)

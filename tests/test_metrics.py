@@ -15,11 +15,11 @@ from twisted.logger import ILogObserver, LogEvent
 from twisted.python import usage
 from twisted.web.client import Agent, readBody
 
-from sockapp.server.echo import EchoFactory
 from sockapp.errors import ErrorCode
+from sockapp.server import SearchFactory
+from sockapp.server.echo import EchoFactory
 from sockapp.server.lifecycle import Refused, ServerFactory
 from sockapp.server.metrics import MetricsSite, ServerMetrics
-from sockapp.server import SearchFactory
 from sockapp.tap import echo, search
 
 
@@ -244,8 +244,6 @@ def test_the_readme_lists_every_metric():
 # -- the metrics endpoint is for a scraper, and bounded against anyone else ------------
 
 from twisted.internet.address import IPv4Address  # noqa: E402
-from twisted.internet.task import Clock  # noqa: E402
-from twisted.internet.testing import StringTransport  # noqa: E402
 
 CLIENT = IPv4Address("TCP", "127.0.0.1", 50000)
 

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, run_sockapp, start_twistd
 
 
@@ -53,5 +52,7 @@ def test_your_own_service_is_served_and_called_as_the_readme_shows(server_proces
     assert missing.stderr == "sockapp call: error: not-found: no entry 'x'\n"
     described = run_sockapp(port, "describe")
     assert described.returncode == 0
-    assert "add       Add two numbers." in described.stdout and "slow      Answer after VALUE seconds." in described.stdout
+    assert (
+        "add       Add two numbers." in described.stdout and "slow      Answer after VALUE seconds." in described.stdout
+    )
     assert described.stdout.startswith("myservice: 5 actions\n")

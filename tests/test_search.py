@@ -8,9 +8,9 @@ import sys
 import pytest
 from conftest import split_frames
 
+from sockapp.apps.search import TUTORIAL_ANSWERS, DataFileError, SearchIndex, load_answers
 from sockapp.errors import ErrorCode
 from sockapp.wire.framing import Header, Message
-from sockapp.apps.search import TUTORIAL_ANSWERS, DataFileError, SearchIndex, load_answers
 
 
 def json_message(document: object) -> Message:

@@ -257,7 +257,12 @@ def test_verbose_logs_show_a_content_type_escaped():
     from twisted.logger import formatEvent
 
     protocol, transport = connect(SearchFactory(verbose=True))
-    header = {"byteorder": "big", "content-type": "binary/HIDDEN\udc00\r", "content-encoding": "binary", "content-length": 1}
+    header = {
+        "byteorder": "big",
+        "content-type": "binary/HIDDEN\udc00\r",
+        "content-encoding": "binary",
+        "content-length": 1,
+    }
     frame = raw_frame(header, b"x", header_bytes=json.dumps(header).encode("ascii"))
     events = logged(lambda: protocol.dataReceived(frame))
     (line,) = [formatEvent(e) for e in events if "request," in e.get("log_format", "")]

@@ -14,13 +14,12 @@ from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTr
 from twisted.plugin import getPlugins
 from twisted.python import usage
 
+from sockapp.apps.search import TUTORIAL_ANSWERS, SearchApp
+from sockapp.server import AppFactory
 from sockapp.server.echo import EchoFactory
 from sockapp.server.listening import ListeningService
-from sockapp.wire.framing import encode_json
-from sockapp.apps.search import TUTORIAL_ANSWERS
-from sockapp.apps.search import SearchApp
-from sockapp.server import AppFactory
 from sockapp.tap import echo, options_from_environment, search
+from sockapp.wire.framing import encode_json
 
 
 def parse(module, *argv):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import ssl as stdlib_ssl
 import socket
+import ssl as stdlib_ssl
 from typing import Any, cast
 
 import pytest
@@ -19,8 +19,8 @@ from twisted.logger import ILogObserver, LogEvent
 
 from sockapp.app import App
 from sockapp.client import connect
-from sockapp.server import AppFactory
 from sockapp.net.tls import load_ca_certificates
+from sockapp.server import AppFactory
 
 TIMEOUT = 30
 
@@ -59,7 +59,11 @@ def whoami_app() -> App:
     def whoami(value, context):
         """Who the client's certificate says it is."""
         certificate = context.client_certificate
-        return None if certificate is None else [certificate.common_name, list(certificate.dns_names), list(certificate.uri_names)]
+        return (
+            None
+            if certificate is None
+            else [certificate.common_name, list(certificate.dns_names), list(certificate.uri_names)]
+        )
 
     return app
 
@@ -67,9 +71,7 @@ def whoami_app() -> App:
 # An IListeningPort; Any, as Twisted types its getHost() as IAddress (no port) and its
 # stopListening() as maybe returning a Deferred.
 async def listen_mtls(tls_files, ca, metrics=None) -> Any:
-    description = (
-        f"mtls:0:interface=127.0.0.1:privateKey={tls_files['key']}:certKey={tls_files['cert']}:caCerts={ca}"
-    )
+    description = f"mtls:0:interface=127.0.0.1:privateKey={tls_files['key']}:certKey={tls_files['cert']}:caCerts={ca}"
     factory = AppFactory(whoami_app(), reactor=reactor, metrics=metrics)
     port = await serverFromString(reactor, description).listen(factory)
     return port
@@ -130,7 +132,15 @@ async def test_no_certificate_another_cas_or_an_expired_one_fails_the_handshake(
         await port.stopListening()
 
 
-@pytest.mark.parametrize("who, why", [(None, "no-certificate"), ("mallory", "certificate-refused"), ("expired", "certificate-refused"), ("plain", "not-tls")])
+@pytest.mark.parametrize(
+    "who, why",
+    [
+        (None, "no-certificate"),
+        ("mallory", "certificate-refused"),
+        ("expired", "certificate-refused"),
+        ("plain", "not-tls"),
+    ],
+)
 @pytest_twisted.ensureDeferred
 async def test_a_failed_handshake_is_one_log_line_and_counted_by_reason(tls_files, clients, who, why):
     from twisted.internet.task import deferLater
@@ -265,15 +275,24 @@ async def test_trust_roots_may_be_a_bundle_file_or_a_directory_with_a_key_in_it(
 @pytest.mark.parametrize(
     "parameters, message",
     [
-        ("trustRoots={folder}/nowhere.pem", "tls: cannot read trustRoots {folder}/nowhere.pem: No such file or directory"),
+        (
+            "trustRoots={folder}/nowhere.pem",
+            "tls: cannot read trustRoots {folder}/nowhere.pem: No such file or directory",
+        ),
         ("trustRoots={folder}/good.key", "tls: no PEM certificate in trustRoots={folder}/good.key"),
-        ("certificate={folder}/nowhere.pem", "tls: cannot read certificate {folder}/nowhere.pem: No such file or directory"),
+        (
+            "certificate={folder}/nowhere.pem",
+            "tls: cannot read certificate {folder}/nowhere.pem: No such file or directory",
+        ),
         ("certificate={folder}/good.pem", "tls: no PEM private key in privateKey={folder}/good.pem"),
         (
             "certificate={folder}/mismatch.pem:privateKey={folder}/mismatch.key",
             "tls: the private key in {folder}/mismatch.key is not the key of the certificate in {folder}/mismatch.pem",
         ),
-        ("certificate={folder}/expired.pem:privateKey={folder}/expired.key", "tls: the certificate in {folder}/expired.pem expired on "),
+        (
+            "certificate={folder}/expired.pem:privateKey={folder}/expired.key",
+            "tls: the certificate in {folder}/expired.pem expired on ",
+        ),
         ("privateKey={folder}/good.key", "tls: privateKey= needs certificate= (the client certificate) too"),
     ],
 )
@@ -308,7 +327,11 @@ async def refusal(endpoint: str, request_timeout=None) -> str:
         ("expired", "localhost", "TLSFailure: TLS: the server's certificate expired on "),
         ("elsewhere", "localhost", "TLSFailure: TLS: the server's certificate is for example.org, not localhost"),
         ("good", "127.0.0.2", "TLSFailure: TLS: the server's certificate is for localhost, 127.0.0.1, not 127.0.0.2"),
-        ("unknown-ca", "localhost", "TLSFailure: TLS: the server's certificate is signed by a CA (CN=lab other CA) not in trustRoots="),
+        (
+            "unknown-ca",
+            "localhost",
+            "TLSFailure: TLS: the server's certificate is signed by a CA (CN=lab other CA) not in trustRoots=",
+        ),
     ],
 )
 @pytest_twisted.ensureDeferred
@@ -325,8 +348,15 @@ async def test_a_refused_server_certificate_is_named_by_its_fault(lab, served, h
 @pytest.mark.parametrize(
     "who, message",
     [
-        (None, "TLSFailure: TLS: the server requires a client certificate: add certificate=CERT:privateKey=KEY to the tls: endpoint"),
-        ("mallory", "TLSFailure: TLS: the server refused our client certificate: it does not accept the CA that signed it"),
+        (
+            None,
+            "TLSFailure: TLS: the server requires a client certificate: "
+            "add certificate=CERT:privateKey=KEY to the tls: endpoint",
+        ),
+        (
+            "mallory",
+            "TLSFailure: TLS: the server refused our client certificate: it does not accept the CA that signed it",
+        ),
     ],
 )
 @pytest_twisted.ensureDeferred
@@ -357,24 +387,43 @@ async def test_a_server_that_does_not_speak_tls_is_said_so(tls_files, kind):
     port: Any = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[arg-type]
     try:
         # A server that says nothing keeps the handshake waiting: the request timeout ends it.
-        said = await refusal(f"tls:127.0.0.1:{port.getHost().port}:trustRoots={tls_files['trust']}", request_timeout=0.5)
+        said = await refusal(
+            f"tls:127.0.0.1:{port.getHost().port}:trustRoots={tls_files['trust']}", request_timeout=0.5
+        )
     finally:
         await port.stopListening()
     if kind == "answers-garbage":
-        assert said == "TLSFailure: TLS: the server does not speak TLS: it answered the TLS greeting with something else"
+        assert (
+            said == "TLSFailure: TLS: the server does not speak TLS: it answered the TLS greeting with something else"
+        )
     else:
-        assert said == "RequestTimeout: no answer within 0.5 s: the TLS handshake did not finish (does the server speak TLS?)"
+        assert (
+            said
+            == "RequestTimeout: no answer within 0.5 s: the TLS handshake did not finish (does the server speak TLS?)"
+        )
 
 
 @pytest.mark.parametrize("scheme", ["ssl", "mtls"])
 @pytest.mark.parametrize(
     "files, message",
     [
-        ("privateKey={folder}/nowhere.key:certKey={folder}/good.pem", "cannot read privateKey {folder}/nowhere.key: No such file or directory"),
-        ("privateKey={folder}/good.key:certKey={folder}/nowhere.pem", "cannot read certKey {folder}/nowhere.pem: No such file or directory"),
+        (
+            "privateKey={folder}/nowhere.key:certKey={folder}/good.pem",
+            "cannot read privateKey {folder}/nowhere.key: No such file or directory",
+        ),
+        (
+            "privateKey={folder}/good.key:certKey={folder}/nowhere.pem",
+            "cannot read certKey {folder}/nowhere.pem: No such file or directory",
+        ),
         ("privateKey={folder}/good.key", "no PEM certificate in certKey={folder}/good.key"),
-        ("privateKey={folder}/mismatch.key:certKey={folder}/mismatch.pem", "the private key in {folder}/mismatch.key is not the key of the certificate in {folder}/mismatch.pem"),
-        ("privateKey={folder}/expired.key:certKey={folder}/expired.pem", "the certificate in {folder}/expired.pem expired on "),
+        (
+            "privateKey={folder}/mismatch.key:certKey={folder}/mismatch.pem",
+            "the private key in {folder}/mismatch.key is not the key of the certificate in {folder}/mismatch.pem",
+        ),
+        (
+            "privateKey={folder}/expired.key:certKey={folder}/expired.pem",
+            "the certificate in {folder}/expired.pem expired on ",
+        ),
     ],
 )
 def test_a_server_misconfiguration_is_one_line_at_start_up(lab, scheme, files, message):
@@ -383,7 +432,9 @@ def test_a_server_misconfiguration_is_one_line_at_start_up(lab, scheme, files, m
     from sockapp.net.endpoints import server_endpoint
 
     folder = lab["bundle"].parent
-    description = f"{scheme}:0:{files.format(folder=folder)}" + (f":caCerts={lab['bundle']}" if scheme == "mtls" else "")
+    description = f"{scheme}:0:{files.format(folder=folder)}" + (
+        f":caCerts={lab['bundle']}" if scheme == "mtls" else ""
+    )
     with pytest.raises(ValueError) as raised:
         server_endpoint(MemoryReactor(), description)
     text = str(raised.value)
@@ -402,7 +453,10 @@ def test_twistd_with_a_key_that_is_not_the_certificates_says_so_in_one_line(lab,
     if scheme == "mtls":
         description += f":caCerts={lab['bundle']}"
     result = subprocess.run(
-        [tool("twistd"), "-n", "--pidfile=", "sockapp", "--port", description], capture_output=True, text=True, timeout=60
+        [tool("twistd"), "-n", "--pidfile=", "sockapp", "--port", description],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     output = result.stdout + result.stderr  # twistd writes its usage errors to stdout
     assert result.returncode == 1 and "Traceback" not in output
@@ -425,7 +479,9 @@ def test_the_command_line_tools_with_a_client_certificate(server_processes, tls_
 
     def sockapp(*args: str, who=clients["alice"]) -> subprocess.CompletedProcess:
         endpoint = client_endpoint(tls_files, port, who)
-        return subprocess.run([tool("sockapp"), *args, "--connect", endpoint], capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [tool("sockapp"), *args, "--connect", endpoint], capture_output=True, text=True, timeout=120
+        )
 
     result = sockapp("request", "search", "morpheus")
     assert (result.returncode, result.stdout) == (0, "Follow the white rabbit. \U0001f430\n"), result.stderr
@@ -495,7 +551,7 @@ class _PeerCertificateTransport:
         self.certificate = crypto.X509.from_cryptography(certificate)
         self.asked = 0
 
-    def getPeerCertificate(self):  # noqa: N802 - Twisted's name
+    def getPeerCertificate(self):
         self.asked += 1
         return self.certificate
 
@@ -523,7 +579,7 @@ def test_a_common_name_over_64_characters_warns_nothing():
     from sockapp.net.tls import _names, client_certificate
 
     ca_key, ca_cert = make_ca("long CA")
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         long_name = x509.NameAttribute(x509.NameOID.COMMON_NAME, "L" * 100, _validate=False)
@@ -611,7 +667,9 @@ async def test_the_echo_server_logs_and_counts_a_failed_handshake_too(tls_files,
     metrics = ServerMetrics(process=False)
     events: list[LogEvent] = []
     globalLogPublisher.addObserver(cast(ILogObserver, events.append))
-    description = f"mtls:0:interface=127.0.0.1:privateKey={tls_files['key']}:certKey={tls_files['cert']}:caCerts={clients['ca']}"
+    description = (
+        f"mtls:0:interface=127.0.0.1:privateKey={tls_files['key']}:certKey={tls_files['cert']}:caCerts={clients['ca']}"
+    )
     port = await serverFromString(reactor, description).listen(EchoFactory(reactor=reactor, metrics=metrics))
     try:
         await deferToThread(handshake, port.getHost().port, tls_files, None)
@@ -627,7 +685,9 @@ async def test_the_echo_server_logs_and_counts_a_failed_handshake_too(tls_files,
     assert len(lines) == 1 and lines[0]["why"] == "no-certificate"
 
 
-@pytest.mark.parametrize("names, expected", [(["alice"], "alice"), (["alice", "bob"], None), (["bob", "alice"], None), ([], None)])
+@pytest.mark.parametrize(
+    "names, expected", [(["alice"], "alice"), (["alice", "bob"], None), (["bob", "alice"], None), ([], None)]
+)
 def test_a_subject_with_several_common_names_has_none_to_authorize_by(names, expected):
     """CN=alice,CN=bob would pass a check on the first CN and fail one on the last: it passes neither."""
     import datetime
@@ -638,7 +698,7 @@ def test_a_subject_with_several_common_names_has_none_to_authorize_by(names, exp
     from sockapp.net.tls import client_certificate
 
     ca_key, ca_cert = make_ca("naming CA")
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     certificate = x509.CertificateBuilder(
         subject_name=x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, name) for name in names]),
         issuer_name=ca_cert.subject,
@@ -669,6 +729,8 @@ async def test_a_client_limited_to_tls_1_1_is_refused_and_tls_1_2_is_served(tls_
         number = port.getHost().port
         old = await deferToThread(handshake, number, tls_files, clients["alice"], stdlib_ssl.TLSVersion.TLSv1_1)
         assert old != "ok"
-        assert await deferToThread(handshake, number, tls_files, clients["alice"], stdlib_ssl.TLSVersion.TLSv1_2) == "ok"
+        assert (
+            await deferToThread(handshake, number, tls_files, clients["alice"], stdlib_ssl.TLSVersion.TLSv1_2) == "ok"
+        )
     finally:
         await port.stopListening()

@@ -61,7 +61,7 @@ def test_tls_client_refuses_a_certificate_from_an_unknown_ca(server_processes, t
     empty.mkdir()
     other = tmp_path / "other-ca.pem"
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     other.write_bytes(
         x509.CertificateBuilder()
         .subject_name(_name("another CA"))

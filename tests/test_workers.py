@@ -18,8 +18,8 @@ from conftest import json_request, send_and_read_all, split_frames, tool
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python import usage
 
-from sockapp.tap import echo, search
 from sockapp.server.workers import InheritedUNIXPort
+from sockapp.tap import echo, search
 
 TIMEOUT = 30
 ACCEPTING = r"worker pid (\d+) accepting on the inherited socket"
@@ -227,6 +227,7 @@ def test_an_inherited_unix_port_stops_without_touching_the_shared_socket(socket_
         with socket.socket(socket.AF_UNIX) as client:
             client.settimeout(TIMEOUT)
             client.connect(str(path))  # refused had the port shut the socket down
+
 
 def test_unix_workers_leave_the_path_and_its_mode_to_the_parent(server_processes, socket_dir):
     path = socket_dir / "s.sock"

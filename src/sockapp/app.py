@@ -399,10 +399,14 @@ class App:
         if kind is str:
             return _new_answer(Answer, (encode_result(result), name, OK, ""))
         if isinstance(result, Deferred):
-            return Pending(result.addCallbacks(self._finish, self._failed, callbackArgs=(name,), errbackArgs=(name,)), name)
+            return Pending(
+                result.addCallbacks(self._finish, self._failed, callbackArgs=(name,), errbackArgs=(name,)), name
+            )
         if kind is types.CoroutineType:
             deferred: Deferred[Any] = Deferred.fromCoroutine(result)
-            return Pending(deferred.addCallbacks(self._finish, self._failed, callbackArgs=(name,), errbackArgs=(name,)), name)
+            return Pending(
+                deferred.addCallbacks(self._finish, self._failed, callbackArgs=(name,), errbackArgs=(name,)), name
+            )
         return self._finish(result, name)
 
     def _finish(self, result: Any, name: str, outcome: str = OK) -> Answer:
@@ -499,7 +503,4 @@ def _structure(value: Any, value_type: type) -> Any:
             reasons = cattrs.transform_error(e, path="value")
         else:
             reasons = [f"{e} @ value"]
-        raise ActionError(
-            ErrorCode.BAD_REQUEST.value, peer_text("; ".join(reasons), 300)
-        ) from None
-
+        raise ActionError(ErrorCode.BAD_REQUEST.value, peer_text("; ".join(reasons), 300)) from None

@@ -143,7 +143,8 @@ def app(database: str = DEFAULT_DATABASE, writers: str = "") -> App:
             raise ActionError("bad-request", f"limit is 0 to {MAX_KEYS}")
         # Keys with a prefix are contiguous in key order, from the prefix itself on.
         rows = await pool.runQuery(
-            "SELECT key FROM kv WHERE key >= ? ORDER BY key LIMIT ?", (_text(options.prefix, "the prefix"), options.limit)
+            "SELECT key FROM kv WHERE key >= ? ORDER BY key LIMIT ?",
+            (_text(options.prefix, "the prefix"), options.limit),
         )
         return [key for (key,) in rows if key.startswith(options.prefix)]
 

@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from attrs import field, frozen
 
-from sockapp.app import App, ActionError, Reply
+from sockapp.app import ActionError, App, Reply
 from sockapp.errors import ErrorCode
 from sockapp.wire.framing import JSON_CONTENT_TYPE, Message, encode_json
 from sockapp.wire.text import peer_text
@@ -55,8 +55,11 @@ class SearchIndex:
     def __attrs_post_init__(self) -> None:
         # The answer of every stored query, encoded once: a hit costs a lookup.
         replies = {
-            query: Reply(json.dumps({"result": answer}, ensure_ascii=False).encode("utf-8", "backslashreplace"),
-                         JSON_CONTENT_TYPE, "utf-8")
+            query: Reply(
+                json.dumps({"result": answer}, ensure_ascii=False).encode("utf-8", "backslashreplace"),
+                JSON_CONTENT_TYPE,
+                "utf-8",
+            )
             for query, answer in self.answers.items()
             if answer
         }
@@ -96,9 +99,7 @@ class SearchApp(App):
         super().__init__("search")
         self.index = index if index is not None else SearchIndex()
         # The index's own method, not a wrapper: one call less for every search.
-        self.action("search", description="Look VALUE up: its answer, or \"No match for 'VALUE'.\".")(
-            self.index.search
-        )
+        self.action("search", description="Look VALUE up: its answer, or \"No match for 'VALUE'.\".")(self.index.search)
         self.binary(self._binary_request)
 
     @staticmethod

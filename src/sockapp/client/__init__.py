@@ -40,9 +40,9 @@ from sockapp.errors import (
     TLSFailure,
 )
 from sockapp.net.endpoints import client_endpoint
-from sockapp.wire.framing import JSON_CONTENT_TYPE, FrameDecoder, Header, Message, encode_frame, encode_json
 from sockapp.net.protocol import CLOSE_GRACE, FramedProtocol
 from sockapp.net.tls import handshake_unfinished, tls_failure_text
+from sockapp.wire.framing import JSON_CONTENT_TYPE, FrameDecoder, Header, Message, encode_frame, encode_json
 
 DEFAULT_ENDPOINT: Final = "tcp:host=127.0.0.1:port=5634"
 """Where the ``sockapp`` command connects without ``--connect``: the tutorial's server."""
@@ -696,7 +696,9 @@ class EchoClient(_Closable, Protocol):
             if isinstance(tls_failure, TLSFailure):
                 echoed.errback(tls_failure)
             else:
-                echoed.errback(ConnectionClosed(f"the server closed the connection after echoing {got} of {length} bytes"))
+                echoed.errback(
+                    ConnectionClosed(f"the server closed the connection after echoing {got} of {length} bytes")
+                )
             got = 0
         self._notify_closed()
 

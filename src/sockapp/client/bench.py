@@ -29,6 +29,7 @@ from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.python.failure import Failure
 
+from sockapp.apps.search import BINARY_RESPONSE_PREFIX, TUTORIAL_ANSWERS
 from sockapp.client import (
     BINARY_REQUEST_ENCODING,
     BINARY_REQUEST_TYPE,
@@ -40,9 +41,8 @@ from sockapp.client import (
     connect_echo,
 )
 from sockapp.errors import ConnectionClosed, RemoteProtocolError, RequestTimeout, ServerError, TLSFailure
-from sockapp.wire.framing import encode_frame, encode_json
 from sockapp.net.protocol import CLOSE_GRACE
-from sockapp.apps.search import BINARY_RESPONSE_PREFIX, TUTORIAL_ANSWERS
+from sockapp.wire.framing import encode_frame, encode_json
 from sockapp.wire.text import peer_text
 
 PERCENTILES = (50, 90, 99)
@@ -290,7 +290,7 @@ class _AppWorker:
         def judge(results: list[tuple[bool, Any]]) -> bool | None:
             if not all(ok for ok, _ in results):
                 return None
-            return all(isinstance(r.result, str) and q in r.result for q, (_, r) in zip(queries, results))
+            return all(isinstance(r.result, str) and q in r.result for q, (_, r) in zip(queries, results, strict=True))
 
         return DeferredList(answers, consumeErrors=True).addCallback(judge)
 
@@ -368,7 +368,7 @@ class _EchoWorker:
         def judge(results: list[tuple[bool, Any]]) -> bool | None:
             if not all(ok for ok, _ in results):
                 return None
-            return all(echoed == block for block, (_, echoed) in zip(blocks, results))
+            return all(echoed == block for block, (_, echoed) in zip(blocks, results, strict=True))
 
         return DeferredList(echoes, consumeErrors=True).addCallback(judge)
 

@@ -25,10 +25,10 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 
 from sockapp import __version__
-from sockapp.client.bench import Bench, BenchConfig, Summary
 from sockapp.client import DEFAULT_ENDPOINT, DEFAULT_RETRIES, Client, Response, connect, connect_echo
-from sockapp.errors import SockappError, TLSFailure
+from sockapp.client.bench import Bench, BenchConfig, Summary
 from sockapp.client.progress import live_progress
+from sockapp.errors import SockappError, TLSFailure
 
 DEFAULT_TIMEOUT = 30.0
 TUTORIAL_ECHO_MESSAGE = "hello, universe.\nHi, friend."
@@ -156,7 +156,9 @@ async def _ask(reactor: Any, args: argparse.Namespace, send: Callable[[Client], 
         return await send(client)
     except defer.CancelledError:  # --timeout: say so if it was the TLS handshake that never finished
         if client.tls_handshake_pending:
-            raise TLSFailure(f"TLS: the handshake did not finish within {args.timeout:g} s; does the server speak TLS?") from None
+            raise TLSFailure(
+                f"TLS: the handshake did not finish within {args.timeout:g} s; does the server speak TLS?"
+            ) from None
         raise
     finally:
         await client.close()
@@ -356,7 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
     call = command("call", "call an action of a sockapp app and print its result as JSON (an error: exit 1)")
     call.add_argument("action", help="the action's name")
     call.add_argument(
-        "value", nargs="?", type=json_or_word, default=None, help="its value as JSON (a word that is not JSON: a string)"
+        "value",
+        nargs="?",
+        type=json_or_word,
+        default=None,
+        help="its value as JSON (a word that is not JSON: a string)",
     )
     call.add_argument(
         "--idempotent", action="store_true", help="may be sent again on a new connection if the first one drops"
@@ -491,7 +497,7 @@ async def _guarded(reactor: Any, args: argparse.Namespace) -> None:
         work.addTimeout(args.timeout, reactor)
     try:
         code = await work
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any failure of a command is its one line on stderr
         if interruption.signal is None:
             if isinstance(e, defer.TimeoutError):
                 show(f"sockapp {args.command}: error: no complete answer within {args.timeout:g} s", sys.stderr)

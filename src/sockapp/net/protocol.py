@@ -8,7 +8,8 @@ frames go down with ``sendMessage``. All parsing lives in ``framing``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final, Protocol as TypingProtocol
+from typing import Any, Final
+from typing import Protocol as TypingProtocol
 
 from twisted.internet.interfaces import IHalfCloseableProtocol, IProducer, IPushProducer, ITransport
 from twisted.internet.protocol import Protocol
@@ -16,7 +17,6 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from sockapp.errors import RemoteProtocolError
-from sockapp.wire.text import peer_text
 from sockapp.wire.framing import (
     DEFAULT_MAX_CONTENT_LENGTH,
     NEED_DATA,
@@ -25,7 +25,7 @@ from sockapp.wire.framing import (
     encode_frame,
     encode_json,
 )
-
+from sockapp.wire.text import peer_text
 
 # How long a close that was decided on (a timeout, an error frame, a client's close()) may
 # take to send what is queued; then the connection is aborted, whether or not the peer reads.

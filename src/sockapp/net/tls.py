@@ -42,9 +42,7 @@ _log = Logger()
 
 # A certificate's text ends before the next BEGIN: with ``.+?`` alone, every BEGIN line
 # without an END searched the rest of the file (8,000 such lines: 7 CPU-seconds).
-PEM_CERTIFICATE: Final = re.compile(
-    rb"-----BEGIN CERTIFICATE-----(?:[^-]|-(?!----BEGIN ))+?-----END CERTIFICATE-----"
-)
+PEM_CERTIFICATE: Final = re.compile(rb"-----BEGIN CERTIFICATE-----(?:[^-]|-(?!----BEGIN ))+?-----END CERTIFICATE-----")
 """One PEM certificate in a file's bytes; a file without one is refused at start-up."""
 PEM_PRIVATE_KEY: Final = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----")
 """The start of a PEM private key, of any kind; a key file without one is refused."""
@@ -182,7 +180,11 @@ def load_ca_certificates(path: str, what: str = "caCerts", scheme: str = "mtls:"
 def _openssl_text(error: BaseException) -> str:
     """pyOpenSSL's list of (library, function, reason) tuples as its reasons, joined."""
     parts = error.args[0] if error.args and isinstance(error.args[0], list) else []
-    return "; ".join(str(p[-1]) for p in parts if isinstance(p, tuple) and p and p[-1]) or str(error) or type(error).__name__
+    return (
+        "; ".join(str(p[-1]) for p in parts if isinstance(p, tuple) and p and p[-1])
+        or str(error)
+        or type(error).__name__
+    )
 
 
 def _cryptography(certificate: Any) -> Any:
@@ -194,7 +196,7 @@ def _cryptography(certificate: Any) -> Any:
 def _validity_problem(certificate: Any, now: datetime.datetime | None = None) -> str | None:
     """'expired on DATE' or 'not valid before DATE' for a certificate outside its validity, else None."""
     cert = _cryptography(certificate)
-    now = now or datetime.datetime.now(datetime.timezone.utc)
+    now = now or datetime.datetime.now(datetime.UTC)
     if now > cert.not_valid_after_utc:
         return f"expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
     if now < cert.not_valid_before_utc:
@@ -234,7 +236,9 @@ def own_certificate(certificate_path: str, key_path: str | None, scheme: str, na
     try:
         both = ssl.PrivateCertificate.fromCertificateAndKeyPair(certificate, key)
     except Exception:  # noqa: BLE001 - twisted.internet.error.VerifyError
-        raise ValueError(f"{scheme} the private key in {key_where} is not the key of the certificate in {certificate_path}") from None
+        raise ValueError(
+            f"{scheme} the private key in {key_where} is not the key of the certificate in {certificate_path}"
+        ) from None
     problem = _validity_problem(certificate)
     if problem is not None:
         raise ValueError(f"{scheme} the certificate in {certificate_path} {problem}")
@@ -243,11 +247,11 @@ def own_certificate(certificate_path: str, key_path: str | None, scheme: str, na
 
 def server_tls_options(
     scheme: str,
-    privateKey: str | None,  # noqa: N803 - the names of Twisted's ssl: endpoint
-    certKey: str | None,  # noqa: N803
-    caCerts: str | None = None,  # noqa: N803
-    extraCertChain: str | None = None,  # noqa: N803
-    dhParameters: str | None = None,  # noqa: N803
+    privateKey: str | None,
+    certKey: str | None,
+    caCerts: str | None = None,
+    extraCertChain: str | None = None,
+    dhParameters: str | None = None,
 ) -> Any:
     """The ``CertificateOptions`` of a sockapp TLS server port: TLS 1.2 at least, and with
     ``caCerts`` a client certificate signed by one of them required. Every problem
@@ -258,7 +262,9 @@ def server_tls_options(
 
     if privateKey is None:
         raise ValueError(f"{scheme} needs privateKey=PATH (and certKey=PATH, if the certificate is in another file)")
-    server = own_certificate(certKey if certKey is not None else privateKey, privateKey, scheme, ("certKey", "privateKey"))
+    server = own_certificate(
+        certKey if certKey is not None else privateKey, privateKey, scheme, ("certKey", "privateKey")
+    )
     chain = []
     if extraCertChain is not None:
         chain = [_cryptography(c) for c in load_ca_certificates(extraCertChain, "extraCertChain", scheme)]
@@ -287,13 +293,13 @@ def server_tls_options(
 def mtls_server_endpoint(
     reactor: Any,
     port: str,
-    privateKey: str | None = None,  # noqa: N803 - the names of Twisted's ssl: endpoint
-    certKey: str | None = None,  # noqa: N803
-    caCerts: str | None = None,  # noqa: N803
+    privateKey: str | None = None,
+    certKey: str | None = None,
+    caCerts: str | None = None,
     interface: str = "",
     backlog: str | int = 50,
-    extraCertChain: str | None = None,  # noqa: N803
-    dhParameters: str | None = None,  # noqa: N803
+    extraCertChain: str | None = None,
+    dhParameters: str | None = None,
 ) -> Any:
     """An ``SSL4ServerEndpoint`` that requires a client certificate signed by one of ``caCerts``."""
     from twisted.internet.endpoints import SSL4ServerEndpoint
@@ -305,11 +311,11 @@ def mtls_server_endpoint(
 
 
 def mtls_options(
-    privateKey: str | None,  # noqa: N803
-    certKey: str | None,  # noqa: N803
-    caCerts: str | None,  # noqa: N803
-    extraCertChain: str | None = None,  # noqa: N803
-    dhParameters: str | None = None,  # noqa: N803
+    privateKey: str | None,
+    certKey: str | None,
+    caCerts: str | None,
+    extraCertChain: str | None = None,
+    dhParameters: str | None = None,
 ) -> Any:
     """The ``CertificateOptions`` of an ``mtls:`` endpoint."""
     if caCerts is None:
@@ -320,13 +326,13 @@ def mtls_options(
 def ssl_server_endpoint(
     reactor: Any,
     port: str,
-    privateKey: str = "server.pem",  # noqa: N803 - Twisted's default
-    certKey: str | None = None,  # noqa: N803
+    privateKey: str = "server.pem",
+    certKey: str | None = None,
     sslmethod: str | None = None,
     interface: str = "",
     backlog: str | int = 50,
-    extraCertChain: str | None = None,  # noqa: N803
-    dhParameters: str | None = None,  # noqa: N803
+    extraCertChain: str | None = None,
+    dhParameters: str | None = None,
 ) -> Any:
     """Twisted's ``ssl:`` server endpoint, built from the same parameters with sockapp's
     checks: one-line errors for the files, an expired certificate refused, TLS 1.2 at least."""
@@ -373,7 +379,9 @@ def note_handshake_failure(log: Any, peer: str, transport: Any, reason: Any, met
     failed = handshake_failure(transport, reason)
     if failed is None:
         return
-    log.warn("{peer}: TLS handshake failed: {why} ({detail})", peer=peer, why=failed, detail=peer_text(reason.value, 200))
+    log.warn(
+        "{peer}: TLS handshake failed: {why} ({detail})", peer=peer, why=failed, detail=peer_text(reason.value, 200)
+    )
     if metrics is not None:
         metrics.tls_handshake_failed(failed)
 
@@ -438,7 +446,7 @@ class CheckedClientTLS:
         self._is_address = isIPAddress(hostname) or isIPv6Address(hostname)
         self._server_name = None if self._is_address else _idna(hostname)
 
-    def clientConnectionForTLS(self, tlsProtocol: Any) -> Any:  # noqa: N802, N803 - Twisted's interface
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> Any:
         """An OpenSSL connection for ``tlsProtocol`` that sends the host name (SNI) and checks the server."""
         from OpenSSL import SSL
 
@@ -467,7 +475,7 @@ class CheckedClientTLS:
                     _verification_failures[protocol] = problem
                     protocol.failVerification(Failure(ValueError(problem)))
                 return False
-            except BaseException:  # an exception escaping an OpenSSL callback is lost, or worse
+            except BaseException:  # noqa: BLE001 - an exception escaping an OpenSSL callback is lost, or worse
                 _log.failure("while verifying the server's certificate")
                 return False
 
@@ -488,7 +496,11 @@ class CheckedClientTLS:
         return None
 
     def _chain_problem(self, certificate: Any, error: int, depth: int) -> str:
-        whose = "the server's certificate" if depth == 0 else f"a CA certificate in the server's chain ({_subject(certificate)})"
+        whose = (
+            "the server's certificate"
+            if depth == 0
+            else f"a CA certificate in the server's chain ({_subject(certificate)})"
+        )
         if error in (_CERT_HAS_EXPIRED, _CERT_NOT_YET_VALID):
             return f"{whose} {_validity_problem(certificate) or 'is outside its validity dates'}"
         if error in _UNKNOWN_ISSUER:
@@ -513,10 +525,10 @@ def tls_client_endpoint(
     host: str,
     port: str,
     timeout: str = "30",
-    bindAddress: str | None = None,  # noqa: N803 - the names of Twisted's tls: endpoint
+    bindAddress: str | None = None,
     certificate: str | None = None,
-    privateKey: str | None = None,  # noqa: N803
-    trustRoots: str | None = None,  # noqa: N803
+    privateKey: str | None = None,
+    trustRoots: str | None = None,
     endpoint: str | None = None,
     **unknown: str,
 ) -> Any:
@@ -554,20 +566,47 @@ def tls_client_endpoint(
 
         inner = client_endpoint(reactor, endpoint)
     else:
-        inner = HostnameEndpoint(reactor, host, int(port), int(timeout), None if bindAddress is None else (bindAddress, 0))
+        inner = HostnameEndpoint(
+            reactor, host, int(port), int(timeout), None if bindAddress is None else (bindAddress, 0)
+        )
     return wrapClientTLS(CheckedClientTLS(host, options, trusted), inner)
 
 
 # What a client is told when its TLS connection fails: OpenSSL's words, then ours.
 _CLIENT_TLS_WORDS: Final = (
-    (("alert certificate required",), "the server requires a client certificate: add certificate=CERT:privateKey=KEY to the tls: endpoint"),
+    (
+        ("alert certificate required",),
+        "the server requires a client certificate: add certificate=CERT:privateKey=KEY to the tls: endpoint",
+    ),
     (("alert unknown ca",), "the server refused our client certificate: it does not accept the CA that signed it"),
     (("alert certificate expired",), "the server refused our client certificate: it has expired"),
-    (("alert unsupported certificate",), "the server refused our client certificate: it is not for client use (its extended key usage)"),
-    (("alert bad certificate", "alert certificate unknown", "alert certificate revoked"), "the server refused our client certificate"),
-    (("alert handshake failure",), "the server refused the handshake (under TLS 1.2 this is also how a server asks for a client certificate)"),
-    (("alert protocol version", "unsupported protocol", "no protocols available"), "no TLS version in common with the server (sockapp speaks TLS 1.2 and 1.3)"),
-    (("wrong version number", "packet length too long", "record layer failure", "unknown protocol", "http request", "record too long"), "the server does not speak TLS: it answered the TLS greeting with something else"),
+    (
+        ("alert unsupported certificate",),
+        "the server refused our client certificate: it is not for client use (its extended key usage)",
+    ),
+    (
+        ("alert bad certificate", "alert certificate unknown", "alert certificate revoked"),
+        "the server refused our client certificate",
+    ),
+    (
+        ("alert handshake failure",),
+        "the server refused the handshake (under TLS 1.2 this is also how a server asks for a client certificate)",
+    ),
+    (
+        ("alert protocol version", "unsupported protocol", "no protocols available"),
+        "no TLS version in common with the server (sockapp speaks TLS 1.2 and 1.3)",
+    ),
+    (
+        (
+            "wrong version number",
+            "packet length too long",
+            "record layer failure",
+            "unknown protocol",
+            "http request",
+            "record too long",
+        ),
+        "the server does not speak TLS: it answered the TLS greeting with something else",
+    ),
 )
 
 

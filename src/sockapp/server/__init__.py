@@ -19,10 +19,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sockapp.app import Answer, App, Context, error_answer
-
+from sockapp.apps.search import SearchApp, SearchIndex
 from sockapp.errors import ErrorCode, RemoteProtocolError
-from sockapp.wire.framing import DEFAULT_MAX_CONTENT_LENGTH, DEFAULT_MAX_JSON_LENGTH, Message
-from sockapp.server.lifecycle import ClosesInTime, ServerFactory
 from sockapp.net.protocol import (
     FramedProtocol,
     ReadingProducer,
@@ -30,9 +28,10 @@ from sockapp.net.protocol import (
     describe_address,
     read_only_as_fast_as_peer_reads,
 )
-from sockapp.apps.search import SearchApp, SearchIndex
-from sockapp.wire.text import peer_text
 from sockapp.net.tls import client_certificate, note_handshake_failure
+from sockapp.server.lifecycle import ClosesInTime, ServerFactory
+from sockapp.wire.framing import DEFAULT_MAX_CONTENT_LENGTH, DEFAULT_MAX_JSON_LENGTH, Message
+from sockapp.wire.text import peer_text
 
 if TYPE_CHECKING:
     from sockapp.server.metrics import ServerMetrics

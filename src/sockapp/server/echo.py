@@ -15,7 +15,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from sockapp.server.lifecycle import ClosesInTime, ServerFactory
 from sockapp.net.protocol import (
     abort_if_peer_not_reading,
     close_after_flush,
@@ -25,6 +24,7 @@ from sockapp.net.protocol import (
     write_now,
 )
 from sockapp.net.tls import note_handshake_failure
+from sockapp.server.lifecycle import ClosesInTime, ServerFactory
 
 READ_SIZE = 256 * 1024
 

@@ -37,8 +37,8 @@ from twisted.web.server import Request, Site
 from sockapp.app import BINARY, OK, OTHER, App
 from sockapp.errors import ErrorCode
 from sockapp.net.protocol import describe_address
-from sockapp.wire.text import peer_text
 from sockapp.net.tls import HANDSHAKE_FAILURES
+from sockapp.wire.text import peer_text
 
 # From a cached answer on loopback (tens of microseconds) to a 64 MiB frame (tenths of a second).
 LATENCY_BUCKETS: Final = (
@@ -172,7 +172,7 @@ class ServerMetrics:
         yield HistogramMetricFamily(
             "sockapp_request_duration_seconds",
             "From the read that completed a request to its answer being handed to the socket.",
-            buckets=[(floatToGoString(bound), count) for bound, count in zip(LATENCY_BUCKETS, cumulative)],
+            buckets=[(floatToGoString(bound), count) for bound, count in zip(LATENCY_BUCKETS, cumulative, strict=True)],
             sum_value=self._latency_sum,
         )
 
@@ -301,8 +301,8 @@ class MetricsSite(Site):
 
     def buildProtocol(self, addr: Any) -> Any:
         if self.open >= self.max_connections:
-            from sockapp.server.lifecycle import Refused
             from sockapp.net.protocol import CLOSE_GRACE
+            from sockapp.server.lifecycle import Refused
 
             self.refused += 1
             return Refused(self.reactor, CLOSE_GRACE)

@@ -8,8 +8,8 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.python import usage
 
-from sockapp.server.lifecycle import DEFAULT_IDLE_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT
 from sockapp.net.endpoints import server_endpoint
+from sockapp.server.lifecycle import DEFAULT_IDLE_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT
 from sockapp.server.listening import ListeningService
 
 DEFAULT_PORT = "5634"

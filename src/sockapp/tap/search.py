@@ -10,12 +10,12 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.python import usage
 
-from sockapp.wire.framing import DEFAULT_MAX_CONTENT_LENGTH, DEFAULT_MAX_JSON_LENGTH
-from sockapp.server.lifecycle import DEFAULT_FRAME_TIMEOUT
 from sockapp.app import App
 from sockapp.apps.search import DataFileError, SearchApp, SearchIndex, load_answers
 from sockapp.server import DEFAULT_ACTION_TIMEOUT, DEFAULT_MAX_PENDING, AppFactory, SearchFactory
+from sockapp.server.lifecycle import DEFAULT_FRAME_TIMEOUT
 from sockapp.tap._listen import ListenOptions, limits, listen_service, non_negative_int, non_negative_seconds
+from sockapp.wire.framing import DEFAULT_MAX_CONTENT_LENGTH, DEFAULT_MAX_JSON_LENGTH
 
 
 class Options(ListenOptions):

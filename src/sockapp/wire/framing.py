@@ -152,7 +152,7 @@ def _header_prefix(content_type: str, content_encoding: str, byteorder: str) -> 
     return (
         f'{{"byteorder": {dumps(byteorder)}, "content-type": {dumps(content_type)}, '
         f'"content-encoding": {dumps(content_encoding)}, "content-length": '
-    ).encode("utf-8")
+    ).encode()
 
 
 def encode_frame(

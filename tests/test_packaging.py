@@ -31,6 +31,7 @@ def test_wheel_ships_the_package_and_only_the_plugin_module(wheel):
     under_twisted = [n for n in names if n.startswith("twisted/")]
     assert under_twisted == ["twisted/plugins/sockapp_plugins.py"]
     assert "sockapp/__init__.py" in names and "sockapp/tap/search.py" in names
+    assert "sockapp/py.typed" in names  # code built on sockapp is type-checked against its annotations
     assert not [n for n in names if n.startswith(("tests/", "src/"))]
 
 

@@ -16,6 +16,7 @@ An import that points the other way (or a cycle) fails here, with the line.
 from __future__ import annotations
 
 import ast
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -48,12 +49,14 @@ def _from_sockapp(name: str) -> str:
     return f"sockapp.{name}" if (ROOT / name).is_dir() or (ROOT / f"{name}.py").is_file() else "sockapp"
 
 
-def imports(path: Path) -> list[tuple[int, str]]:
-    """Every sockapp module ``path`` imports, at any depth in the file (lazy imports too)."""
+def imports(path: Path, module: str) -> list[tuple[int, str]]:
+    """Every sockapp module ``path`` (the module ``module``) imports, at any depth (lazy and relative imports too)."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] if node.module != "sockapp" else [_from_sockapp(a.name) for a in node.names]
+        if isinstance(node, ast.ImportFrom) and (node.module or node.level):
+            base = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+            names = [base] if base != "sockapp" else [_from_sockapp(a.name) for a in node.names]
             found += [(node.lineno, name) for name in names if name.split(".")[0] == "sockapp"]
         elif isinstance(node, ast.Import):
             found += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "sockapp"]
@@ -67,7 +70,7 @@ def test_every_part_imports_only_the_parts_below_it():
         module = ".".join(relative.parts).removesuffix(".__init__")
         here = part(module)
         assert here in ALLOWED, f"{path}: a new part? add it to ALLOWED and to the README's tree"
-        for line, target in imports(path):
+        for line, target in imports(path, module):
             there = part(target)
             if there != here and there not in ALLOWED[here]:
                 wrong.append(f"{path.relative_to(ROOT.parent)}:{line}: {here} imports {target}")
@@ -88,3 +91,13 @@ def test_the_wire_format_loads_without_twisted():
     code = "import sys, sockapp.wire; print(sorted({m.split('.')[0] for m in sys.modules} & {'twisted', 'zope'}))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_relative_imports_are_seen_too(tmp_path: Path):
+    source = tmp_path / "framing.py"
+    source.write_text("def f():\n    from ..tap import _listen\n    from .. import server\n    from . import text\n")
+    assert imports(source, "sockapp.wire.framing") == [
+        (2, "sockapp.tap"),
+        (3, "sockapp.server"),
+        (4, "sockapp.wire"),
+    ]

@@ -95,3 +95,21 @@ def test_extra_env_reaches_the_process(tmp_path: Path):
         with pytest.raises(WaitForLogFailed, match="exited with 0"):
             server.wait_for_log("never", timeout=TIMEOUT)
         assert server.log() == "here 1\n"
+
+
+def test_start_twistd_stops_the_server_when_the_wait_fails_otherwise(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # Not only WaitForLogFailed: a pattern without group 1, a KeyboardInterrupt... must not leave the server running.
+    started: list[ServerProcess] = []
+
+    def broken_wait(self: ServerProcess, pattern: str, timeout: float) -> int:
+        started.append(self)
+        self.wait_for_log("starting on", timeout)
+        raise IndexError("no such group")
+
+    monkeypatch.setattr(ServerProcess, "wait_until_listening", broken_wait)
+    with pytest.raises(IndexError):
+        start_twistd("echo", "--port", "tcp:0:interface=127.0.0.1", folder=tmp_path, timeout=TIMEOUT)
+    try:
+        assert group_gone(started[0].pid)
+    finally:
+        started[0].stop()

@@ -176,5 +176,9 @@ def start_twistd(
     process is left.
     """
     server = ServerProcess(twistd_argv(*args), folder, env, name=name, grace=grace)
-    server.wait_until_listening(pattern, timeout)
+    try:
+        server.wait_until_listening(pattern, timeout)
+    except BaseException:  # not only WaitForLogFailed: a pattern without group 1, Ctrl-C in the wait
+        server.stop()
+        raise
     return server

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -113,3 +116,39 @@ def test_start_twistd_stops_the_server_when_the_wait_fails_otherwise(tmp_path: P
         assert group_gone(started[0].pid)
     finally:
         started[0].stop()
+
+
+def test_what_a_server_forked_is_stopped_even_when_the_server_itself_has_exited(tmp_path: Path):
+    """A worker parent that dies at start-up leaves its workers in its process group."""
+    server = ServerProcess([sys.executable, "-c", CHILD_THEN_EXIT], tmp_path, grace=5)
+    with pytest.raises(WaitForLogFailed):
+        server.wait_for_log(r"never printed", timeout=10)
+    child = _child_pid(server)
+    for _ in range(100):  # the signal needs a moment to land (bounded)
+        if _zombie_or_gone(child):
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, signal.SIGKILL)  # leave nothing behind, then fail
+        raise AssertionError(f"the child {child} of an exited server is still running")
+
+
+CHILD_THEN_EXIT = (
+    "import subprocess, sys; "
+    "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); "
+    "print('child', child.pid, flush=True); sys.exit(1)"
+)
+
+
+def _child_pid(server: ServerProcess) -> int:
+    found = re.search(r"child (\d+)", server.log())
+    assert found, server.log()
+    return int(found.group(1))
+
+
+def _zombie_or_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True

@@ -132,8 +132,17 @@ class ServerProcess:
         return self.port
 
     def stop(self) -> None:
-        """SIGTERM the process group, SIGKILL it after ``grace`` seconds; nothing if it already exited."""
+        """SIGTERM the process group, SIGKILL it after ``grace`` seconds.
+
+        If the process itself has already exited, what it forked may still run
+        in its group (a worker parent that died at start-up): that is killed.
+        A process group id is not reused while any member of the group lives.
+        """
         if self.proc.poll() is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass  # nothing left in the group
             return
         # Not yet reaped, so the group id is still ours even if the process just exited.
         try:

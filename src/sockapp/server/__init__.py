@@ -32,7 +32,7 @@ from sockapp.net.protocol import (
 )
 from sockapp.apps.search import SearchApp, SearchIndex
 from sockapp.wire.text import peer_text
-from sockapp.net.tls import client_certificate, note_handshake_failure
+from sockapp.net.tls import client_certificate, handshake_failure, note_handshake_failure
 
 if TYPE_CHECKING:
     from sockapp.server.metrics import ServerMetrics
@@ -432,7 +432,9 @@ class AppProtocol(ClosesInTime, FramedProtocol):
                 slot.timer.cancel()
             if slot.deferred is not None:
                 slot.deferred.cancel()  # the handler sees CancelledError; _failed ignores it
-        note_handshake_failure(self.log, self.peer, self.transport, reason, self.metrics)
+        if handshake_failure(self.transport, reason) is not None:
+            # Only then the peer's text and a bound logger: both cost at every close otherwise.
+            note_handshake_failure(self.log, self.peer, self.transport, reason, self.metrics)
         self.factory.closed(self)
         if self.factory.verbose:
             self.log.info("connection from {peer} closed", peer=self.peer)

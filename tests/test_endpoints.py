@@ -153,6 +153,7 @@ async def test_a_tcp_connection_is_twisteds_transport_and_closes_in_order():
                 peer=transport.getPeer(),
                 host=transport.getHost(),
                 sessionno=transport.sessionno,
+                transport=transport,
             )
 
         def dataReceived(self, data):
@@ -173,7 +174,7 @@ async def test_a_tcp_connection_is_twisteds_transport_and_closes_in_order():
     assert seen["type"] is ServerConnection and ServerConnection in _PLAIN_TRANSPORTS
     assert (seen["family"], seen["type_"], seen["timeout"]) == (socket.AF_INET, socket.SOCK_STREAM, 0.0)
     assert seen["logPrefix"] == "Answering,0,127.0.0.1"  # tcp.Server's format: protocol, session, host
-    assert seen["repr"] == f"<Answering #0 on {number}>"
+    assert seen["repr"] == f"<Answering #0 on {number}>" == repr(seen["transport"])  # the same once lost
     assert isinstance(seen["peer"], IPv4Address) and seen["peer"].host == "127.0.0.1" and seen["peer"].port > 0
     assert seen["host"] == IPv4Address("TCP", "127.0.0.1", number)
 

@@ -20,23 +20,55 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from twisted.internet import defer, tcp
+from twisted.internet import address, defer, tcp
 from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndpoint
 from twisted.internet.posixbase import PosixReactorBase
 from zope.interface import implementer
 
 
 class ServerConnection(tcp.Server):
-    """Twisted's TCP server transport, closed with ``close(2)`` alone.
+    """Twisted's TCP server transport, closed with ``close(2)`` alone, its ``repr`` made when asked for.
 
     Twisted calls ``shutdown(2)`` before ``close(2)``, "not really necessary"
     in its own words: the socket is close-on-exec and never shared with
     another process, so ``close`` alone ends the connection the same way, one
     system call less per connection (about 3% of the CPU time of a connection
-    that carries one request). ``tests/test_endpoints.py`` pins the closes.
+    that carries one request). Its ``__init__`` is ``tcp.Server``'s but for the ``repr``
+    text, which Twisted formats for every connection. ``tests/test_endpoints.py`` pins the
+    closes, the log prefix and the ``repr`` against Twisted's.
     """
 
     _shouldShutdown = False  # Twisted's own switch (tcp._SocketCloser), off as for its adopted sockets
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        protocol: Any,
+        client: tuple[Any, ...],
+        server: tcp.Port,
+        sessionno: int,
+        reactor: Any,
+    ) -> None:
+        # tcp.Server.__init__, but its repr text is made when asked for, not for every connection.
+        tcp.Connection.__init__(self, sock, protocol, reactor)
+        if len(client) != 2:
+            self._addressType = address.IPv6Address
+        self.server = server
+        self.client = client
+        self.sessionno = sessionno
+        self.hostname = client[0]
+        self.logstr = f"{self._getLogPrefix(self.protocol)},{sessionno},{self.hostname}"
+        # What the repr names, kept: the protocol is dropped when the connection is lost, the
+        # port's number when it stops listening.
+        self._named = (type(protocol), server._realPortNumber)
+        self.startReading()  # type: ignore[no-untyped-call]
+        self.connected = 1
+
+    @property
+    def repstr(self) -> str:  # type: ignore[override]
+        """tcp.Server's ``repr``: ``<Protocol #sessionno on port>``."""
+        protocol_class, port_number = self._named
+        return f"<{protocol_class.__name__} #{self.sessionno} on {port_number}>"
 
 
 class _AcceptingSocket(socket.socket):

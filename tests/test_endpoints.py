@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any, cast
 
 import pytest
+import pytest_twisted
 from twisted.internet.endpoints import _parse as twisted_parse
+from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactor
 
 from sockapp.net.endpoints import client_endpoint, endpoint_arguments, server_endpoint
@@ -87,3 +89,128 @@ def test_any_spelling_of_haproxy_gets_sockapps_checked_proxy_endpoint(prefix):
     """Twisted's own haproxy: plugin (which does not check what it reads) answered these."""
     endpoint = server_endpoint(MemoryReactor(), f"{prefix}:tcp:0")
     assert isinstance(endpoint, CheckedProxyEndpoint)
+
+
+# tcp: server ports on a real reactor: Twisted's port and transport with less work per connection.
+
+
+def test_tcp_ports_on_a_socket_reactor_are_sockapps_and_elsewhere_twisteds():
+    from twisted.internet import reactor
+
+    from sockapp.net.endpoints import TCPServerEndpoint
+
+    endpoint = server_endpoint(reactor, "tcp:port=0:backlog=7:interface=127.0.0.1")
+    assert isinstance(endpoint, TCPServerEndpoint)
+    assert (endpoint.port, endpoint.backlog, endpoint.interface) == (0, 7, "127.0.0.1")
+    assert type(server_endpoint(MemoryReactor(), "tcp:0")).__name__ == "TCP4ServerEndpoint"
+    assert type(server_endpoint(reactor, "tcp6:0")).__name__ == "TCP6ServerEndpoint"
+    assert isinstance(server_endpoint(reactor, "haproxy:tcp:0"), CheckedProxyEndpoint)
+
+
+def _exchange(port: int, data: bytes) -> bytes:
+    """Send ``data`` from a plain socket, half-close, read until the server closes (in a thread)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tcp_connection_is_twisteds_transport_and_closes_in_order():
+    """What sockapp's transport leaves out (the enum conversions of accept, shutdown before close)
+    changes nothing a protocol or a peer sees: the same socket, log prefix, repr and addresses
+    as Twisted's tcp.Server, and a close after an answer delivers the answer, then EOF."""
+    import socket
+
+    from twisted.internet import reactor, tcp
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.defer import Deferred
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.threads import deferToThread
+
+    from sockapp.net.endpoints import ServerConnection
+    from sockapp.net.protocol import _PLAIN_TRANSPORTS
+
+    seen: dict[str, Any] = {}
+    lost: Deferred[None] = Deferred()
+
+    class Answering(Protocol):
+        transport: Any
+
+        def connectionMade(self):
+            transport = self.transport
+            sock = transport.getHandle()
+            seen.update(
+                type=type(transport),
+                family=sock.family,
+                type_=sock.type,
+                timeout=sock.gettimeout(),
+                logPrefix=transport.logPrefix(),
+                repr=repr(transport),
+                peer=transport.getPeer(),
+                host=transport.getHost(),
+                sessionno=transport.sessionno,
+                transport=transport,
+            )
+
+        def dataReceived(self, data):
+            self.transport.write(b"answer to " + data)
+            self.transport.loseConnection()
+
+        def connectionLost(self, reason=None):
+            lost.callback(None)
+
+    port: Any = await server_endpoint(reactor, "tcp:0:interface=127.0.0.1").listen(Factory.forProtocol(Answering))
+    try:
+        assert type(port) is not tcp.Port and isinstance(port, tcp.Port)
+        number = port.getHost().port
+        assert await deferToThread(_exchange, number, b"question") == b"answer to question"
+        await lost
+    finally:
+        await port.stopListening()
+    assert seen["type"] is ServerConnection and ServerConnection in _PLAIN_TRANSPORTS
+    assert (seen["family"], seen["type_"], seen["timeout"]) == (socket.AF_INET, socket.SOCK_STREAM, 0.0)
+    assert seen["logPrefix"] == "Answering,0,127.0.0.1"  # tcp.Server's format: protocol, session, host
+    assert seen["repr"] == f"<Answering #0 on {number}>" == repr(seen["transport"])  # the same once lost
+    assert isinstance(seen["peer"], IPv4Address) and seen["peer"].host == "127.0.0.1" and seen["peer"].port > 0
+    assert seen["host"] == IPv4Address("TCP", "127.0.0.1", number)
+
+
+def test_sockapps_transport_closes_without_shutdown_as_twisted_allows():
+    """The switch is Twisted's own (private) attribute: if it is renamed, this says so."""
+    from twisted.internet import tcp
+
+    from sockapp.net.endpoints import ServerConnection
+
+    assert tcp.Server._shouldShutdown is True
+    assert ServerConnection._shouldShutdown is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_verbose_logs_the_peer_of_a_connection_on_sockapps_transport():
+    from conftest import json_request, split_frames
+    from twisted.internet import reactor
+    from twisted.internet.threads import deferToThread
+    from twisted.logger import ILogObserver, globalLogPublisher
+
+    from sockapp.server import SearchFactory
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(cast(ILogObserver, events.append))
+    factory = SearchFactory(verbose=True, reactor=reactor)
+    port: Any = await server_endpoint(reactor, "tcp:0:interface=127.0.0.1").listen(factory)
+    try:
+        data = await deferToThread(_exchange, port.getHost().port, json_request({"action": "search", "value": "ring"}))
+        while factory.connections:
+            await deferLater(reactor, 0.01)
+    finally:
+        globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
+        await port.stopListening()
+    assert len(split_frames(data)) == 1
+    peers = [e["peer"] for e in events if e.get("log_format", "").startswith("connection from {peer}")]
+    assert len(peers) == 2 and peers[0] == peers[1] and peers[0].startswith("127.0.0.1:")  # made, closed

@@ -268,3 +268,28 @@ def test_verbose_logs_show_a_content_type_escaped():
     (line,) = [formatEvent(e) for e in events if "request," in e.get("log_format", "")]
     assert "binary/HIDDEN\\udc00\\x0d request, 1 bytes" in line and line.isprintable()
     assert len(split_frames(transport.value())) == 1  # and it was answered
+
+
+class _CountedPeer(StringTransport):
+    """Counts ``getPeer`` calls: the peer's address is asked for only when it is logged."""
+
+    peer_asked = 0
+
+    def getPeer(self):
+        self.peer_asked += 1
+        return super().getPeer()
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_plain_connection_asks_for_its_peer_only_to_log_it(verbose):
+    from twisted.internet.task import Clock
+
+    factory = SearchFactory(reactor=Clock(), verbose=verbose)
+    protocol = factory.buildProtocol(None)
+    transport = _CountedPeer()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(json_request({"action": "search", "value": "ring"}))
+    protocol.connectionLost(None)
+    assert len(results(transport)) == 1
+    # --verbose: "connection from", the request, "closed"; otherwise not once (not even at the close).
+    assert transport.peer_asked == (3 if verbose else 0)

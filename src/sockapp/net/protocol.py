@@ -124,7 +124,9 @@ class ReadingProducer:
 def _plain_socket_transports() -> tuple[type, ...]:
     from twisted.internet import tcp, unix
 
-    return (tcp.Server, unix.Server)
+    from sockapp.net.endpoints import ServerConnection
+
+    return (tcp.Server, unix.Server, ServerConnection)
 
 
 _PLAIN_TRANSPORTS = _plain_socket_transports()

@@ -28,7 +28,7 @@ from sockapp.net.protocol import (
     describe_address,
     read_only_as_fast_as_peer_reads,
 )
-from sockapp.net.tls import client_certificate, note_handshake_failure
+from sockapp.net.tls import client_certificate, handshake_failure, note_handshake_failure
 from sockapp.server.lifecycle import ClosesInTime, ServerFactory
 from sockapp.wire.framing import DEFAULT_MAX_CONTENT_LENGTH, DEFAULT_MAX_JSON_LENGTH, Message
 from sockapp.wire.text import peer_text
@@ -431,7 +431,9 @@ class AppProtocol(ClosesInTime, FramedProtocol):
                 slot.timer.cancel()
             if slot.deferred is not None:
                 slot.deferred.cancel()  # the handler sees CancelledError; _failed ignores it
-        note_handshake_failure(self.log, self.peer, self.transport, reason, self.metrics)
+        if handshake_failure(self.transport, reason) is not None:
+            # Only then the peer's text and a bound logger: both cost at every close otherwise.
+            note_handshake_failure(self.log, self.peer, self.transport, reason, self.metrics)
         self.factory.closed(self)
         if self.factory.verbose:
             self.log.info("connection from {peer} closed", peer=self.peer)

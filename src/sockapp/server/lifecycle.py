@@ -137,6 +137,15 @@ class Deadlines:
     yet: the sweep arms it in time (``DeadlineSweep``).
     """
 
+    # One is made per connection: what starts out None is the class's until it is set.
+    on_idle: Callable[[], object] | None
+    on_frame_timeout: Callable[[], object] | None
+    on_overdue: Callable[[], object] | None = None
+    frame_started: float | None = None
+    close_due: float | None = None
+    paused_at: float | None = None  # reading paused by backpressure since then
+    _call: IDelayedCall | None = None
+
     def __init__(
         self,
         reactor: Any,
@@ -147,18 +156,16 @@ class Deadlines:
         sweep: DeadlineSweep | None = None,
     ) -> None:
         self.reactor = reactor
-        self.idle_timeout = idle_timeout or None
+        self.idle_timeout = idle_timeout = idle_timeout or None
         self.frame_timeout = frame_timeout or None
-        self.on_idle: Callable[[], object] | None = on_idle
-        self.on_frame_timeout: Callable[[], object] | None = on_frame_timeout
-        self.on_overdue: Callable[[], object] | None = None
+        self.on_idle = on_idle
+        self.on_frame_timeout = on_frame_timeout
         self.last_activity = reactor.seconds()
-        self.frame_started: float | None = None
-        self.close_due: float | None = None
-        self.paused_at: float | None = None  # reading paused by backpressure since then
-        self._call: IDelayedCall | None = None
         self._sweep = sweep
-        self._arm()
+        if sweep is not None and idle_timeout is not None and idle_timeout > sweep.horizon:
+            sweep.watch(self)  # what _arm would do: no frame yet, and the idle deadline is far off
+        else:
+            self._arm()
 
     def activity(self, in_frame: bool, frame_began: bool = False) -> None:
         """Bytes arrived; ``in_frame``: a frame is unfinished after them;

@@ -218,6 +218,29 @@ def test_client_reconnects_when_the_server_closes_after_each_answer():
     assert client.connections_made == 3 and client.resent == 2 and client.one_request_per_connection
 
 
+def test_an_error_frame_then_a_close_does_not_switch_to_one_request_per_connection():
+    """A server that keeps connections open closes one after an error frame (the first
+    request was over its --max-content-length, say) with more pipelined behind it. That one
+    answer and close is the server refusing a request, not the tutorial's habit: the others go
+    again on one new connection, and later requests share a connection as before."""
+    endpoint = StringEndpoint()
+    client = Client(Clock(), endpoint)
+    refused = collect(client.request("search", "x" * 100))
+    later = [collect(client.request("search", q)) for q in ("ring", "morpheus")]
+    protocol, transport = endpoint.connections[0]
+    transport.clear()
+    protocol.dataReceived(encode_json({"error": {"code": "content-too-large", "message": "too large"}}))
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert isinstance(refused[0].value, ServerError)
+    assert not client.one_request_per_connection
+    assert len(endpoint.connections) == 2  # both pipelined requests went again, together
+    answer_all(*endpoint.connections[1])
+    assert [r[0].result[:6] for r in later] == ["In the", "Follow"]
+    more = [collect(client.request("search", q)) for q in ("ring", "morpheus")]
+    answer_all(*endpoint.connections[1])
+    assert len(endpoint.connections) == 2 and [r[0].result[:6] for r in more] == ["In the", "Follow"]
+
+
 def drop(protocol):
     """The connection ends with no answer to what is outstanding (a backend died)."""
     protocol.connectionLost(Failure(ConnectionDone()))

@@ -181,14 +181,14 @@ async def test_a_tcp_connection_is_twisteds_transport_and_closes_in_order():
     assert seen["host"] == IPv4Address("TCP", "127.0.0.1", number)
 
 
-def test_sockapps_transport_closes_without_shutdown_as_twisted_allows():
+def test_sockapps_transport_closes_without_shutdown_only_once_the_peer_ended():
     """The switch is Twisted's own (private) attribute: if it is renamed, this says so."""
     from twisted.internet import tcp
 
     from sockapp.net.endpoints import ServerConnection
 
     assert tcp.Server._shouldShutdown is True
-    assert ServerConnection._shouldShutdown is False
+    assert isinstance(ServerConnection.__dict__["_shouldShutdown"], property)
 
 
 @pytest_twisted.ensureDeferred
@@ -214,3 +214,57 @@ async def test_verbose_logs_the_peer_of_a_connection_on_sockapps_transport():
     assert len(split_frames(data)) == 1
     peers = [e["peer"] for e in events if e.get("log_format", "").startswith("connection from {peer}")]
     assert len(peers) == 2 and peers[0] == peers[1] and peers[0].startswith("127.0.0.1:")  # made, closed
+
+
+def _send_much_then_read(port_number: int, much: bytes) -> tuple[bytes, str]:
+    """Send ``much`` (from a thread, as the server may stop reading it) and read until the
+    server's close; what arrived, and how the stream ended: ``eof`` or ``reset``."""
+    import socket
+    import threading
+
+    with socket.create_connection(("127.0.0.1", port_number), timeout=30) as sock:
+
+        def send() -> None:
+            try:
+                sock.sendall(much)
+            except OSError:
+                pass  # the server closed with our bytes unread: its kernel refuses the rest
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        received = b""
+        end = "eof"
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except ConnectionResetError:
+            end = "reset"
+        sender.join(30)
+    return received, end
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_close_with_the_peers_bytes_unread_still_ends_with_eof_after_the_answer():
+    """A server that closes before reading all the peer sent (an error frame, a refusal, the
+    tutorial's close after one answer with more pipelined) makes Linux reset the connection
+    on close(2). Twisted's shutdown(2) first sends the FIN, so the peer reads the answer, then
+    EOF; close(2) alone made it a reset (ECONNRESET where there had been a clean end)."""
+    from twisted.internet import reactor
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.threads import deferToThread
+
+    class AnswersFirstReadThenCloses(Protocol):
+        transport: Any
+
+        def dataReceived(self, data):
+            self.transport.write(b"bye")
+            self.transport.loseConnection()  # the rest of what the peer sends stays unread
+
+    port: Any = await server_endpoint(reactor, "tcp:0:interface=127.0.0.1").listen(
+        Factory.forProtocol(AnswersFirstReadThenCloses)
+    )
+    try:
+        received, end = await deferToThread(_send_much_then_read, port.getHost().port, b"x" * 2_000_000)
+    finally:
+        await port.stopListening()
+    assert (received, end) == (b"bye", "eof")

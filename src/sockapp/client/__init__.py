@@ -228,6 +228,7 @@ class AppClient(_Closable, FramedProtocol):
         self._outstanding: deque[_Pending] = deque()
         self.answered = 0
         self.submitted = 0
+        self.last_answer_was_error = False  # an error frame: a close after it is a refusal, not a habit
         self._start_close_tracking()
         if self.on_made is not None:
             self.on_made(self)
@@ -281,6 +282,7 @@ class AppClient(_Closable, FramedProtocol):
         pending = self._outstanding.popleft()
         self.answered += 1
         error = _server_error(message)
+        self.last_answer_was_error = error is not None
         pending.settle(error if error is not None else Response(message.header, message.content, message.document))
         if self.single_request and not self._outstanding and self.connected:
             self.close()  # its one request is answered: not left open on the server
@@ -370,7 +372,8 @@ class Client:
     soon as the last is up, so concurrent requests are in flight on as many
     connections). Nothing else sets it: a close of an idle connection (an
     idle timeout) has no request on it, a server with a limit of requests
-    per connection answered more than one, and a connection dropped before
+    per connection answered more than one, a close right after an error frame is a
+    server refusing that request (a sockapp server closes after one), and a connection dropped before
     any answer or in the middle of one is a failure, not a habit.
 
     ``connect_timeout`` bounds each connection attempt (``ConnectTimeout``);
@@ -490,7 +493,15 @@ class Client:
         if self._protocol is protocol:  # an older connection that was closing may end after a newer one opened
             self._protocol = None
         closed_by_tutorial_server = between_answers and answered > 0
-        if closed_by_tutorial_server and answered == 1 and unanswered and not self._closed:
+        # One answer, then a close with more of ours on the connection: the tutorial's habit,
+        # unless that answer was an error frame (a server refusing one request closes after it).
+        if (
+            closed_by_tutorial_server
+            and answered == 1
+            and unanswered
+            and not protocol.last_answer_was_error
+            and not self._closed
+        ):
             self.one_request_per_connection = True
         for pending in unanswered:
             if self._closed or not pending.idempotent or isinstance(error, TLSFailure):

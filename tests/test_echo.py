@@ -86,17 +86,22 @@ def settle(check, reactor, interval=0.05, quiet_rounds=6, limit=400):
     return done
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_peer_that_does_not_read_is_not_read_from():
-    servers = []
+def recording_factory(servers: list) -> EchoFactory:
+    """An ``EchoFactory`` that appends each protocol it builds to ``servers``."""
 
     class Recording(EchoFactory):
         def buildProtocol(self, addr):
-            p = super().buildProtocol(addr)
-            servers.append(p)
-            return p
+            protocol = super().buildProtocol(addr)
+            servers.append(protocol)
+            return protocol
 
-    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Recording())
+    return Recording()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_peer_that_does_not_read_is_not_read_from():
+    servers: list = []
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(recording_factory(servers))
     try:
         total = 32 * 1024 * 1024
         client = cast(
@@ -154,15 +159,8 @@ def test_a_transport_without_tcp_options_still_echoes():
 async def test_echo_over_tcp_turns_nagle_off():
     import socket
 
-    servers = []
-
-    class Recording(EchoFactory):
-        def buildProtocol(self, addr):
-            p = super().buildProtocol(addr)
-            servers.append(p)
-            return p
-
-    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Recording())
+    servers: list = []
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(recording_factory(servers))
     try:
         client = cast(
             Any,

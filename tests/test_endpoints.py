@@ -6,6 +6,7 @@ from typing import Any, cast
 
 import pytest
 import pytest_twisted
+from conftest import send_and_read_all
 from twisted.internet.endpoints import _parse as twisted_parse
 from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactor
@@ -109,15 +110,7 @@ def test_tcp_ports_on_a_socket_reactor_are_sockapps_and_elsewhere_twisteds():
 
 def _exchange(port: int, data: bytes) -> bytes:
     """Send ``data`` from a plain socket, half-close, read until the server closes (in a thread)."""
-    import socket
-
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-    return received
+    return send_and_read_all(("127.0.0.1", port), data)
 
 
 @pytest_twisted.ensureDeferred

@@ -304,8 +304,6 @@ def mtls_server_endpoint(
     """An ``SSL4ServerEndpoint`` that requires a client certificate signed by one of ``caCerts``."""
     from twisted.internet.endpoints import SSL4ServerEndpoint
 
-    if caCerts is None:
-        raise ValueError("mtls: needs caCerts=PATH: a PEM bundle or a directory of the client CAs' certificates")
     options = mtls_options(privateKey, certKey, caCerts, extraCertChain, dhParameters)
     return SSL4ServerEndpoint(reactor, int(port), options, backlog=int(backlog), interface=interface)
 

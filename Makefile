@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # (and never logs "Unable to write to plugin cache").
 REFRESH_PLUGIN_CACHE = $(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 
-.PHONY: run test check install clean fuzz soak microbench bench integration haproxy coverage attack docs
+.PHONY: run test check install clean fuzz soak microbench bench integration haproxy postgresql coverage attack docs
 
 run: $(VENV)/.installed
 	$(BIN)/twistd -n --pidfile= sockapp --port $(PORT)
@@ -32,8 +32,9 @@ coverage: $(VENV)/.installed-test
 	$(BIN)/python -m coverage combine -q
 	$(BIN)/python -m coverage report
 
-# deploy/haproxy.cfg for real: HAProxy in front of 3 servers on loopback, one killed mid-load.
-integration: $(VENV)/.installed-test haproxy
+# deploy/haproxy.cfg for real: HAProxy in front of 3 servers on loopback, one killed mid-load; and
+# 3 kv servers on one PostgreSQL behind it (each test starts its own PostgreSQL cluster on loopback).
+integration: $(VENV)/.installed-test haproxy postgresql
 	$(BIN)/python -m pytest -m integration -s -p no:cacheprovider $(PYTEST_ARGS)
 
 # Debian's haproxy, installed if it is not there (needs root, as on CI).
@@ -41,6 +42,13 @@ haproxy:
 	@command -v haproxy >/dev/null 2>&1 || test -x /usr/sbin/haproxy || { \
 		echo "installing Debian's haproxy"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends haproxy; }
+
+# Debian's postgresql (initdb, pg_ctl, postgres, psql), installed if it is not there (needs root, as on CI).
+# The integration tests start a private cluster of their own on 127.0.0.1 (tests/pg_cluster.py), not this one.
+postgresql:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		echo "installing Debian's postgresql"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql; }
 
 # Thousands of connections of every kind against one server, on loopback; not part of `make test`.
 soak: $(VENV)/.installed-test

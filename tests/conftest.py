@@ -237,3 +237,31 @@ def tls_files(tmp_path_factory) -> dict[str, Path]:
         "cert": folder / "server.pem",
         "combined": folder / "combined.pem",  # certificate and key in one file, as HAProxy takes them
     }
+
+
+@pytest.fixture
+def haproxy_binary() -> str:
+    """Debian's haproxy, for the integration tests (``make integration`` installs it when missing)."""
+    import shutil
+
+    found = shutil.which("haproxy") or (os.path.exists("/usr/sbin/haproxy") and "/usr/sbin/haproxy")
+    if not found:
+        pytest.fail("haproxy is not installed: run `make integration`, which installs Debian's haproxy")
+    return found
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A private PostgreSQL cluster on 127.0.0.1 for the session (tests/pg_cluster.py); fails, not skips,
+    when PostgreSQL is missing (``make integration`` installs Debian's postgresql)."""
+    from pg_cluster import PostgresCluster, postgresql_bindir
+
+    bindir = postgresql_bindir()
+    if bindir is None:
+        pytest.fail("PostgreSQL is not installed: run `make integration`, which installs Debian's postgresql")
+    cluster = PostgresCluster(bindir)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()

@@ -131,6 +131,40 @@ async def test_an_action_with_a_placeholder_gets_a_value_of_its_own_for_every_re
 
 
 @pytest_twisted.ensureDeferred
+async def test_record_gets_each_acknowledged_request_with_the_value_sent_and_nothing_refused(listen):
+    from sockapp.server import AppFactory
+
+    app = recording_app()
+    recorded: list[tuple] = []
+    endpoint = await listen(AppFactory(app))
+    config = BenchConfig(endpoint=endpoint, connections=3, requests=60, pipeline=2, action="put", value={"key": "k{n}"})
+    summary = await Bench(reactor, config, record=lambda *answer: recorded.append(answer)).run()
+    assert (summary.requests, summary.sent) == (60, 60)
+    assert sorted(recorded, key=repr) == sorted((("put", seen, True) for seen in app.seen), key=repr)
+    # Requests answered with an error are not acknowledged, so not recorded.
+    recorded.clear()
+    config = BenchConfig(endpoint=endpoint, requests=5, action="put", value={"fail": True})
+    summary = await Bench(reactor, config, record=lambda *answer: recorded.append(answer)).run()
+    assert (summary.requests, summary.sent, recorded) == (0, 5, [])
+
+
+def test_acknowledged_needs_an_action_and_a_file_it_can_write(tmp_path):
+    endpoint = "tcp:host=127.0.0.1:port=1"
+    result = bench_cli("--connect", endpoint, "-n", "1", "--acknowledged", str(tmp_path / "a.jsonl"))
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == "sockapp bench: error: --acknowledged records the answers to an --action"
+    )
+    missing = tmp_path / "missing" / "a.jsonl"
+    result = bench_cli("--connect", endpoint, "-n", "1", "--action", "set", "--acknowledged", str(missing))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"sockapp bench: error: --acknowledged {missing}: No such file or directory"
+    )
+
+
+@pytest_twisted.ensureDeferred
 async def test_an_action_answered_with_an_error_counts_its_code(listen):
     from sockapp.server import AppFactory
 

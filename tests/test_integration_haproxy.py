@@ -15,7 +15,6 @@ import datetime
 import io
 import json
 import os
-import shutil
 import signal
 import socket
 import ssl
@@ -71,14 +70,6 @@ def wait_until(condition, what: str, timeout: float = 30.0):
             return result
         time.sleep(0.1)
     raise AssertionError(f"{what}: not within {timeout} s")
-
-
-@pytest.fixture
-def haproxy_binary() -> str:
-    found = shutil.which("haproxy") or (os.path.exists("/usr/sbin/haproxy") and "/usr/sbin/haproxy")
-    if not found:
-        pytest.fail("haproxy is not installed: run `make integration`, which installs Debian's haproxy")
-    return found
 
 
 def start_backends(start, port: str, *extra: str) -> list:

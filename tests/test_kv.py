@@ -86,6 +86,7 @@ def test_writes_survive_a_restart(server_processes, tmp_path):
 def test_concurrent_sets_from_50_connections_lose_nothing(server_processes, tmp_path):
     database = str(tmp_path / "kv.sqlite3")
     server, port = start_kv(server_processes, database)
+    record = tmp_path / "acknowledged.jsonl"
     bench = run_sockapp(
         port,
         "bench",
@@ -97,6 +98,8 @@ def test_concurrent_sets_from_50_connections_lose_nothing(server_processes, tmp_
         "50",
         "-n",
         "2000",
+        "--acknowledged",
+        str(record),
         "--json",
     )
     summary = json.loads(bench.stdout)
@@ -106,6 +109,12 @@ def test_concurrent_sets_from_50_connections_lose_nothing(server_processes, tmp_
         rows = db.execute("SELECT key, value FROM kv").fetchall()
     assert len(rows) == 2000
     assert all(json.loads(value) == "v" + key[1:] for key, value in rows)
+    # What the bench recorded as acknowledged is exactly what the file holds.
+    acknowledged = [json.loads(line) for line in record.read_text().splitlines()]
+    assert {(a["value"]["key"], a["value"]["value"]) for a in acknowledged} == {
+        (key, json.loads(value)) for key, value in rows
+    }
+    assert len(acknowledged) == 2000 and all(a["action"] == "set" and a["result"] is True for a in acknowledged)
 
 
 def test_a_database_in_a_missing_directory_is_a_one_line_usage_error(tmp_path):

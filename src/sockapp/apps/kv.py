@@ -1,28 +1,32 @@
-"""A key-value store on SQLite, through ``twisted.enterprise.adbapi``.
+"""A key-value store on SQLite or PostgreSQL, through ``twisted.enterprise.adbapi``.
 
-Serve it with ``twistd -n sockapp --app sockapp.apps.kv:app`` (the database
-``kv.sqlite3`` in the working directory) or name the file with
-``--app-option database=PATH``. With ``--app-option writers=alice,bob``
-only clients whose TLS certificate (an ``mtls:`` port) has one of those
-common names may ``set`` and ``delete``; the others are answered
-``forbidden``. Every handler is async on a real database:
-adbapi runs the SQL in a thread and hands back a Deferred. A ``set`` is
-answered only after its transaction has committed, so an acknowledged write
-survives a crash or restart.
+Serve it with ``twistd -n sockapp --app sockapp.apps.kv:app`` (the SQLite
+file ``kv.sqlite3`` in the working directory), or name the database with
+``--app-option database=PATH`` (another SQLite file) or
+``--app-option database=postgresql://USER@HOST/DBNAME`` (PostgreSQL, which
+several servers can share). With ``--app-option writers=alice,bob`` only
+clients whose TLS certificate (an ``mtls:`` port) has one of those common
+names may ``set`` and ``delete``; the others are answered ``forbidden``.
+Every handler is async on a real database: adbapi runs the SQL in a thread
+and hands back a Deferred. A ``set`` is answered only after its transaction
+has committed, so an acknowledged write survives a crash or restart of the
+server. A database that is down or failing gets each request the in-band
+error ``unavailable``; the server serves on and recovers by itself when
+the database is back.
 """
 
 from __future__ import annotations
 
-import sqlite3
+import json
 from typing import Any, Final
 
 import attrs
-from twisted.enterprise import adbapi
 
 from sockapp.app import ActionError, App
+from sockapp.apps.database import Database, open_database
 
 DEFAULT_DATABASE: Final = "kv.sqlite3"
-"""The database file without ``--app-option database=``, in the working directory."""
+"""The database without ``--app-option database=``: an SQLite file in the working directory."""
 MAX_KEYS: Final = 1000  # the most ``keys`` answers at once
 """The largest ``limit`` of a ``keys`` request: the most keys one answer lists."""
 MAX_KEY_LENGTH: Final = 1024
@@ -53,37 +57,18 @@ class KeysValue:
     limit: int = 100
 
 
-def _prepare(connection: sqlite3.Connection) -> None:
-    """Each pool connection: durable writes that readers do not block, and the schema."""
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=FULL")
-    connection.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-    connection.commit()
-
-
-def _text(text: str, what: str) -> str:
-    """``text`` if SQLite can store it: a lone surrogate (valid in JSON) has no UTF-8."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ActionError("bad-request", f"{what} holds a lone surrogate, which has no UTF-8") from None
-    return text
-
-
-def _key(key: object) -> str:
+def _key(key: object, database: Database) -> str:
     if not isinstance(key, str):
         raise ActionError("bad-request", "a key is a string")
     if not key or len(key) > MAX_KEY_LENGTH:
         raise ActionError("bad-request", f"a key is 1 to {MAX_KEY_LENGTH} characters")
-    return _text(key, "the key")
+    return database.text(key, "the key")
 
 
 def app(database: str = DEFAULT_DATABASE, writers: str = "") -> App:
-    """The kv app on the SQLite file ``database`` (created, with its table, if missing);
-    ``writers``, if given, are the client certificate names (comma-separated) allowed to write."""
-    import json
-    import os
-
+    """The kv app on ``database``: an SQLite file (created, with its table, if missing) or a
+    ``postgresql://`` URI (the table created if missing); ``writers``, if given, are the client
+    certificate names (comma-separated) allowed to write."""
     allowed = frozenset(name.strip() for name in writers.split(",") if name.strip())
 
     def may_write(context: Any) -> None:
@@ -94,21 +79,23 @@ def app(database: str = DEFAULT_DATABASE, writers: str = "") -> App:
         if certificate is None or certificate.common_name not in allowed:
             raise ActionError("forbidden", "writing needs a client certificate for " + ", ".join(sorted(allowed)))
 
-    folder = os.path.dirname(os.path.abspath(database))
-    if not os.path.isdir(folder):
-        # Found now, as a one-line usage error, not as an internal-error on every request.
-        raise ValueError(f"the database's directory {folder} does not exist")
-
-    pool = adbapi.ConnectionPool(
-        "sqlite3", database, check_same_thread=False, cp_min=1, cp_max=1, cp_openfun=_prepare, cp_noisy=False
-    )
+    db = open_database(database)  # a ValueError (a one-line usage error) if it cannot work
+    pool = db.pool
     kv = App("kv")
     kv.pool = pool  # type: ignore[attr-defined]  # for tests and tools that close it
+    kv.database = db  # type: ignore[attr-defined]
+    # The SQL is written once, for both databases.
+    select_value = db.sql("SELECT value FROM kv WHERE key = ?")
+    upsert = db.sql("INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+    remove_key = db.sql("DELETE FROM kv WHERE key = ?")
+    # Keys with a prefix are contiguous in key order (code point order on both), from the prefix itself on.
+    select_keys = db.sql("SELECT key FROM kv WHERE key >= ? ORDER BY key LIMIT ?")
 
     @kv.action("get")
     async def get(value: Any) -> Any:
         """The value stored under the key VALUE (error not-found if none)."""
-        rows = await pool.runQuery("SELECT value FROM kv WHERE key = ?", (_key(value),))
+        key = _key(value, db)
+        rows = await db.run(lambda: pool.runQuery(select_value, (key,)))
         if not rows:
             raise ActionError("not-found", "no such key")
         return json.loads(rows[0][0])
@@ -117,23 +104,22 @@ def app(database: str = DEFAULT_DATABASE, writers: str = "") -> App:
     async def set_(value: SetValue, context: Any) -> bool:
         """Store {"key": K, "value": V}; answered once the write has committed."""
         may_write(context)
-        text = json.dumps(value.value)  # ASCII: a lone surrogate in a value is stored as its JSON escape
-        await pool.runOperation(
-            "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (_key(value.key), text),
-        )
+        key = _key(value.key, db)
+        text = json.dumps(value.value)  # ASCII: a lone surrogate or a NUL in a value is stored as its JSON escape
+        await db.run(lambda: pool.runOperation(upsert, (key, text)))
         return True
 
     @kv.action("delete")
     async def delete(value: Any, context: Any) -> bool:
         """Remove the key VALUE; true if it was there."""
         may_write(context)
+        key = _key(value, db)
 
         def remove(transaction: Any) -> bool:
-            transaction.execute("DELETE FROM kv WHERE key = ?", (_key(value),))
+            transaction.execute(remove_key, (key,))
             return bool(transaction.rowcount)
 
-        return bool(await pool.runInteraction(remove))
+        return bool(await db.run(lambda: pool.runInteraction(remove)))
 
     @kv.action("keys")
     async def keys(value: KeysValue | None) -> list[str]:
@@ -141,11 +127,8 @@ def app(database: str = DEFAULT_DATABASE, writers: str = "") -> App:
         options = value or KeysValue()
         if not 0 <= options.limit <= MAX_KEYS:
             raise ActionError("bad-request", f"limit is 0 to {MAX_KEYS}")
-        # Keys with a prefix are contiguous in key order, from the prefix itself on.
-        rows = await pool.runQuery(
-            "SELECT key FROM kv WHERE key >= ? ORDER BY key LIMIT ?",
-            (_text(options.prefix, "the prefix"), options.limit),
-        )
-        return [key for (key,) in rows if key.startswith(options.prefix)]
+        prefix = db.text(options.prefix, "the prefix")
+        rows = await db.run(lambda: pool.runQuery(select_keys, (prefix, options.limit)))
+        return [key for (key,) in rows if key.startswith(prefix)]
 
     return kv

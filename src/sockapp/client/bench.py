@@ -115,6 +115,7 @@ class Summary:
     latencies: dict[str, float]
     retries: int = 0
     unsent: int = 0
+    sent: int = 0  # requests sent (a request sent again after a dropped connection counts once)
     interrupted: bool = False  # stopped by a signal: the figures cover the run until then
     first_errors: dict[str, str] = {}  # the message of the first error of each kind
 
@@ -130,6 +131,7 @@ class Summary:
         return {
             "description": self.description,
             "requests": self.requests,
+            "sent": self.sent,
             "errors": self.error_count,
             "errors_by_kind": dict(self.errors),
             "first_error_by_kind": dict(self.first_errors),
@@ -147,6 +149,7 @@ class Summary:
         lines = [
             f"bench:      {self.description}",
             f"requests:   {self.requests} answered correctly, {self.error_count} errors ({errors})",
+            f"sent:       {self.sent} requests",
             f"retries:    {self.retries} requests sent again after a dropped connection",
             f"elapsed:    {self.elapsed:.3f} s",
             f"throughput: {self.throughput:.1f} requests/s",
@@ -239,6 +242,10 @@ def _fill(value: Any, number: str) -> Any:
     return value
 
 
+Record = Callable[[str, Any, Any], None]
+"""Called with (action, value sent, result) for each request of an ``--action`` that was answered correctly."""
+
+
 class _AppWorker:
     """Sends app requests on one reconnecting ``Client`` and checks each answer."""
 
@@ -246,10 +253,13 @@ class _AppWorker:
     template: tuple[str, Any] | None = None
     sent = 0
 
-    def __init__(self, client: Client, config: BenchConfig, number: int) -> None:
+    def __init__(self, client: Client, config: BenchConfig, number: int, record: Record | None = None) -> None:
         self.client = client
         self.number = number
         self.timed_out = False
+        self.action = config.action
+        self.value = config.value
+        self.record = record
         if config.size is not None:
             content = bytes(i % 251 for i in range(config.size))
             self.frame = encode_frame(content, BINARY_REQUEST_TYPE, BINARY_REQUEST_ENCODING)
@@ -268,12 +278,21 @@ class _AppWorker:
             self.check = lambda r: r.result == expected
 
     def send(self) -> Deferred[str | None]:
-        frame = self.frame
+        frame, value = self.frame, self.value
         if self.template is not None:  # a value of its own for every request: "{n}" filled in
             self.sent += 1
-            action, value = self.template
-            frame = encode_json({"action": action, "value": _fill(value, f"{self.number}-{self.sent}")})
-        return self.client.sendFrame(frame).addCallback(lambda r: None if self.check(r) else "wrong-answer")
+            action, template = self.template
+            value = _fill(template, f"{self.number}-{self.sent}")
+            frame = encode_json({"action": action, "value": value})
+
+        def judge(response: Response) -> str | None:
+            if not self.check(response):
+                return "wrong-answer"
+            if self.record is not None and self.action is not None:
+                self.record(self.action, value, response.result)
+            return None
+
+        return self.client.sendFrame(frame).addCallback(judge)
 
     def answers_match(self, timeout: float) -> Deferred[bool | None]:
         """Whether two searches for queries of their own, sent together, each get their own answer.
@@ -406,6 +425,9 @@ class Bench:
     ``now`` reads the time for latencies and the elapsed time; ``clock`` (the
     reactor by default) times the duration and the rate's timetable, so a
     test can drive both with a ``Clock`` while the connections use the reactor.
+    ``record``, if given, is called for each correctly answered request of an
+    ``action`` with the value that was sent (its ``{n}`` filled in) and the
+    result: what the server acknowledged, for checking afterwards.
 
     ``stop()`` may be called at any time (before ``run``, while connecting,
     during the load): nothing more is sent, and ``run`` ends once the
@@ -419,8 +441,10 @@ class Bench:
         config: BenchConfig,
         now: Callable[[], float] = time.perf_counter,
         clock: Any = None,
+        record: Record | None = None,
     ) -> None:
         self.reactor = reactor
+        self.record = record
         self.clock = clock if clock is not None else reactor
         self.config = config
         self.now = now
@@ -461,6 +485,7 @@ class Bench:
             latencies=self.latencies.summary(),
             retries=sum(worker.retries for worker in self.workers),
             unsent=self.unsent,
+            sent=self.issued,
         )
 
     async def _open(self, number: int) -> Worker:
@@ -475,7 +500,7 @@ class Bench:
             retries=config.retries,
         )
         await app.connection()
-        return _AppWorker(app, config, number)
+        return _AppWorker(app, config, number, self.record)
 
     async def run(self) -> Summary:
         """Connect every connection, run the load, check the answers kept count, close, and summarise."""

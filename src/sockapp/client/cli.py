@@ -266,7 +266,14 @@ async def run_bench(reactor: Any, args: argparse.Namespace, interruption: Interr
         action=args.action,
         value=args.value,
     )
-    bench = Bench(reactor, config)
+    acknowledged = args.acknowledged  # opened by main(), so a bad path is a usage error before connecting
+    record = None
+    if acknowledged is not None:
+
+        def record(action: str, value: Any, result: Any) -> None:
+            acknowledged.write(json.dumps({"action": action, "value": value, "result": result}) + "\n")
+
+    bench = Bench(reactor, config, record=record)
     finished = defer.ensureDeferred(bench.run())
     grace: IDelayedCall | None = None  # once interrupted: when to stop waiting for requests in flight
     elapsed_when_interrupted = 0.0
@@ -435,6 +442,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the two requests per connection that, after the load, check answers still match requests "
         "(for runs whose requests must be counted exactly)",
     )
+    bench.add_argument(
+        "--acknowledged",
+        metavar="FILE",
+        help="with --action: write each request answered correctly to FILE, one JSON line "
+        '{"action", "value", "result"} each, with its {n} filled in (to check afterwards what the server acknowledged)',
+    )
     bench.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     bench.set_defaults(run=run_bench, usage_error=bench.error)
     return parser
@@ -520,4 +533,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.usage_error("--action sends text/json requests: not with --protocol echo or --size")
     if args.command == "bench" and args.value is not None and args.action is None:
         args.usage_error("--value is the value of an --action")
-    task.react(lambda reactor: defer.ensureDeferred(_guarded(reactor, args)))
+    if args.command == "bench" and args.acknowledged is not None:
+        if args.action is None:
+            args.usage_error("--acknowledged records the answers to an --action")
+        try:
+            args.acknowledged = open(args.acknowledged, "w", encoding="utf-8")  # closed below, once the run is over
+        except OSError as e:
+            args.usage_error(f"--acknowledged {args.acknowledged}: {e.strerror or e}")
+    try:
+        task.react(lambda reactor: defer.ensureDeferred(_guarded(reactor, args)))
+    finally:
+        if getattr(args, "acknowledged", None) is not None:
+            args.acknowledged.close()

@@ -187,3 +187,38 @@ async def test_an_unusable_database_is_answered_unavailable_in_band_and_the_serv
     assert "is unavailable: unable to open database file" in said[0]
     assert said[1].endswith("is available again (4 requests were answered unavailable)")
     assert not [e for e in log_events if "log_failure" in e]  # no traceback
+
+
+@pytest_twisted.ensureDeferred
+async def test_queries_waiting_for_a_hung_database_are_bounded_even_when_their_handlers_give_up(tmp_path, monkeypatch):
+    monkeypatch.setattr(database, "MAX_WAITING", 3)
+    db = database.open_database(str(tmp_path / "kv.sqlite3"))
+    try:
+        hung: list[Deferred[Any]] = []  # queries a hung database never finishes
+
+        def query() -> Deferred[Any]:
+            hung.append(Deferred())
+            return hung[-1]
+
+        def refused_at_once() -> ActionError:
+            """The next request is answered at once (no waiting on the hung database), and nothing is queued."""
+            outcome: list[Any] = []
+            Deferred.fromCoroutine(db.run(query)).addBoth(outcome.append)
+            assert len(outcome) == 1, "the request waits for the hung database"
+            assert len(hung) == 3
+            return outcome[0].value
+
+        waiting = [Deferred.fromCoroutine(db.run(query)) for _ in range(3)]
+        refused = refused_at_once()
+        assert refused.code == "unavailable" and "not keeping up" in refused.message
+        # --action-timeout cancels the handlers; their queries still hold adbapi's threads.
+        for handler in waiting:
+            handler.cancel()
+            handler.addErrback(lambda _: None)
+        assert refused_at_once().code == "unavailable"
+        # The database answers them (to nobody now): room again.
+        for work in hung:
+            work.callback([])
+        assert await db.run(lambda: succeed("served")) == "served"
+    finally:
+        db.close()

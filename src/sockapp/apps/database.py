@@ -16,10 +16,11 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any, Final, Literal, TypeVar
 
-from attrs import frozen
+from attrs import field, frozen
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from sockapp.app import ActionError
 from sockapp.wire.text import peer_text
@@ -31,6 +32,15 @@ CONNECT_TIMEOUT: Final = 5
 POSTGRESQL_THREADS: Final = 4
 """Connections (and adbapi threads) to PostgreSQL per server: a server waits on at most this many queries at once."""
 SCHEMA_LOCK: Final = 0x736F636B6B76  # "sockkv": serialises CREATE TABLE IF NOT EXISTS across servers
+MAX_WAITING: Final = 1000
+"""The most queries a server lets wait for the database (running or queued for adbapi's threads).
+
+A hung database (a stopped process, a lost network with no reset) holds
+every query: without a bound, a server that cancels the handlers at
+``--action-timeout`` and takes more requests would queue work for adbapi's
+threads without end. Beyond the bound a request is answered ``unavailable``
+at once, and nothing is queued.
+"""
 UNAVAILABLE: Final = "unavailable"
 """The error code of a request the database could not serve (down, unreachable, failing)."""
 
@@ -121,7 +131,8 @@ class Database:
     where: str
     unavailable: tuple[type[BaseException], ...]
     paramstyle: str
-    _health: dict[str, int]
+    # Mutable inside the frozen value: queries waiting for the database, and requests failed since it went down.
+    _counts: dict[str, int] = field(init=False, factory=lambda: {"failed": 0, "waiting": 0})
 
     def sql(self, statement: str) -> str:
         """``statement`` (``?`` placeholders, no literal ``?`` or ``%``) in the driver's placeholder style."""
@@ -147,8 +158,10 @@ class Database:
         it starts and once when it ends, whatever the request rate.
         """
         for attempt in (1, 2):
+            if self._counts["waiting"] >= MAX_WAITING:
+                raise ActionError(UNAVAILABLE, f"the database is not keeping up: {MAX_WAITING} queries wait for it")
             try:
-                result = await call()
+                result = await self._shielded(call())
             except self.unavailable as e:
                 if attempt == 1:
                     continue
@@ -158,14 +171,35 @@ class Database:
             return result
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _shielded(self, work: Deferred[_T]) -> Deferred[_T]:
+        """``work``'s result, in a Deferred whose cancellation (``--action-timeout``) leaves ``work`` alone.
+
+        A query in a thread cannot be stopped, so it is counted as waiting
+        until its thread is done with it, not until its handler gave up.
+        """
+        self._counts["waiting"] += 1
+        waiter: Deferred[_T] = Deferred()
+
+        def done(result: _T | Failure) -> None:
+            self._counts["waiting"] -= 1
+            if waiter.called:  # cancelled: nobody waits for this result any more
+                return
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+        work.addBoth(done)
+        return waiter
+
     def _went_down(self, error: BaseException) -> None:
-        self._health["failed"] += 1
-        if self._health["failed"] == 1:
+        self._counts["failed"] += 1
+        if self._counts["failed"] == 1:
             reason = peer_text(" ".join(str(error).split()) or type(error).__name__, 300)
             log.warn("kv database {where} is unavailable: {reason}", where=self.where, reason=reason)
 
     def _came_back(self) -> None:
-        failed, self._health["failed"] = self._health["failed"], 0
+        failed, self._counts["failed"] = self._counts["failed"], 0
         if failed:
             log.info(
                 "kv database {where} is available again ({failed} requests were answered unavailable)",
@@ -195,7 +229,7 @@ def open_database(setting: str) -> Database:
     pool = _Pool(
         "sqlite3", setting, check_same_thread=False, cp_min=1, cp_max=1, cp_openfun=_prepare_sqlite, cp_noisy=False
     )
-    return Database("sqlite", pool, setting, (sqlite3.OperationalError,), sqlite3.paramstyle, {"failed": 0})
+    return Database("sqlite", pool, setting, (sqlite3.OperationalError,), sqlite3.paramstyle)
 
 
 def _open_postgresql(setting: str) -> Database:
@@ -223,5 +257,9 @@ def _open_postgresql(setting: str) -> Database:
     )
     unavailable = (psycopg.OperationalError, psycopg.InterfaceError, adbapi.ConnectionLost)
     return Database(
-        "postgresql", pool, _without_password(conninfo, psycopg), unavailable, psycopg.paramstyle, {"failed": 0}
+        "postgresql",
+        pool,
+        _without_password(conninfo, psycopg),
+        unavailable,
+        psycopg.paramstyle,
     )

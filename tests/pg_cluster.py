@@ -17,7 +17,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 import uuid
 
 SUPERUSER = "sockapp"
@@ -115,13 +114,3 @@ class PostgresCluster:
             except RuntimeError:
                 pass
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def wait_for(condition, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout} s")

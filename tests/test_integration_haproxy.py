@@ -72,6 +72,19 @@ def wait_until(condition, what: str, timeout: float = 30.0):
     raise AssertionError(f"{what}: not within {timeout} s")
 
 
+def kill_then_finish(bench: subprocess.Popen, server, timeout: float) -> tuple[str, str]:
+    """SIGKILL ``server`` (its whole process group) while ``bench`` runs; ``bench``'s output once it ends."""
+    os.killpg(server.proc.pid, signal.SIGKILL)
+    server.proc.wait(10)
+    return bench.communicate(timeout=timeout)
+
+
+def stop_if_running(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
 def start_backends(start, port: str, *extra: str) -> list:
     """``BACKENDS`` twistd sockapp servers listening on ``port`` (an endpoint description with port 0)."""
     servers = []
@@ -141,13 +154,9 @@ def test_haproxy_spreads_load_and_routes_around_a_killed_backend(server_processe
         assert bench.poll() is None, "sockapp bench ended before the kill"
         killed = servers[KILLED - 1]
         hits_before_kill = scrape(metrics_ports[KILLED - 1])[HITS]
-        os.killpg(killed.proc.pid, signal.SIGKILL)
-        killed.proc.wait(10)
-        out, err = bench.communicate(timeout=BENCH_SECONDS + 60)
+        out, err = kill_then_finish(bench, killed, timeout=BENCH_SECONDS + 60)
     finally:
-        if bench.poll() is None:
-            bench.kill()
-            bench.wait()
+        stop_if_running(bench)
     assert bench.returncode == 0, f"sockapp bench failed:\n{out}\n{err}"
     summary = json.loads(out)
 
@@ -249,9 +258,7 @@ def test_haproxy_routes_around_a_hung_backend(server_processes, haproxy_binary, 
             "the resumed backend marked UP again",
         )
     finally:
-        if bench.poll() is None:
-            bench.kill()
-            bench.wait()
+        stop_if_running(bench)
         if hung.proc.poll() is None:
             # A stopped process ignores SIGTERM until it is continued: resume it so the fixture can stop it.
             os.killpg(hung.proc.pid, signal.SIGCONT)

@@ -10,16 +10,13 @@ cluster on 127.0.0.1 (tests/pg_cluster.py).
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import time
 
 import pytest
 from conftest import ROOT, tool
-from pg_cluster import wait_for
-from test_integration_haproxy import haproxy_stats, start_haproxy
+from test_integration_haproxy import haproxy_stats, kill_then_finish, start_haproxy, stop_if_running, wait_until
 from test_smoke import scrape
 
 from sockapp.wire.framing import FrameDecoder, Message, encode_json
@@ -137,7 +134,7 @@ def test_three_kv_servers_on_postgresql_behind_haproxy_lose_no_acknowledged_set(
     started = time.monotonic()
     try:
         # At 3 s, once every backend has committed sets of its own, the second one dies.
-        wait_for(
+        wait_until(
             lambda: (
                 bench.poll() is not None
                 or (time.monotonic() - started >= KILL_AT and all(scrape(port)[SETS] > 0 for port in metrics))
@@ -148,13 +145,9 @@ def test_three_kv_servers_on_postgresql_behind_haproxy_lose_no_acknowledged_set(
         killed = servers[KILLED - 1]
         sets_before_kill = scrape(metrics[KILLED - 1])[SETS]
         killed_at = time.monotonic() - started
-        os.killpg(killed.proc.pid, signal.SIGKILL)
-        killed.proc.wait(10)
-        out, err = bench.communicate(timeout=BENCH_SECONDS + 90)
+        out, err = kill_then_finish(bench, killed, timeout=BENCH_SECONDS + 90)
     finally:
-        if bench.poll() is None:
-            bench.kill()
-            bench.wait()
+        stop_if_running(bench)
     assert bench.returncode == 0, f"sockapp bench failed:\n{out}\n{err}"
     summary = json.loads(out)
     acknowledged = [json.loads(line) for line in record.read_text().splitlines()]

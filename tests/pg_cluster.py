@@ -53,7 +53,12 @@ class PostgresCluster:
         self.as_root = os.geteuid() == 0
         if self.as_root:
             shutil.chown(self.folder, "postgres", "postgres")
-        self._run("initdb", "-D", self.data, "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C", "-N")
+        # The default collation is ICU's en-US, as on a typical server, not C: there "Z" sorts after "a",
+        # so a test finds out if the kv table did not ask for code point order itself (COLLATE "C").
+        self._run(
+            "initdb", "-D", self.data, "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8",
+            "--locale-provider=icu", "--icu-locale=en-US", "-N",
+        )  # fmt: skip
 
     def _run(self, tool: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         argv = [os.path.join(self.bindir, tool), *args]

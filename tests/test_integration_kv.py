@@ -87,6 +87,16 @@ def test_a_database_that_stops_is_answered_unavailable_and_the_server_recovers_b
         assert connection.call("get", "before") == {"result": {"n": 1}}
         assert connection.call("get", "after") == {"result": 3}
         assert connection.call("get", "during")["error"]["code"] == "not-found"  # never acknowledged, never stored
+        # The rest of the actions, on the same SQL as SQLite: keys in code point order, a prefix is a range.
+        odd = ["b", "a", "ab", "Z", "\u00e9", "a\u00e9", "\U0001f600", "\uffff"]
+        assert all(connection.call("set", {"key": key, "value": key}) == {"result": True} for key in odd)
+        everything = sorted(["before", "after", *odd])
+        assert connection.call("keys", {"limit": 1000}) == {"result": everything}
+        assert connection.call("keys", {"prefix": "a", "limit": 4}) == {"result": ["a", "ab", "after", "a\u00e9"]}
+        assert connection.call("keys", {"prefix": "a\u00e9"}) == {"result": ["a\u00e9"]}
+        assert connection.call("set", {"key": "nul\u0000", "value": 1})["error"]["code"] == "bad-request"
+        assert [connection.call("delete", key) for key in odd] == [{"result": True}] * len(odd)
+        assert connection.call("delete", "a") == {"result": False}
     finally:
         connection.close()
     log = server.log()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -92,6 +93,31 @@ class PostgresCluster:
             argv = ["runuser", "-u", "postgres", "--", *argv]
         return subprocess.run(argv, capture_output=True, timeout=30).returncode == 0
 
+    def processes(self) -> list[int]:
+        """The postmaster and every process it started (its backends included)."""
+        with open(os.path.join(self.data, "postmaster.pid")) as f:
+            postmaster = int(f.readline())
+        children = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[1]) == postmaster:
+                    children.append(int(entry))
+        return [postmaster, *children]
+
+    def pause(self) -> None:
+        """Hang the database (SIGSTOP): connections stay open, nothing answers, as a stuck server or a lost network."""
+        for pid in self.processes():
+            os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for pid in self.processes():
+            os.kill(pid, signal.SIGCONT)
+
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{dbname}"
 
@@ -113,6 +139,10 @@ class PostgresCluster:
         return result.stdout.strip()
 
     def remove(self) -> None:
+        try:
+            self.resume()  # a stopped server ignores pg_ctl stop
+        except OSError:
+            pass
         if self.running():
             try:
                 self.stop("immediate")

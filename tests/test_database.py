@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import sys
+from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
@@ -222,3 +223,141 @@ async def test_queries_waiting_for_a_hung_database_are_bounded_even_when_their_h
         assert await db.run(lambda: succeed("served")) == "served"
     finally:
         db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connections_queries_run_one_after_another_and_other_connections_do_not_wait(tmp_path):
+    db = database.open_database(str(tmp_path / "kv.sqlite3"))
+    try:
+        started: list[str] = []
+        work: dict[str, Deferred[Any]] = {}
+
+        def query(name: str) -> Callable[[], Deferred[Any]]:
+            def start() -> Deferred[Any]:
+                started.append(name)
+                work[name] = Deferred()
+                return work[name]
+
+            return start
+
+        one, other = object(), object()
+        first = Deferred.fromCoroutine(db.run(query("first"), one))
+        second = Deferred.fromCoroutine(db.run(query("second"), one))  # pipelined behind "first" on one connection
+        elsewhere = Deferred.fromCoroutine(db.run(query("elsewhere"), other))
+        assert started == ["first", "elsewhere"]  # "second" waits for "first" to be done in the database
+        work["first"].callback(1)
+        assert await first == 1 and started == ["first", "elsewhere", "second"]
+        work["second"].callback(2)
+        work["elsewhere"].callback(3)
+        assert (await second, await elsewhere) == (2, 3)
+        assert not db._in_order  # nothing kept once a connection has nothing in flight
+    finally:
+        db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hung_database_is_logged_once_when_requests_are_turned_away_and_once_when_it_is_back(
+    tmp_path, monkeypatch, log_events
+):
+    monkeypatch.setattr(database, "MAX_WAITING", 2)
+    db = database.open_database(str(tmp_path / "kv.sqlite3"))
+    try:
+        hung: list[Deferred[Any]] = [Deferred(), Deferred()]
+
+        def waits_on(d: Deferred[Any]) -> Callable[[], Deferred[Any]]:
+            return lambda: d
+
+        waiting = [Deferred.fromCoroutine(db.run(waits_on(d))) for d in hung]
+        for _ in range(50):
+            with pytest.raises(ActionError):
+                await db.run(lambda: succeed(None))
+        for d in hung:
+            d.callback(None)
+        await waiting[0]
+        await waiting[1]
+        assert await db.run(lambda: succeed("ok")) == "ok"
+    finally:
+        db.close()
+    said = [formatEvent(e) for e in log_events if e.get("log_namespace") == database.__name__]
+    assert len(said) == 2, said
+    assert said[0].endswith("is unavailable: 2 queries are waiting for it (is it hung?)")
+    assert said[1].endswith("is available again (50 requests were answered unavailable)")
+
+
+class OverALimit(sqlite3.OperationalError):
+    sqlstate = "54000"  # program_limit_exceeded, as psycopg gives for an index row too large
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_over_a_limit_of_the_database_is_a_bad_request_not_an_outage(tmp_path, log_events):
+    db = database.open_database(str(tmp_path / "kv.sqlite3"))
+    try:
+        calls: list[int] = []
+
+        def too_large() -> Deferred[Any]:
+            calls.append(1)
+            return fail(OverALimit("index row size 3088 exceeds btree version 4 maximum 2704"))
+
+        with pytest.raises(ActionError) as caught:
+            await db.run(too_large)
+        assert caught.value.code == "bad-request" and len(calls) == 1  # not tried again
+        assert db.pool.epoch == 0  # no connection is suspected
+    finally:
+        db.close()
+    assert not [e for e in log_events if e.get("log_namespace") == database.__name__]
+
+
+def test_after_a_failure_each_thread_opens_a_new_connection_before_its_next_query(tmp_path):
+    db = database.open_database(str(tmp_path / "kv.sqlite3"))
+    try:
+        pool = db.pool  # pool.connect() is called in the pool's threads; this thread will do as one
+        first = pool.connect()
+        assert pool.connect() is first
+        pool.epoch += 1  # what Database.run does when a query fails for the database's sake
+        second = pool.connect()
+        assert second is not first
+        with pytest.raises(sqlite3.ProgrammingError):  # the old one was closed
+            first.execute("SELECT 1")
+        assert pool.connect() is second
+        pool.disconnect(second)
+    finally:
+        db.close()
+
+
+def test_stopping_waits_a_bounded_time_for_a_query_stuck_in_a_hung_database(tmp_path, monkeypatch, log_events):
+    import threading
+
+    monkeypatch.setattr(database, "SHUTDOWN_WAIT", 0.2)
+    db = database.open_database(str(tmp_path / "kv.sqlite3"))
+    pool = db.pool
+    pool.start()
+    stuck = threading.Event()
+    pool.threadpool.callInThread(stuck.wait)  # a query the database never answers
+    try:
+        pool.close()  # returns: the stuck thread is a daemon, left to die with the process
+        assert all(thread.daemon for thread in pool.threadpool.threads)
+    finally:
+        stuck.set()
+    said = [formatEvent(e) for e in log_events if e.get("log_namespace") == database.__name__]
+    assert said == ["kv database: queries still running after 0.2 s; stopping without them"]
+
+
+@pytest.mark.parametrize(
+    "setting, said",
+    [
+        ("postgresql://kv@127.0.0.1:notaport/kv", "the database's port 'notaport' is not a TCP port"),
+        ("postgresql://kv@127.0.0.1:0/kv", "the database's port '0' is not a TCP port"),
+        ("postgresql://kv@127.0.0.1/kv?sslmode=bogus", "sslmode='bogus' is not one of allow, disable, prefer"),
+        ("postgresql://kv@127.0.0.1/kv?connect_timeout=soon", "connect_timeout='soon' is not a whole number"),
+    ],
+)
+def test_a_value_libpq_would_refuse_only_when_connecting_is_refused_at_start_up(setting, said):
+    with pytest.raises(ValueError) as caught:
+        database.open_database(setting)
+    assert said in str(caught.value)
+
+
+def test_a_password_libpq_cannot_read_is_not_repeated_in_the_error():
+    with pytest.raises(ValueError) as caught:
+        database.open_database("postgresql://alice:S3cr%ZZetPW@127.0.0.1:5432/kv")
+    assert "S3cr" not in str(caught.value) and "***" in str(caught.value), str(caught.value)

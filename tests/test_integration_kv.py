@@ -10,6 +10,8 @@ cluster on 127.0.0.1 (tests/pg_cluster.py).
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import time
@@ -102,7 +104,99 @@ def test_a_database_that_stops_is_answered_unavailable_and_the_server_recovers_b
     log = server.log()
     assert log.count("is unavailable:") == 1 and log.count("is available again (2 requests") == 1, log
     assert "Traceback" not in log, log
-    assert postgres.sql("SELECT count(*) FROM kv", database.rsplit("/", 1)[1]) == "2"
+    assert postgres.sql("SELECT count(*) FROM kv", dbname(database)) == "2"
+
+
+def dbname(url: str) -> str:
+    return url.rsplit("/", 1)[1]
+
+
+def test_requests_pipelined_on_one_connection_reach_postgresql_in_their_order(postgres, server_processes):
+    server = start_kv(server_processes, postgres.create_database())
+    connection = Connection(server.port)
+    try:
+        for trial in range(20):
+            key = f"k{trial}"
+            connection.sock.sendall(
+                b"".join(encode_json({"action": "set", "value": {"key": key, "value": n}}) for n in range(1, 17))
+                + encode_json({"action": "get", "value": key})
+            )
+            answers = [connection.answer() for _ in range(17)]
+            assert answers == [{"result": True}] * 16 + [{"result": 16}], (trial, answers)
+            connection.sock.sendall(
+                encode_json({"action": "delete", "value": key}) + encode_json({"action": "get", "value": key})
+            )
+            assert connection.answer() == {"result": True}
+            assert connection.answer()["error"]["code"] == "not-found"
+    finally:
+        connection.close()
+
+
+def test_after_a_database_restart_the_first_requests_are_served(postgres, server_processes):
+    database = postgres.create_database()
+    server = start_kv(server_processes, database)
+    # Every pooled connection in use once: four clients pipelining at the same time.
+    clients = [Connection(server.port) for _ in range(4)]
+    try:
+        for client in clients:
+            client.sock.sendall(b"".join(encode_json({"action": "get", "value": f"k{n}"}) for n in range(32)))
+        for client in clients:
+            assert all(client.answer()["error"]["code"] == "not-found" for _ in range(32))
+        postgres.stop()
+        postgres.start()
+        answers = [clients[0].call("set", {"key": f"after-{n}", "value": n}) for n in range(8)]
+        assert answers == [{"result": True}] * 8
+    finally:
+        for client in clients:
+            client.close()
+    assert "is unavailable" not in server.log()
+
+
+def test_a_database_not_in_utf8_is_said_so_and_answered_unavailable(postgres, server_processes):
+    name = "kv_latin1_" + str(os.getpid())
+    postgres.sql(f"CREATE DATABASE {name} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+    server = start_kv(server_processes, postgres.url(name))
+    connection = Connection(server.port)
+    try:
+        assert connection.call("set", {"key": "\u4e2d", "value": 1})["error"]["code"] == "unavailable"
+        assert connection.call("keys")["error"]["code"] == "unavailable"
+        assert connection.call("ping") == {"result": "pong"}
+    finally:
+        connection.close()
+    log = server.log()
+    assert "its encoding is LATIN1, not UTF8" in log and "Traceback" not in log, log
+
+
+def test_a_key_of_the_longest_size_is_stored_on_postgresql(postgres, server_processes):
+    server = start_kv(server_processes, postgres.create_database())
+    connection = Connection(server.port)
+    try:
+        # 682 different CJK characters: 2046 bytes that do not compress, under PostgreSQL's 2704-byte index rows.
+        longest = "".join(chr(0x4E00 + n) for n in range(682))
+        assert connection.call("set", {"key": longest, "value": 1}) == {"result": True}
+        assert connection.call("get", longest) == {"result": 1}
+        assert connection.call("set", {"key": longest + "\u4e00", "value": 1})["error"]["code"] == "bad-request"
+    finally:
+        connection.close()
+    assert "is unavailable" not in server.log()
+
+
+def test_a_server_stops_on_sigterm_while_the_database_hangs(postgres, server_processes):
+    server = start_kv(server_processes, postgres.create_database(), "--shutdown-timeout", "1")
+    connection = Connection(server.port)
+    try:
+        assert connection.call("set", {"key": "k", "value": 1}) == {"result": True}
+        postgres.pause()
+        try:
+            connection.send("set", {"key": "k", "value": 2})  # stuck in the hung database
+            time.sleep(0.5)
+            server.proc.send_signal(signal.SIGTERM)
+            server.proc.wait(60)  # without a bound on the wait for its queries, it waits as long as the hang
+        finally:
+            postgres.resume()
+    finally:
+        connection.close()
+    assert "queries still running after 5 s; stopping without them" in server.log()
 
 
 def read_back(port: int, acknowledged: list[dict], batch: int = 500) -> tuple[int, list]:
@@ -164,7 +258,7 @@ def test_three_kv_servers_on_postgresql_behind_haproxy_lose_no_acknowledged_set(
 
     survivor = servers[0]
     verified, wrong = read_back(survivor.port, acknowledged)
-    rows = int(postgres.sql("SELECT count(*) FROM kv", database.rsplit("/", 1)[1]))
+    rows = int(postgres.sql("SELECT count(*) FROM kv", dbname(database)))
     live = [n for n in range(BACKENDS) if n != KILLED - 1]
     report = {
         "requests": summary["sent"],

@@ -191,3 +191,92 @@ async def test_only_writers_may_set_and_delete_and_the_others_are_answered_forbi
             await within(client.close())
         await port.stopListening()
         app.pool.close()
+
+
+def test_the_end_of_a_prefixs_range_is_the_first_string_after_every_key_that_starts_with_it():
+    assert kv._after_prefix("ab") == "ac"
+    assert kv._after_prefix("a\U0010ffff") == "b"  # nothing comes after U+10FFFF: the range ends after "a"
+    assert kv._after_prefix("\ud7ff") == "\ue000"  # surrogates are never in a key: skipped
+    assert kv._after_prefix("\U0010ffff\U0010ffff") is None
+    assert kv._after_prefix("") is None
+    for prefix in ("ab", "a\U0010ffff", "\ud7ff", "z"):
+        end = kv._after_prefix(prefix)
+        assert end is not None and prefix < end and not end.startswith(prefix)
+        assert all(prefix + tail < end for tail in ("", "\U0010ffff" * 3, "zzz"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_keys_are_limited_in_utf8_bytes_and_answers_in_size_and_after_pages_through_the_rest(listen, tmp_path):
+    app: Any = kv.app(str(tmp_path / "kv.sqlite3"))
+    try:
+        client = await within(connect(reactor, await listen(AppFactory(app))))
+        cjk = "\u4e2d"  # 3 bytes in UTF-8
+        longest = cjk * (kv.MAX_KEY_BYTES // 3)
+        assert await within(client.call("set", {"key": longest, "value": 1})) is True
+        with pytest.raises(ServerError) as too_long:  # 683 characters: under 1024, but 2049 bytes
+            await within(client.call("set", {"key": longest + cjk, "value": 1}))
+        assert too_long.value.code == "bad-request" and "2048 bytes" in too_long.value.message
+        # 300 keys of 2 KiB: 600 KiB of keys, more than one answer holds.
+        stored = sorted(f"k{n:03d}" + cjk * 681 for n in range(300))
+        for key in stored:
+            assert await within(client.call("set", {"key": key, "value": None})) is True
+        pages: list[list[str]] = []
+        after = ""
+        while True:
+            page = await within(client.call("keys", {"prefix": "k", "limit": 1000, "after": after}))
+            if not page:
+                break
+            assert sum(len(key.encode()) + 4 for key in page) <= kv.MAX_KEYS_ANSWER_BYTES
+            pages.append(page)
+            after = page[-1]
+        assert [key for page in pages for key in page] == stored
+        assert len(pages) == 3
+        await within(client.close())
+    finally:
+        app.pool.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_prefix_reads_only_its_own_range_from_the_database(listen, tmp_path):
+    app: Any = kv.app(str(tmp_path / "kv.sqlite3"))
+    read: list[tuple] = []
+    run_query = app.pool.runQuery
+
+    def counted(query: str, args: tuple) -> Any:
+        def note(rows: list) -> list:
+            read.append((args, len(rows)))
+            return rows
+
+        return run_query(query, args).addCallback(note)
+
+    try:
+        client = await within(connect(reactor, await listen(AppFactory(app))))
+        for n in range(50):
+            assert await within(client.call("set", {"key": f"b{n:02d}", "value": n})) is True
+        app.pool.runQuery = counted
+        assert await within(client.call("keys", {"prefix": "a", "limit": 1000})) == []
+        assert await within(client.call("keys", {"prefix": "b0", "limit": 1000})) == [f"b0{n}" for n in range(10)]
+        assert [rows for _, rows in read] == [0, 10]  # not the 50 keys after "a", nor the 40 after "b09"
+        await within(client.close())
+    finally:
+        app.pool.close()
+
+
+def test_a_value_nested_too_deeply_to_store_is_a_bad_request(server_processes, tmp_path):
+    from conftest import send_and_read_all
+
+    from sockapp.wire.framing import FrameDecoder, Message
+
+    _, port = start_kv(server_processes, str(tmp_path / "kv.sqlite3"))
+    depth = 970  # the wire's parser takes it (one bracket per 7 characters is not too dense); json.dumps cannot
+    text = '{"action": "set", "value": {"key": "deep", "value": ' + "[" * depth + "]" * depth + "}}" + " " * (7 * depth)
+    content = text.encode()
+    header = json.dumps(
+        {"byteorder": "big", "content-type": "text/json", "content-encoding": "utf-8", "content-length": len(content)}
+    ).encode()
+    data = send_and_read_all(("127.0.0.1", port), len(header).to_bytes(2, "big") + header + content)
+    decoder = FrameDecoder(side="client")
+    decoder.receive_data(data)
+    answer = decoder.next_message()
+    assert isinstance(answer, Message)
+    assert answer.document["error"]["code"] == "bad-request", answer.document

@@ -123,6 +123,11 @@ class Context:
     :ivar client_certificate: the client's TLS certificate
         (a `sockapp.net.tls.ClientCertificate`) when it presented one on an
         ``mtls:`` port; ``None`` otherwise.
+    :ivar connection: the same object for every request of one connection,
+        and another for each other connection: a key for what a handler
+        keeps per connection (the kv app keeps each connection's requests in
+        order with it). Keep nothing under it beyond the request, or drop it
+        when done: the server does not tell handlers when a connection ends.
     """
 
     peer: Any  # the client's address (an IAddress): behind a PROXY header, the real client's
@@ -130,6 +135,7 @@ class Context:
     request: Any  # the whole request document (None for a binary request)
     reactor: Any
     client_certificate: Any = None  # the client's TLS certificate, when it presented one
+    connection: object = None  # the same for every request of one connection
 
 
 @final  # the server tells them apart by type(answer) is Answer

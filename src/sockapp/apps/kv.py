@@ -31,6 +31,12 @@ MAX_KEYS: Final = 1000  # the most ``keys`` answers at once
 """The largest ``limit`` of a ``keys`` request: the most keys one answer lists."""
 MAX_KEY_LENGTH: Final = 1024
 """The longest key, in characters; a longer one is ``bad-request``."""
+MAX_KEY_BYTES: Final = 2048
+"""The longest key in UTF-8 bytes (1024 characters of CJK are 3072): PostgreSQL's primary key index takes
+rows of at most 2704 bytes, and keys are the same on both databases."""
+MAX_KEYS_ANSWER_BYTES: Final = 256 * 1024
+"""The most key text one ``keys`` answer holds (in UTF-8, as JSON strings): at most 64 answers wait for a
+client that does not read, so 16 MiB, not the 128 MiB that 1000 keys of 2 KiB each would make."""
 
 
 @attrs.frozen
@@ -47,14 +53,17 @@ class SetValue:
 
 @attrs.frozen
 class KeysValue:
-    """The value of a ``keys`` request, every field optional: ``{"prefix": P, "limit": N}``.
+    """The value of a ``keys`` request, every field optional: ``{"prefix": P, "limit": N, "after": K}``.
 
     :ivar prefix: only keys that start with it (all keys by default).
     :ivar limit: at most this many keys, in key order (0 to `MAX_KEYS`; 100 by default).
+    :ivar after: only keys after this one: the last key of the previous
+        answer, to page through more keys than one answer holds.
     """
 
     prefix: str = ""
     limit: int = 100
+    after: str = ""
 
 
 def _key(key: object, database: Database) -> str:
@@ -62,7 +71,22 @@ def _key(key: object, database: Database) -> str:
         raise ActionError("bad-request", "a key is a string")
     if not key or len(key) > MAX_KEY_LENGTH:
         raise ActionError("bad-request", f"a key is 1 to {MAX_KEY_LENGTH} characters")
-    return database.text(key, "the key")
+    database.text(key, "the key")  # UTF-8 (and no NUL on PostgreSQL) first, so that the next line can encode it
+    if len(key.encode("utf-8")) > MAX_KEY_BYTES:
+        raise ActionError("bad-request", f"a key is at most {MAX_KEY_BYTES} bytes in UTF-8")
+    return key
+
+
+def _after_prefix(prefix: str) -> str | None:
+    """The first string in code point order after every string that starts with ``prefix``; None if there
+    is none (a prefix of U+10FFFF only). Keys with the prefix are then ``prefix <= key < this``."""
+    while prefix:
+        last = ord(prefix[-1])
+        if last < 0x10FFFF:
+            following = 0xE000 if 0xD800 <= last + 1 <= 0xDFFF else last + 1  # surrogates are never in a key
+            return prefix[:-1] + chr(following)
+        prefix = prefix[:-1]
+    return None
 
 
 def app(database: str = DEFAULT_DATABASE, writers: str = "") -> App:
@@ -88,14 +112,16 @@ def app(database: str = DEFAULT_DATABASE, writers: str = "") -> App:
     select_value = db.sql("SELECT value FROM kv WHERE key = ?")
     upsert = db.sql("INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
     remove_key = db.sql("DELETE FROM kv WHERE key = ?")
-    # Keys with a prefix are contiguous in key order (code point order on both), from the prefix itself on.
-    select_keys = db.sql("SELECT key FROM kv WHERE key >= ? ORDER BY key LIMIT ?")
+    # Keys with a prefix are one range in key order (code point order on both): from the prefix, up to
+    # _after_prefix(prefix), so a prefix that matches nothing reads nothing.
+    select_keys = db.sql("SELECT key FROM kv WHERE key >= ? AND key > ? ORDER BY key LIMIT ?")
+    select_keys_below = db.sql("SELECT key FROM kv WHERE key >= ? AND key > ? AND key < ? ORDER BY key LIMIT ?")
 
     @kv.action("get")
-    async def get(value: Any) -> Any:
+    async def get(value: Any, context: Any) -> Any:
         """The value stored under the key VALUE (error not-found if none)."""
         key = _key(value, db)
-        rows = await db.run(lambda: pool.runQuery(select_value, (key,)))
+        rows = await db.run(lambda: pool.runQuery(select_value, (key,)), context.connection)
         if not rows:
             raise ActionError("not-found", "no such key")
         return json.loads(rows[0][0])
@@ -105,8 +131,11 @@ def app(database: str = DEFAULT_DATABASE, writers: str = "") -> App:
         """Store {"key": K, "value": V}; answered once the write has committed."""
         may_write(context)
         key = _key(value.key, db)
-        text = json.dumps(value.value)  # ASCII: a lone surrogate or a NUL in a value is stored as its JSON escape
-        await db.run(lambda: pool.runOperation(upsert, (key, text)))
+        try:
+            text = json.dumps(value.value)  # ASCII: a lone surrogate or a NUL in a value is stored as its JSON escape
+        except RecursionError:  # the wire's JSON parser takes a little deeper nesting than json.dumps
+            raise ActionError("bad-request", "the value is nested too deeply to store") from None
+        await db.run(lambda: pool.runOperation(upsert, (key, text)), context.connection)
         return True
 
     @kv.action("delete")
@@ -119,16 +148,32 @@ def app(database: str = DEFAULT_DATABASE, writers: str = "") -> App:
             transaction.execute(remove_key, (key,))
             return bool(transaction.rowcount)
 
-        return bool(await db.run(lambda: pool.runInteraction(remove)))
+        return bool(await db.run(lambda: pool.runInteraction(remove), context.connection))
 
     @kv.action("keys")
-    async def keys(value: KeysValue | None) -> list[str]:
-        """Keys in order: {"prefix": P, "limit": N} (both optional; at most 1000)."""
+    async def keys(value: KeysValue | None, context: Any) -> list[str]:
+        """Keys in order: {"prefix": P, "limit": N, "after": K} (all optional; at most 1000, 256 KiB)."""
         options = value or KeysValue()
         if not 0 <= options.limit <= MAX_KEYS:
             raise ActionError("bad-request", f"limit is 0 to {MAX_KEYS}")
         prefix = db.text(options.prefix, "the prefix")
-        rows = await db.run(lambda: pool.runQuery(select_keys, (prefix, options.limit)))
-        return [key for (key,) in rows if key.startswith(prefix)]
+        after = db.text(options.after, "after")
+        below = _after_prefix(prefix)
+        args: tuple[Any, ...]
+        if below is None:
+            query, args = select_keys, (prefix, after, options.limit)
+        else:
+            query, args = select_keys_below, (prefix, after, below, options.limit)
+        rows = await db.run(lambda: pool.runQuery(query, args), context.connection)
+        found: list[str] = []
+        size = 0
+        for (key,) in rows:
+            if not key.startswith(prefix):
+                continue
+            size += len(json.dumps(key, ensure_ascii=False).encode("utf-8")) + 2
+            if found and size > MAX_KEYS_ANSWER_BYTES:
+                break  # the rest on the next request, with "after" the last key of this answer
+            found.append(key)
+        return found
 
     return kv

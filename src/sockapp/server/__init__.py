@@ -197,6 +197,7 @@ class AppProtocol(ClosesInTime, FramedProtocol):
             request=message.document,
             reactor=self.factory.reactor,
             client_certificate=client_certificate(self.transport),
+            connection=self,
         )
 
     def messageReceived(self, message: Message) -> None:

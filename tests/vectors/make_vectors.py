@@ -332,8 +332,13 @@ def fault(name: str, data: bytes, code: str, closes: bool, required: bool = True
 
 
 def faults() -> list[dict[str, Any]]:
+    # Each frame carries a real search request after its header, so that a receiver that does not
+    # see the fault answers the search (and says so), rather than waiting for more.
+    body = json.dumps({"action": "search", "value": "morpheus"}).encode()
+    length = len(body)
+
     def header(**changes: Any) -> dict[str, Any]:
-        fields = tutorial_header("text/json", "utf-8", 2)
+        fields = tutorial_header("text/json", "utf-8", length)
         for key, value in changes.items():
             fields[key.replace("_", "-")] = value
         return fields
@@ -341,7 +346,6 @@ def faults() -> list[dict[str, Any]]:
     def without(key: str) -> dict[str, Any]:
         return {k: v for k, v in header().items() if k != key}
 
-    body = b"{}"
     out = [
         fault("empty-header", b"\x00\x00" + body, "empty-header", True),
         fault("header-not-utf8", frame(None, body, header_bytes=b'{"byteorder": "\xc3\x28"}'), "header-not-utf8", True),
@@ -359,15 +363,15 @@ def faults() -> list[dict[str, Any]]:
         ),
         *(fault(f"header-without-{key}", frame(without(key), body), "header-missing-key", True) for key in header()),
         fault("content-length-negative", frame(header(content_length=-1), body), "bad-content-length", True),
-        fault("content-length-float", frame(header(content_length=2.5), body), "bad-content-length", True),
-        fault("content-length-whole-float", frame(header(content_length=2.0), body), "bad-content-length", True),
+        fault("content-length-float", frame(header(content_length=length + 0.5), body), "bad-content-length", True),
+        fault("content-length-whole-float", frame(header(content_length=float(length)), body), "bad-content-length", True),
         fault(
             "content-length-exponent",
-            frame(None, body, header_bytes=json.dumps(header()).encode().replace(b": 2}", b": 2e0}")),
+            frame(None, body, header_bytes=json.dumps(header()).encode().replace(b": %d}" % length, b": %de0}" % length)),
             "bad-content-length",
             True,
         ),
-        fault("content-length-string", frame(header(content_length="2"), body), "bad-content-length", True),
+        fault("content-length-string", frame(header(content_length=str(length)), body), "bad-content-length", True),
         fault("content-length-true", frame(header(content_length=True), body), "bad-content-length", True),
         fault("content-length-null", frame(header(content_length=None), body), "bad-content-length", True),
         fault("byteorder-number", frame(header(byteorder=5), body), "bad-header-field", True),

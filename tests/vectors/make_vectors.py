@@ -364,10 +364,14 @@ def faults() -> list[dict[str, Any]]:
         *(fault(f"header-without-{key}", frame(without(key), body), "header-missing-key", True) for key in header()),
         fault("content-length-negative", frame(header(content_length=-1), body), "bad-content-length", True),
         fault("content-length-float", frame(header(content_length=length + 0.5), body), "bad-content-length", True),
-        fault("content-length-whole-float", frame(header(content_length=float(length)), body), "bad-content-length", True),
+        fault(
+            "content-length-whole-float", frame(header(content_length=float(length)), body), "bad-content-length", True
+        ),
         fault(
             "content-length-exponent",
-            frame(None, body, header_bytes=json.dumps(header()).encode().replace(b": %d}" % length, b": %de0}" % length)),
+            frame(
+                None, body, header_bytes=json.dumps(header()).encode().replace(b": %d}" % length, b": %de0}" % length)
+            ),
             "bad-content-length",
             True,
         ),

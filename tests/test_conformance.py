@@ -1,0 +1,330 @@
+"""``sockapp conformance`` against sockapp's servers, the tutorial's app_msrvr.py, and small
+deliberately broken servers, one per kind of misbehaviour: each is reported failing, and
+every run ends (the tests bound each with a timeout; nothing here measures time)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+import pytest_twisted
+from conftest import raw_frame, start_tutorial_server, start_twistd, tool
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.utils import getProcessOutputAndValue
+
+from sockapp.apps.search import SearchIndex
+from sockapp.client import conformance
+from sockapp.errors import RemoteProtocolError
+from sockapp.server import SearchFactory
+from sockapp.wire.framing import NEED_DATA, FrameDecoder, encode_json
+
+TIMEOUT = 120
+QUICK = 0.3  # --check-timeout for servers that make the checker wait: every wait ends by it
+MORPHEUS = encode_json({"result": "Follow the white rabbit. \U0001f430"})
+CHECKS = [
+    "keep-alive",
+    "pipelining",
+    "half-close",
+    "answers",
+    "tutorial-bytes",
+    "split-in-two",
+    "byte-by-byte",
+    "framing-faults",
+    "error-frames",
+    "in-band-errors",
+    "limits",
+    "fault-beside-good",
+    "large-frame",
+    "idle",
+    "ping",
+    "describe",
+]
+REQUIRED = {
+    "answers",
+    "split-in-two",
+    "byte-by-byte",
+    "framing-faults",
+    "in-band-errors",
+    "fault-beside-good",
+    "large-frame",
+    "idle",
+}
+
+
+async def sockapp(*args: str) -> tuple[str, str, int]:
+    env = dict(os.environ, PYTHONIOENCODING="utf-8")
+    out, err, code = await getProcessOutputAndValue(tool("sockapp"), list(args), env=env).addTimeout(TIMEOUT, reactor)
+    return out.decode("utf-8"), err.decode("utf-8"), code
+
+
+async def check(endpoint: str, check_timeout: float = QUICK) -> conformance.Report:
+    options = conformance.Options(endpoint, check_timeout=check_timeout)
+    return await Deferred.fromCoroutine(conformance.run(reactor, options)).addTimeout(TIMEOUT, reactor)
+
+
+def results(report: conformance.Report) -> dict[str, str]:
+    return {row.name: row.status for row in report.checks}
+
+
+def row(report: conformance.Report, name: str) -> conformance.Check:
+    (found,) = [c for c in report.checks if c.name == name]
+    return found
+
+
+# -- servers that speak the protocol ---------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_our_server_passes_every_check_and_every_vector(listen):
+    endpoint = await listen(SearchFactory())
+    report = await check(endpoint, check_timeout=30)
+    assert [c.name for c in report.checks] == CHECKS
+    assert {c.name for c in report.checks if c.required} == REQUIRED
+    assert results(report) == dict.fromkeys(CHECKS, "pass"), report.lines()
+    vectors = conformance.load_vectors()
+    answers = row(report, "answers").vectors
+    assert [v.name for v in answers] == [v["name"] for v in vectors["exchanges"]]
+    faults = (
+        row(report, "framing-faults").vectors + row(report, "in-band-errors").vectors + row(report, "limits").vectors
+    )
+    assert sorted(v.name for v in faults) == sorted(v["name"] for v in vectors["faults"])
+    assert report.passed
+
+
+def test_the_command_passes_against_twistd_sockapp(server_processes):
+    port = start_twistd(server_processes, "sockapp", "--port", "tcp:0:interface=127.0.0.1")
+    endpoint = f"tcp:host=127.0.0.1:port={port}"
+    result = run_command("conformance", "--connect", endpoint)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["check", "level", "result", "detail"]
+    for name, line in zip(CHECKS, lines[1:-1], strict=True):
+        level = "required" if name in REQUIRED else "optional"
+        assert line.split()[:3] == [name, level, "pass"], line
+    assert lines[-1] == "16 checks: 16 passed, 0 failed, 0 not supported"
+    as_json = run_command("conformance", "--json", "--connect", endpoint)
+    document = json.loads(as_json.stdout)
+    assert (as_json.returncode, document["passed"], document["pass"]) == (0, True, 16)
+    assert [c["check"] for c in document["checks"]] == CHECKS
+    assert all(v["result"] == "pass" for v in document["checks"][3]["vectors"])
+
+
+def run_command(*args: str):
+    import subprocess
+
+    return subprocess.run(
+        [tool("sockapp"), *args],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=dict(os.environ, PYTHONIOENCODING="utf-8"),
+    )
+
+
+# What the tutorial's server does (PROTOCOL.md, "Where the tutorial's server differs").
+TUTORIAL = {
+    "keep-alive": "not supported",
+    "pipelining": "not supported",
+    "half-close": "pass",
+    "answers": "fail",  # the empty requests and the lone surrogate go unanswered
+    "tutorial-bytes": "pass",
+    "split-in-two": "pass",
+    "byte-by-byte": "pass",
+    "framing-faults": "fail",  # it does not check content-length's or the fields' types
+    "error-frames": "not supported",
+    "in-band-errors": "fail",  # it closes instead
+    "limits": "not supported",
+    "fault-beside-good": "pass",
+    "large-frame": "pass",
+    "idle": "pass",
+    "ping": "not supported",
+    "describe": "not supported",
+}
+
+
+def test_the_command_reports_what_the_tutorial_server_does(seed_dir, server_processes):
+    port = start_tutorial_server(server_processes, seed_dir, "app_msrvr.py", "127.0.0.1", "5634")
+    result = run_command(
+        "conformance", "--json", "--check-timeout", "2", "--connect", f"tcp:host=127.0.0.1:port={port}"
+    )
+    assert result.returncode == 1, result.stderr
+    document = json.loads(result.stdout)
+    assert {c["check"]: c["result"] for c in document["checks"]} == TUTORIAL
+    vectors = {c["check"]: {v["name"]: v["result"] for v in c.get("vectors", [])} for c in document["checks"]}
+    tutorial_marks = {v["name"]: v["tutorial"] for v in conformance.load_vectors()["exchanges"]}
+    assert vectors["answers"] == {name: "pass" if mark == "same" else "fail" for name, mark in tutorial_marks.items()}
+    assert [name for name, result in vectors["framing-faults"].items() if result == "fail"] == [
+        "content-length-float",
+        "byteorder-number",
+        "content-type-number",
+        "content-encoding-null",
+    ]
+    assert result.stderr == ""
+
+
+# -- servers that misbehave ------------------------------------------------------------------
+
+
+class NeverAnswers(Protocol):
+    """Reads everything, answers nothing, never closes."""
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+
+class ClosesMidFrame(Protocol):
+    """Sends half of an answer, then closes."""
+
+    transport: Any
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(MORPHEUS[: len(MORPHEUS) // 2])
+        self.transport.loseConnection()
+
+
+class SendsGarbage(Protocol):
+    """Answers with bytes that are not a frame, and keeps the connection open."""
+
+    transport: Any
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(b"\x00\x0bhello world\r\n")
+
+
+class WrongContentLength(Protocol):
+    """Announces 7 bytes more content than it sends, and keeps the connection open."""
+
+    transport: Any
+
+    def dataReceived(self, data: bytes) -> None:
+        content = json.dumps({"result": "Follow the white rabbit. \U0001f430"}, ensure_ascii=False).encode()
+        header = {"byteorder": "little", "content-type": "text/json", "content-encoding": "utf-8"}
+        self.transport.write(raw_frame({**header, "content-length": len(content) + 7}, content))
+
+
+class AnswersOutOfOrder(Protocol):
+    """The search app, correct in every way but one: the answers to requests that arrive
+    together go out last first."""
+
+    transport: Any
+
+    def connectionMade(self) -> None:
+        self.decoder = FrameDecoder(max_json_length=1024 * 1024)
+        self.index = SearchIndex()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.decoder.receive_data(data)
+        answers = []
+        try:
+            while (message := self.decoder.next_message()) is not NEED_DATA:
+                answers.append(self.index.respond(message))  # type: ignore[arg-type]
+        except RemoteProtocolError as e:
+            answers.insert(0, encode_json({"error": {"code": e.code.value, "message": e.message}}))
+            self.transport.write(b"".join(reversed(answers)))
+            self.transport.loseConnection()
+            return
+        self.transport.write(b"".join(reversed(answers)))
+
+
+class ControlCharacters(Protocol):
+    """Answers with a content-type and content that would drive a terminal."""
+
+    transport: Any
+
+    def dataReceived(self, data: bytes) -> None:
+        header = {"byteorder": "little", "content-type": "text/\x1b[2J\u2028", "content-encoding": "binary"}
+        self.transport.write(raw_frame({**header, "content-length": 6}, b"\x1b]0;x\x07"))
+
+
+BROKEN = {
+    # server: (the check that must fail, what its detail says)
+    NeverAnswers: ("answers", "no answer within 0.3 s"),
+    ClosesMidFrame: ("answers", "closed mid-frame"),
+    SendsGarbage: ("answers", "sent bytes that are not a frame: header-not-json"),
+    WrongContentLength: ("answers", "bytes of a frame and no more within 0.3 s"),
+    AnswersOutOfOrder: ("pipelining", "answer 1 is the answer to request 4: out of order"),
+}
+
+
+@pytest.mark.parametrize("server", list(BROKEN), ids=lambda server: server.__name__)
+@pytest_twisted.ensureDeferred
+async def test_a_broken_server_is_reported_failing(listen, server):
+    endpoint = await listen(Factory.forProtocol(server))
+    # The out-of-order server answers everything at once: a long timeout costs nothing and makes
+    # its passing checks certain.
+    report = await check(endpoint, 10 if server is AnswersOutOfOrder else QUICK)
+    name, detail = BROKEN[server]
+    failing = row(report, name)
+    assert failing.status == "fail" and detail in failing.detail, failing
+    assert not report.passed
+    assert [c.name for c in report.checks] == CHECKS  # every check ran, and ended
+    if server is AnswersOutOfOrder:  # only the order is wrong: everything else passes (a plain
+        # Protocol is closed by Twisted at a half-close, which the checker calls not supported)
+        assert {n: status for n, status in results(report).items() if status != "pass"} == {
+            "pipelining": "fail",
+            "half-close": "not supported",
+        }
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_command_reports_a_silent_server_and_ends(listen):
+    """The command itself, against a server that never answers: the table, exit 1."""
+    endpoint = await listen(Factory.forProtocol(NeverAnswers))
+    out, err, code = await sockapp("conformance", "--check-timeout", "0.3", "--connect", endpoint)
+    assert (code, err) == (1, "")
+    assert "answers            required  fail           32 of 32 vectors failed" in out
+    assert out.splitlines()[-1] == "16 checks: 0 passed, 13 failed, 3 not supported"
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_a_server_sends_is_escaped_in_the_table(listen):
+    endpoint = await listen(Factory.forProtocol(ControlCharacters))
+    out, err, code = await sockapp("conformance", "--check-timeout", "0.3", "--connect", endpoint)
+    assert code == 1
+    assert "\x1b" not in out and "\x07" not in out and "\u2028" not in out
+    assert "content-type text/\\x1b[2J\\u2028, expected" in out
+
+
+def test_the_checker_reads_at_most_its_limit_from_a_connection():
+    class Transport:
+        aborted = False
+
+        def abortConnection(self) -> None:
+            self.aborted = True
+
+    probe = conformance._Probe()
+    probe.transport = Transport()
+    for _ in range(64):
+        probe.dataReceived(b"\x00" * 65536)  # 4 MiB offered
+    assert probe.overflow and probe.transport.aborted
+    assert len(probe.buffer) <= conformance.MAX_RECEIVED
+
+
+# -- the command line ----------------------------------------------------------------------------
+
+
+def test_a_refused_connection_is_one_line(unused_port):
+    result = run_command("conformance", "--connect", f"tcp:host=127.0.0.1:port={unused_port}")
+    assert result.returncode == 1
+    assert result.stderr == "sockapp conformance: error: connection refused (is the server running?)\n"
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+def test_a_bad_check_timeout_is_a_usage_error(value):
+    result = run_command("conformance", "--check-timeout", value)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].startswith("sockapp conformance: error: argument --check-timeout:")
+
+
+@pytest.fixture
+def unused_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

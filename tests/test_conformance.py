@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from conftest import raw_frame, start_tutorial_server, start_twistd, tool
+from conftest import ROOT, raw_frame, start_tutorial_server, start_twistd, tool
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
@@ -102,9 +102,9 @@ def test_the_command_passes_against_twistd_sockapp(server_processes):
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["check", "level", "result", "detail"]
-    for name, line in zip(CHECKS, lines[1:-1], strict=True):
-        level = "required" if name in REQUIRED else "optional"
-        assert line.split()[:3] == [name, level, "pass"], line
+    assert list(parse_table(lines).items()) == [
+        (name, ("required" if name in REQUIRED else "optional", "pass")) for name in CHECKS
+    ]
     assert lines[-1] == "16 checks: 16 passed, 0 failed, 0 not supported"
     as_json = run_command("conformance", "--json", "--connect", endpoint)
     document = json.loads(as_json.stdout)
@@ -146,24 +146,44 @@ TUTORIAL = {
 }
 
 
-def test_the_command_reports_what_the_tutorial_server_does(seed_dir, server_processes):
+def parse_table(table: list[str]) -> dict[str, tuple[str, str]]:
+    """Each row's (level, result), read by column from the table's heading."""
+    level, result, detail = (table[0].index(word) for word in ("level", "result", "detail"))
+    return {line[:level].strip(): (line[level:result].strip(), line[result:detail].strip()) for line in table[1:-1]}
+
+
+def readme_tutorial_table() -> list[str]:
+    readme = (ROOT / "README.md").read_text("utf-8")
+    section = readme.split("## The protocol as a spec", 1)[1].split("\n## ", 1)[0]
+    block = section.split("status 1:\n\n    $ sockapp conformance\n", 1)[1].split("\n\n", 1)[0]
+    return [line.removeprefix("    ") for line in block.splitlines()]
+
+
+def test_the_command_reports_what_the_tutorial_server_does_as_the_readme_shows(seed_dir, server_processes):
     port = start_tutorial_server(server_processes, seed_dir, "app_msrvr.py", "127.0.0.1", "5634")
-    result = run_command(
-        "conformance", "--json", "--check-timeout", "2", "--connect", f"tcp:host=127.0.0.1:port={port}"
-    )
-    assert result.returncode == 1, result.stderr
-    document = json.loads(result.stdout)
-    assert {c["check"]: c["result"] for c in document["checks"]} == TUTORIAL
-    vectors = {c["check"]: {v["name"]: v["result"] for v in c.get("vectors", [])} for c in document["checks"]}
-    tutorial_marks = {v["name"]: v["tutorial"] for v in conformance.load_vectors()["exchanges"]}
-    assert vectors["answers"] == {name: "pass" if mark == "same" else "fail" for name, mark in tutorial_marks.items()}
-    assert [name for name, result in vectors["framing-faults"].items() if result == "fail"] == [
+    endpoint = f"tcp:host=127.0.0.1:port={port}"
+    result = run_command("conformance", "--vectors", "--check-timeout", "2", "--connect", endpoint)
+    assert (result.returncode, result.stderr) == (1, "")
+    lines = result.stdout.splitlines()
+    table = [line for line in lines if not line.startswith("  ")]
+    assert table == [line.replace("within 5 s", "within 2 s") for line in readme_tutorial_table()]
+    assert {name: status for name, (_, status) in parse_table(table).items()} == TUTORIAL
+    vectors = {}
+    for line in lines:
+        if line.startswith("  "):
+            name, status = line.strip().split(": ")[:2]
+            vectors[name] = status
+    marks = {v["name"]: v["tutorial"] for v in conformance.load_vectors()["exchanges"]}
+    assert {name: vectors[name] for name in marks} == {
+        name: "pass" if mark == "same" else "fail" for name, mark in marks.items()
+    }
+    faults = [v["name"] for v in conformance.load_vectors()["faults"] if v["closes"] and v["required"]]
+    assert [name for name in faults if vectors[name] == "fail"] == [
         "content-length-float",
         "byteorder-number",
         "content-type-number",
         "content-encoding-null",
     ]
-    assert result.stderr == ""
 
 
 # -- servers that misbehave ------------------------------------------------------------------

@@ -348,3 +348,23 @@ def unused_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# -- over TLS ------------------------------------------------------------------------------------
+
+
+def test_the_command_checks_a_server_over_tls(server_processes, tls_files):
+    server = f"ssl:0:interface=127.0.0.1:privateKey={tls_files['key']}:certKey={tls_files['cert']}"
+    port = start_twistd(server_processes, "sockapp", "--port", server)
+    endpoint = f"tls:localhost:{port}:trustRoots={tls_files['trust']}:endpoint=tcp\\:127.0.0.1\\:{port}"
+    result = run_command("conformance", "--connect", endpoint)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = parse_table(result.stdout.splitlines())
+    assert rows.pop("half-close") == ("optional", "not supported")  # a TLS connection cannot half-close here
+    assert {status for _, status in rows.values()} == {"pass"}
+    assert "not checked: this transport cannot half-close" in result.stdout
+    wrong = endpoint.replace("tls:localhost:", "tls:wrong.example:")
+    refused = run_command("conformance", "--connect", wrong)
+    assert (refused.returncode, refused.stdout) == (1, "")
+    assert refused.stderr.startswith("sockapp conformance: error: TLS: ") and "wrong.example" in refused.stderr
+    assert len(refused.stderr.splitlines()) == 1

@@ -31,11 +31,13 @@ from typing import Any, Final, Literal
 from attrs import field, frozen
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IHandshakeListener, INegotiated, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from sockapp.errors import ConnectTimeout, RemoteProtocolError
+from sockapp.errors import ConnectTimeout, RemoteProtocolError, TLSFailure
+from sockapp.net.tls import handshake_unfinished, tls_failure_text
 from sockapp.wire.framing import JSON_CONTENT_TYPE, Header, encode_frame, encode_json, parse_header, parse_json_content
 from sockapp.wire.text import peer_text
 
@@ -223,6 +225,7 @@ class _NoFrame(Exception):
         self.detail = detail
 
 
+@implementer(IHandshakeListener)
 class _Probe(Protocol):
     """A raw connection: bytes out as the check writes them, at most ``MAX_RECEIVED`` bytes in."""
 
@@ -232,6 +235,8 @@ class _Probe(Protocol):
         self.buffer = bytearray()
         self.consumed = 0
         self.ended = False
+        self.tls_failure: str | None = None  # why a TLS connection ended, if a TLS failure ended it
+        self.handshake_done = False
         self.overflow = False
         self._waiters: list[Deferred[None]] = []
 
@@ -239,6 +244,10 @@ class _Probe(Protocol):
         no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if no_delay is not None:
             no_delay(True)  # split requests go out in the pieces they are written in
+
+    def handshakeCompleted(self) -> None:
+        self.handshake_done = True
+        self._wake()
 
     def dataReceived(self, data: bytes) -> None:
         if self.overflow:
@@ -252,6 +261,9 @@ class _Probe(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.ended = True
+        self.tls_failure = tls_failure_text(self.transport, reason.value if reason is not None else None)
+        if self.tls_failure is None and handshake_unfinished(self.transport):
+            self.tls_failure = "TLS: the connection closed during the handshake; does the server speak TLS?"
         self._wake()
 
     def event(self) -> Deferred[None]:
@@ -366,6 +378,8 @@ class _Session:
         if probe.overflow:
             raise _NoFrame("bad", f"sent more than {MAX_RECEIVED} bytes")
         if probe.ended:
+            if probe.tls_failure is not None:
+                raise _NoFrame("closed", probe.tls_failure)
             if probe.pending:
                 raise _NoFrame("cut", f"closed mid-frame, {probe.pending} bytes into it")
             raise _NoFrame("closed", "closed the connection without an answer")
@@ -566,7 +580,8 @@ class _Checker:
         name, session = "half-close", self.session()
         try:
             probe = await session.open()
-            if getattr(probe.transport, "loseWriteConnection", None) is None:
+            # TLS (INegotiated) has no half-close of its own: its wrapper would shut the TCP stream under it.
+            if INegotiated.providedBy(probe.transport) or not hasattr(probe.transport, "loseWriteConnection"):
                 return Check(name, False, NOT_SUPPORTED, "not checked: this transport cannot half-close")
             probe.write(self.request("search-morpheus"))
             probe.transport.loseWriteConnection()
@@ -896,12 +911,20 @@ async def run(reactor: Any, options: Options) -> Report:
     from sockapp.client import as_endpoint
 
     endpoint = as_endpoint(reactor, options.endpoint)
+    session = _Session(reactor, endpoint, options.check_timeout)
     try:
         probe = await endpoint.connect(Factory.forProtocol(_Probe)).addTimeout(options.check_timeout, reactor)
     except (TimeoutError, defer.TimeoutError):
         raise ConnectTimeout(f"no connection within {options.check_timeout:g} s") from None
     assert isinstance(probe, _Probe)
-    probe.transport.abortConnection()
+    session.probes.append(probe)
+    try:  # a TLS handshake that fails (a certificate refused) ends the command here, in one line
+        if handshake_unfinished(probe.transport):
+            await session.until(probe, lambda: probe.handshake_done)
+        if probe.tls_failure is not None:
+            raise TLSFailure(probe.tls_failure)
+    finally:
+        session.end()
     checks = await _Checker(reactor, endpoint, options).run()
     shown = options.endpoint if isinstance(options.endpoint, str) else repr(options.endpoint)
     return Report(shown, tuple(checks))

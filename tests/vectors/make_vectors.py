@@ -435,9 +435,10 @@ FILES = {
     },
     "exchanges.json": lambda: {
         "about": "Requests to the search app and the answers PROTOCOL.md specifies, hex. Each request is "
-        "sent on a connection of its own. A server's answer must have the same content-type, "
-        "content-encoding, content-length and content; its header's byteorder and layout may differ "
-        "(these answers are written as the tutorial writes them, by a little-endian sender). 'tutorial': "
+        "sent on a connection of its own. A server's answer must have the same content-type and "
+        "content-encoding, and the same content: for text/json the same JSON document, for other types "
+        "the same bytes. Its header's byteorder and layout, and its JSON's layout, may differ (these "
+        "answers are written as the tutorial writes them, by a little-endian sender). 'tutorial': "
         "'same' if the tutorial's app_msrvr.py answers with exactly these bytes, 'no-answer' if it "
         "answers nothing (see 'note').",
         "exchanges": exchanges(),

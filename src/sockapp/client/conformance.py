@@ -490,10 +490,17 @@ class _Checker:
         most = max(len(self.exchanges), len(self.faults), len(self.request("search-morpheus")))  # split-in-two's
         rounds = -(-most // CONCURRENCY) + 2
         limit = self.timeout * rounds + 1
-        outcome: Deferred[Check] = Deferred()
+        interrupted = False
+
+        def interrupt(_: Deferred[Check]) -> None:  # the command was interrupted: stop the check too
+            nonlocal interrupted
+            interrupted = True
+            stop()
+
+        outcome: Deferred[Check] = Deferred(canceller=interrupt)
 
         def finish(check: Check) -> None:
-            if not outcome.called:
+            if not outcome.called and not interrupted:
                 outcome.callback(check)
 
         def ended(result: Check | Failure) -> None:
@@ -503,12 +510,15 @@ class _Checker:
             else:
                 finish(result)
 
-        def too_long() -> None:
-            finish(Check(name, required, FAIL, f"the check did not finish within {limit:g} s"))
+        def stop() -> None:
             try:
                 work.cancel()  # its sessions abort their connections; its result no longer matters
             except Exception:  # noqa: BLE001 - the row is written; a check that cannot stop is left to end
                 pass
+
+        def too_long() -> None:
+            finish(Check(name, required, FAIL, f"the check did not finish within {limit:g} s"))
+            stop()
 
         # Not addTimeout: the row is written when time is up even if cancelling the check went wrong.
         work = Deferred.fromCoroutine(step())

@@ -133,6 +133,18 @@ def test_streams_decode_frame_by_frame_however_they_are_cut():
 # -- exchanges: the search app's answers --------------------------------------------------
 
 
+@pytest.mark.parametrize("name", [vector["name"] for vector in EXCHANGES])
+def test_every_exchange_answer_decodes_as_one_frame_on_the_client_side(name):
+    data = bytes.fromhex(by_name(EXCHANGES)[name]["answer"])
+    decoder = FrameDecoder(side="client")
+    decoder.receive_data(data)
+    message = decoder.next_message()
+    assert isinstance(message, Message) and decoder.next_message() is NEED_DATA and not decoder.in_frame
+    assert message.header.content_encoding in ("utf-8", "binary")
+    if message.is_json:
+        assert message.error is None and set(message.document) == {"result"}
+
+
 @pytest.mark.skipif(not NATIVE, reason="the vectors' answers carry byteorder 'little'")
 @pytest.mark.parametrize("name", [vector["name"] for vector in EXCHANGES])
 def test_search_app_answers_each_request_with_the_vectors_bytes(name):

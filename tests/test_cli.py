@@ -245,7 +245,12 @@ async def interrupted_sockapp(factory: Any, endpoint: str, number: int, *args: s
     return child.out.decode("utf-8"), child.err.decode("utf-8"), code
 
 
-COMMANDS = {"ping": ["ping"], "request": ["request", "search", "morpheus"], "bench": ["bench", "-c", "1", "-d", "600"]}
+COMMANDS = {
+    "ping": ["ping"],
+    "request": ["request", "search", "morpheus"],
+    "bench": ["bench", "-c", "1", "-d", "600"],
+    "conformance": ["conformance", "--check-timeout", "600"],
+}
 
 
 @pytest.mark.parametrize("number, code, name", [(signal.SIGINT, 130, "SIGINT"), (signal.SIGTERM, 143, "SIGTERM")])

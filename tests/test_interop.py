@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import re
 import socket
 import subprocess
@@ -19,45 +18,22 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 from conftest import (
+    WRAPPER,
     binary_request,
     json_request,
     raw_frame,
     send_and_read_all,
     split_frames,
+    start_tutorial_server,
     start_twistd,
     tool,
+    tutorial_env,
 )
 
 from sockapp.client import connect
 
 LOOPBACK_ANY_PORT = "tcp:0:interface=127.0.0.1"
 TIMEOUT = 60
-
-# Runs a tutorial program with port 5634 replaced: a server binds to a port
-# the kernel picks and prints it; a client connects to $TARGET_PORT.
-WRAPPER = r"""
-import os, runpy, socket, sys
-script = sys.argv[1]
-sys.argv = sys.argv[1:]
-sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
-target = int(os.environ.get("TARGET_PORT", "0"))
-_bind, _connect, _connect_ex, _listen = (
-    socket.socket.bind, socket.socket.connect, socket.socket.connect_ex, socket.socket.listen)
-def moved(addr, port):
-    return (addr[0], port) if isinstance(addr, tuple) and addr[1] == 5634 else addr
-socket.socket.bind = lambda self, addr: _bind(self, moved(addr, 0))
-socket.socket.connect = lambda self, addr: _connect(self, moved(addr, target))
-socket.socket.connect_ex = lambda self, addr: _connect_ex(self, moved(addr, target))
-def listen(self, *args):
-    _listen(self, *args)
-    print("TUTORIAL-LISTENING", self.getsockname()[1], flush=True)
-socket.socket.listen = listen
-runpy.run_path(script, run_name="__main__")
-"""
-
-
-def tutorial_env(target_port: int = 0) -> dict[str, str]:
-    return dict(os.environ, TARGET_PORT=str(target_port), PYTHONIOENCODING="utf-8", PYTHONUNBUFFERED="1")
 
 
 def run_tutorial_client(seed: Path, script: str, *args: str, target_port: int = 0) -> str:
@@ -71,11 +47,6 @@ def run_tutorial_client(seed: Path, script: str, *args: str, target_port: int = 
     assert result.returncode == 0, out + result.stderr.decode()
     assert "Traceback" not in out and "Error" not in out, out
     return out
-
-
-def start_tutorial_server(start, seed: Path, script: str, *args: str) -> int:
-    server = start([sys.executable, "-c", WRAPPER, str(seed / script), *args], tutorial_env())
-    return int(server.wait_for_log(r"TUTORIAL-LISTENING (\d+)").group(1))
 
 
 def run_sockapp(*args: str) -> subprocess.CompletedProcess:

@@ -32,6 +32,8 @@ def test_wheel_ships_the_package_and_only_the_plugin_module(wheel):
     assert under_twisted == ["twisted/plugins/sockapp_plugins.py"]
     assert "sockapp/__init__.py" in names and "sockapp/tap/search.py" in names
     assert "sockapp/py.typed" in names  # code built on sockapp is type-checked against its annotations
+    vectors = sorted(n for n in names if n.startswith("sockapp/vectors/"))  # for `sockapp conformance`
+    assert vectors == [f"sockapp/vectors/{p.name}" for p in sorted((ROOT / "tests" / "vectors").glob("*.json"))]
     assert not [n for n in names if n.startswith(("tests/", "src/"))]
 
 
@@ -66,5 +68,14 @@ def test_fresh_virtualenv_install_serves_through_twistd(wheel, tmp_path):
         received = send_and_read_all(("127.0.0.1", port), json_request({"action": "search", "value": "morpheus"}))
         ((_, content),) = split_frames(received)
         assert json.loads(content) == {"result": "Follow the white rabbit. \U0001f430"}
+        checked = subprocess.run(  # the installed checker finds the vectors the wheel ships
+            [str(venv / "bin" / "sockapp"), "conformance", "--connect", f"tcp:host=127.0.0.1:port={port}"],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            cwd=tmp_path,
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert checked.stdout.splitlines()[-1] == "16 checks: 16 passed, 0 failed, 0 not supported"
     finally:
         server.stop()

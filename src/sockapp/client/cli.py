@@ -25,7 +25,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 
 from sockapp import __version__
-from sockapp.client import DEFAULT_ENDPOINT, DEFAULT_RETRIES, Client, Response, connect, connect_echo
+from sockapp.client import DEFAULT_ENDPOINT, DEFAULT_RETRIES, Client, Response, conformance, connect, connect_echo
 from sockapp.client.bench import Bench, BenchConfig, Summary
 from sockapp.client.progress import live_progress
 from sockapp.errors import SockappError, TLSFailure
@@ -304,6 +304,16 @@ async def run_bench(reactor: Any, args: argparse.Namespace, interruption: Interr
     return 1 if summary.error_count or not summary.requests else 0
 
 
+async def run_conformance(reactor: Any, args: argparse.Namespace, interruption: Interruption) -> int:
+    options = conformance.Options(args.connect, check_timeout=args.check_timeout)
+    report = await conformance.run(reactor, options)
+    if args.json:
+        show_json(report.as_dict())
+    else:
+        show("\n".join(report.lines(vectors=args.vectors)))
+    return 0 if report.passed else 1
+
+
 def _measured_so_far(bench: Bench, elapsed: float) -> Summary:
     """A ``Summary`` of a run cut short before it wound down, timed to the interruption."""
     return evolve(bench.summary(), elapsed=elapsed, interrupted=True)
@@ -450,6 +460,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     bench.set_defaults(run=run_bench, usage_error=bench.error)
+
+    check = command(
+        "conformance",
+        "check a server against PROTOCOL.md and its test vectors: a table of checks (exit 1 if any fails)",
+        timeout=0,
+    )
+    check.add_argument(
+        "--check-timeout",
+        type=_positive_seconds,
+        default=conformance.DEFAULT_CHECK_TIMEOUT,
+        metavar="SECONDS",
+        help=f"time each check (and each vector) gets (default: {conformance.DEFAULT_CHECK_TIMEOUT:g})",
+    )
+    check.add_argument("--vectors", action="store_true", help="also list each vector's result under its check")
+    check.add_argument("--json", action="store_true", help="print the table as one JSON object")
+    check.set_defaults(run=run_conformance)
     return parser
 
 

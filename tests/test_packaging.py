@@ -76,6 +76,6 @@ def test_fresh_virtualenv_install_serves_through_twistd(wheel, tmp_path):
             cwd=tmp_path,
         )
         assert checked.returncode == 0, checked.stdout + checked.stderr
-        assert checked.stdout.splitlines()[-1] == "16 checks: 16 passed, 0 failed, 0 not supported"
+        assert checked.stdout.splitlines()[-1] == "17 checks: 17 passed, 0 failed, 0 not supported"
     finally:
         server.stop()

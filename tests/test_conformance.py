@@ -419,3 +419,107 @@ def test_the_command_checks_a_server_over_tls(server_processes, tls_files):
     assert (refused.returncode, refused.stdout) == (1, "")
     assert refused.stderr.startswith("sockapp conformance: error: TLS: ") and "wrong.example" in refused.stderr
     assert len(refused.stderr.splitlines()) == 1
+
+
+# -- what the attack on the checker found ---------------------------------------------------------
+
+
+class TrailingBytes(TinySearchServer):
+    """Correct, but for two bytes (a header length of 0: not a frame) after every answer."""
+
+    def send(self, answers: list[bytes]) -> None:
+        for answer in answers:
+            self.transport.write(answer)
+            self.transport.write(b"\x00\x00")
+
+
+class AnswersBeforeAsked(Protocol):
+    """Sends the answer to a search for morpheus as soon as a connection opens, and never reads."""
+
+    transport: Any
+
+    def connectionMade(self) -> None:
+        self.transport.write(MORPHEUS)
+
+
+class EncodingInCapitals(TinySearchServer):
+    """Correct: its answers name their encoding UTF-8, which section 2.3 allows in any letter case."""
+
+    def frame(self, answer: bytes) -> bytes:
+        ((header, content),) = split_frames(answer)
+        return raw_frame({**header, "content-encoding": header["content-encoding"].upper()}, content)
+
+
+@pytest_twisted.ensureDeferred
+async def test_bytes_after_an_answer_fail_the_answers(listen):
+    report = await check(await listen(Factory.forProtocol(TrailingBytes)), 2)
+    failing = row(report, "answers")
+    assert failing.status == "fail" and "2 more bytes after its answer" in failing.detail, failing
+    assert not report.passed
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_canned_answer_sent_before_the_request_fails_the_framing_checks(listen):
+    report = await check(await listen(Factory.forProtocol(AnswersBeforeAsked)))
+    for name in ("split-in-two", "byte-by-byte", "fault-beside-good"):
+        assert row(report, name).status == "fail", row(report, name)
+    assert "before the request was complete" in row(report, "split-in-two").detail
+    assert row(report, "byte-by-byte").detail.startswith("sent bytes when only")
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_encoding_named_in_capitals_passes(listen):
+    report = await check(await listen(Factory.forProtocol(EncodingInCapitals)), 10)
+    assert row(report, "answers").status == "pass", row(report, "answers")
+    assert report.passed, report.lines()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_frame_timeout_shorter_than_the_stall_passes_the_idle_check(listen):
+    report = await check(await listen(SearchFactory(frame_timeout=0.3)), 4)  # the stall lasts 1 s
+    assert row(report, "idle").status == "pass", row(report, "idle")
+
+
+def test_a_check_timeout_must_be_finite_and_at_most_ten_minutes():
+    for bad in (float("inf"), 1e9, conformance.MAX_CHECK_TIMEOUT + 1):
+        with pytest.raises(ValueError):
+            conformance.Options("tcp:host=127.0.0.1:port=1", check_timeout=bad)
+    result = run_command("conformance", "--check-timeout", "inf", "--connect", "tcp:host=127.0.0.1:port=1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--check-timeout" in result.stderr.strip().splitlines()[-1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tls_handshake_that_never_finishes_is_one_line(listen):
+    endpoint = await listen(Factory.forProtocol(NeverAnswers))
+    port = endpoint.rsplit("=", 1)[1]
+    out, err, code = await sockapp("conformance", "--check-timeout", "0.5", "--connect", f"tls:127.0.0.1:{port}")
+    assert (code, out) == (1, "")
+    assert err.strip() == (
+        "sockapp conformance: error: the TLS handshake did not finish within 0.5 s; does the server speak TLS?"
+    ), err
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_not_accepted_in_time_says_so():
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)  # never accepted; the queue filled so that the next connection hangs in its handshake
+    port = listener.getsockname()[1]
+    fill = []
+    for _ in range(4):
+        waiting = socket.socket()
+        waiting.setblocking(False)
+        waiting.connect_ex(("127.0.0.1", port))
+        fill.append(waiting)
+    try:
+        out, err, code = await sockapp(
+            "conformance", "--check-timeout", "1", "--connect", f"tcp:host=127.0.0.1:port={port}"
+        )
+    finally:
+        for sock in (*fill, listener):
+            sock.close()
+    assert (code, out) == (1, "")
+    assert err.strip() == "sockapp conformance: error: no connection within 1 s", err

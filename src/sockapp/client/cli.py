@@ -475,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--vectors", action="store_true", help="also list each vector's result under its check")
     check.add_argument("--json", action="store_true", help="print the table as one JSON object")
-    check.set_defaults(run=run_conformance)
+    check.set_defaults(run=run_conformance, usage_error=check.error)
     return parser
 
 
@@ -559,6 +559,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.usage_error("--action sends text/json requests: not with --protocol echo or --size")
     if args.command == "bench" and args.value is not None and args.action is None:
         args.usage_error("--value is the value of an --action")
+    if args.command == "conformance" and not args.check_timeout <= conformance.MAX_CHECK_TIMEOUT:
+        args.usage_error(f"--check-timeout is at most {conformance.MAX_CHECK_TIMEOUT:g} seconds")
     if args.command == "bench" and args.acknowledged is not None:
         if args.action is None:
             args.usage_error("--acknowledged records the answers to an --action")

@@ -33,6 +33,7 @@ from typing import Any, Final, Literal
 from attrs import field, frozen
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import IHandshakeListener, INegotiated, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
@@ -52,8 +53,13 @@ FAIL: Final = "fail"
 NOT_SUPPORTED: Final = "not supported"
 
 DEFAULT_CHECK_TIMEOUT: Final = 5.0
+MAX_CHECK_TIMEOUT: Final = 600.0
+"""The longest ``check_timeout``: with more (or ``inf``), "every check ends" would mean nothing."""
+TRAILING_WAIT: Final = 0.05
+"""Seconds the ``answers`` check waits after each answer for bytes that should not come (nothing was asked)."""
 """Seconds each check (and each vector) gets, by default."""
 MAX_RECEIVED: Final = 1024 * 1024
+SEARCHES: Final = ("search-morpheus", "search-ring", "search-miss")
 """The most bytes the checker reads on one connection; a server sending more fails the check."""
 LARGE_CONTENT: Final = 1024 * 1024
 """The large-frame check's request content: the size every server must accept (PROTOCOL.md)."""
@@ -169,8 +175,8 @@ class Options:
 
     @check_timeout.validator
     def _positive(self, attribute: Any, value: float) -> None:
-        if not value > 0:
-            raise ValueError(f"check_timeout must be more than 0, not {value!r}")
+        if not 0 < value <= MAX_CHECK_TIMEOUT:
+            raise ValueError(f"check_timeout must be more than 0 and at most {MAX_CHECK_TIMEOUT:g}, not {value!r}")
 
 
 # -- the vectors ----------------------------------------------------------------------------
@@ -337,7 +343,9 @@ class _Session:
         attempt = self.endpoint.connect(Factory.forProtocol(_Probe))
         try:
             probe = await attempt.addTimeout(max(self.remaining(), 0.001), self.reactor)
-        except Exception as e:  # noqa: BLE001 - a refused or timed-out connection is the check's detail
+        except (TimeoutError, defer.TimeoutError, defer.CancelledError, ConnectingCancelledError):
+            raise _NoFrame("timeout", f"no connection within {self.timeout:g} s") from None
+        except Exception as e:  # noqa: BLE001 - a refused connection is the check's detail
             raise _NoFrame("closed", f"cannot connect: {peer_text(e, DETAIL_LIMIT)}") from None
         assert isinstance(probe, _Probe)
         self.probes.append(probe)
@@ -389,6 +397,17 @@ class _Session:
             raise _NoFrame("cut", f"sent {probe.pending} bytes of a frame and no more within {self.timeout:g} s")
         raise _NoFrame("timeout", f"no answer within {self.timeout:g} s")
 
+    async def only_answer(self, probe: _Probe, wait: float = 0.0) -> None:
+        """After the answer to a lone request: nothing more may come (within ``wait`` seconds), since
+        nothing more was asked; a client would take such bytes for the next answer, or fail on them."""
+        if wait > 0 and not probe.pending:
+            end = self.reactor.seconds() + min(wait, self.remaining())
+            while not probe.pending and not probe.ended and self.reactor.seconds() < end:
+                await self.sleep(end - self.reactor.seconds())
+                break
+        if probe.pending:
+            raise _NoFrame("bad", f"sent {probe.pending} more bytes after its answer, which no request asked for")
+
     async def closed(self, probe: _Probe) -> bool:
         """Whether the server closes ``probe`` by the deadline (bytes it sends meanwhile are kept)."""
         return await self.until(probe, lambda: probe.ended)
@@ -424,7 +443,11 @@ def _difference(got: _Frame, expected: _Frame) -> str | None:
     if got.error_code is not None and expected.error_code is None:
         return f"answered an error: {got.describe()}"
     for name in ("content_type", "content_encoding"):
-        if getattr(got.header, name) != getattr(expected.header, name):
+        ours: str = getattr(got.header, name)
+        theirs: str = getattr(expected.header, name)
+        if name == "content_encoding":  # section 2.3: an encoding's name in any letter case
+            ours, theirs = ours.lower(), theirs.lower()
+        if ours != theirs:
             wire = name.replace("_", "-")
             return f"{wire} {peer_text(getattr(got.header, name), 40)}, expected {getattr(expected.header, name)}"
     if expected.header.content_type == JSON_CONTENT_TYPE:
@@ -535,10 +558,13 @@ class _Checker:
             if timer.active():
                 timer.cancel()
 
-    async def exchange(self, session: _Session, request: bytes, expected: _Frame) -> tuple[Status, str, _Frame | None]:
+    async def exchange(
+        self, session: _Session, request: bytes, expected: _Frame, trailing_wait: float = 0.0
+    ) -> tuple[Status, str, _Frame | None]:
         probe = await session.open()
         probe.write(request)
         got = await session.frame(probe)
+        await session.only_answer(probe, trailing_wait)
         difference = _difference(got, expected)
         if difference is not None:
             return FAIL, difference, got
@@ -684,7 +710,8 @@ class _Checker:
     async def answers(self) -> Check:
         async def one(session: _Session, vector: dict[str, Any]) -> VectorResult:
             expected = _frame_of(bytes.fromhex(vector["answer"]))
-            status, detail, got = await self.exchange(session, bytes.fromhex(vector["request"]), expected)
+            request = bytes.fromhex(vector["request"])
+            status, detail, got = await self.exchange(session, request, expected, TRAILING_WAIT)
             if status == PASS and got is not None and vector["tutorial"] == "same":
                 self.exact[vector["name"]] = got.raw == expected.raw
             return VectorResult(vector["name"], status, detail)
@@ -707,18 +734,28 @@ class _Checker:
         return Check(name, False, PASS, f"{len(self.exact)} answers byte for byte as the tutorial's server writes them")
 
     async def split_in_two(self) -> Check:
-        request, expected = self.request("search-morpheus"), self.answer("search-morpheus")
+        # Three different searches in turn, so that no one canned answer fits them all.
+        searches = SEARCHES
+        request = self.request(searches[0])
 
         async def one(session: _Session, at: dict[str, Any]) -> VectorResult:
+            whole, expected = self.request(at["search"]), self.answer(at["search"])
+            cut = min(at["at"], len(whole) - 1)
             probe = await session.open()
-            probe.write(request[: at["at"]])
+            probe.write(whole[:cut])
             await session.sleep(SPLIT_PAUSE)
-            probe.write(request[at["at"] :])
+            if probe.buffer:
+                return VectorResult(at["name"], FAIL, "sent bytes before the request was complete")
+            probe.write(whole[cut:])
             got = await session.frame(probe)
+            await session.only_answer(probe)
             difference = _difference(got, expected)
             return VectorResult(at["name"], FAIL if difference else PASS, difference or "answered as specified")
 
-        points = [{"name": f"split at byte {at}", "at": at} for at in range(1, len(request))]
+        points = [
+            {"name": f"split at byte {at}", "at": at, "search": searches[at % len(searches)]}
+            for at in range(1, len(request))
+        ]
         results = await self.each(points, one, until_failure=True)
         failed = [r for r in results if r.status == FAIL]
         if failed:
@@ -735,15 +772,18 @@ class _Checker:
 
     async def byte_by_byte(self) -> Check:
         name, session = "byte-by-byte", self.session()
-        request = self.request("search-morpheus")
+        request = self.request("search-ring")
         try:
             probe = await session.open()
             pause = min(SPLIT_PAUSE, self.timeout / (4 * len(request)))
             for i in range(len(request)):
+                if probe.buffer:
+                    return Check(name, True, FAIL, f"sent bytes when only {i} of the request's {len(request)} had come")
                 probe.write(request[i : i + 1])
                 await session.sleep(pause)
             got = await session.frame(probe)
-            if (difference := _difference(got, self.answer("search-morpheus"))) is not None:
+            await session.only_answer(probe)
+            if (difference := _difference(got, self.answer("search-ring"))) is not None:
                 return Check(name, True, FAIL, difference)
             return Check(name, True, PASS, f"a search sent one byte at a time ({len(request)} writes) was answered")
         except _NoFrame as e:
@@ -840,16 +880,19 @@ class _Checker:
 
     async def fault_beside_good(self) -> Check:
         name, session = "fault-beside-good", self.session()
-        request = self.request("search-morpheus")
+        request = self.request("search-miss")
         try:
             good = await session.open()
             bad = await session.open()
             good.write(request[:9])  # in the middle of its frame when the other connection breaks
             bad.write(b"\x00\x10byteorder=little")
             await session.closed(bad)
+            if good.buffer:
+                return Check(name, True, FAIL, "sent bytes before the request was complete")
             good.write(request[9:])
             got = await session.frame(good)
-            if (difference := _difference(got, self.answer("search-morpheus"))) is not None:
+            await session.only_answer(good)
+            if (difference := _difference(got, self.answer("search-miss"))) is not None:
                 return Check(name, True, FAIL, difference)
             return Check(name, True, PASS, "a connection mid-request was answered after another sent a broken frame")
         except _NoFrame as e:
@@ -884,9 +927,13 @@ class _Checker:
             status, detail, _ = await self.exchange(session, self.request("search-ring"), self.answer("search-ring"))
             if status == FAIL:
                 return Check(name, True, FAIL, f"beside an idle and a stalled connection: {detail}")
-            for which, probe, data in (("idle", idle, request), ("stalled", stalled, request[5:])):
+            waiting: list[tuple[str, _Probe, bytes]] = [("idle", idle, request), ("stalled", stalled, request[5:])]
+            if stalled.buffer and (cut := stalled.take_frame()) is not None and cut.error_code == "frame-timeout":
+                waiting.pop()  # its server's --frame-timeout is shorter than the pause: allowed (5.4)
+            for which, probe, data in waiting:
                 probe.write(data)
                 got = await session.frame(probe)
+                await session.only_answer(probe)
                 if (difference := _difference(got, self.answer("search-morpheus"))) is not None:
                     return Check(name, True, FAIL, f"the {which} connection: {difference}")
             return Check(
@@ -942,7 +989,7 @@ async def run(reactor: Any, options: Options) -> Report:
     session = _Session(reactor, endpoint, options.check_timeout)
     try:
         probe = await endpoint.connect(Factory.forProtocol(_Probe)).addTimeout(options.check_timeout, reactor)
-    except (TimeoutError, defer.TimeoutError):
+    except (TimeoutError, defer.TimeoutError, defer.CancelledError, ConnectingCancelledError):  # the endpoint's own
         raise ConnectTimeout(f"no connection within {options.check_timeout:g} s") from None
     assert isinstance(probe, _Probe)
     session.probes.append(probe)
@@ -951,6 +998,10 @@ async def run(reactor: Any, options: Options) -> Report:
             await session.until(probe, lambda: probe.handshake_done)
         if probe.tls_failure is not None:
             raise TLSFailure(probe.tls_failure)
+        if handshake_unfinished(probe.transport) and not probe.handshake_done:
+            raise TLSFailure(
+                f"the TLS handshake did not finish within {options.check_timeout:g} s; does the server speak TLS?"
+            )
     finally:
         session.end()
     checks = await _Checker(reactor, endpoint, options).run()

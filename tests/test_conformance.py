@@ -310,13 +310,18 @@ async def test_a_broken_server_is_reported_failing(listen, server):
     assert failing.status == "fail" and detail in failing.detail, failing
     assert not report.passed
     assert [c.name for c in report.checks] == CHECKS  # every check ran, and ended
-    if server is AnswersOutOfOrder:  # only the order is wrong: everything else passes (a plain
-        # Protocol is closed by Twisted at a half-close, which the checker calls not supported)
+    if server is AnswersOutOfOrder:  # only the order is wrong: what passes is what sends one request at
+        # a time (a plain Protocol is closed by Twisted at a half-close, which the checker calls not
+        # supported). A fault sent behind a sound search gets its error frame first: out of order too.
         assert {n: status for n, status in results(report).items() if status != "pass"} == {
             "pipelining": "fail",
             "order": "fail",
             "half-close": "not supported",
+            "framing-faults": "fail",
+            "error-frames": "not supported",
+            "limits": "fail",
         }
+        assert "the sound search sent before the fault" in row(report, "framing-faults").detail
 
 
 def test_only_the_required_checks_decide_whether_a_server_passes():
@@ -523,3 +528,36 @@ async def test_a_connection_not_accepted_in_time_says_so():
             sock.close()
     assert (code, out) == (1, "")
     assert err.strip() == "sockapp conformance: error: no connection within 1 s", err
+
+
+class ClosesAtOnce(Protocol):
+    """Accepts every connection and closes it at once, reading nothing."""
+
+    transport: Any
+
+    def connectionMade(self) -> None:
+        self.transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_server_that_closes_every_connection_does_not_pass_the_framing_faults(listen):
+    report = await check(await listen(Factory.forProtocol(ClosesAtOnce)), 1)
+    assert row(report, "framing-faults").status == "fail", row(report, "framing-faults")
+
+
+class AnswersOneThenClosesAtOnce(TinySearchServer):
+    """Keeps connections open for good requests, but closes at once on any connection whose first
+    bytes come with more after them: it never reads the fault, yet would seem to refuse it."""
+
+    def dataReceived(self, data: bytes) -> None:
+        if len(data) > 200:
+            self.transport.loseConnection()
+            return
+        super().dataReceived(data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_close_before_the_sound_request_sent_ahead_of_a_fault_is_a_failure(listen):
+    report = await check(await listen(Factory.forProtocol(AnswersOneThenClosesAtOnce)), 2)
+    failing = row(report, "framing-faults")
+    assert failing.status == "fail" and "the sound search sent before the fault" in failing.detail, failing

@@ -474,6 +474,7 @@ class _Checker:
         self.keep_alive: bool | None = None  # learned by the keep-alive check
         self.out_of_order: str | None = None  # learned by the pipelining check: which answer went to which request
         self.in_order = 0  # learned by the pipelining check: how many answers to requests sent together were in order
+        self.answered_any = False  # learned by the answers check: the server answered at least one sound request
         self.exact: dict[str, bool] = {}  # vector -> its answer was byte for byte the vector's
         self.silent: list[str] = []  # framing faults closed without an error frame
         self.refused: list[str] = []  # framing faults refused with an error frame of their code
@@ -712,6 +713,7 @@ class _Checker:
             expected = _frame_of(bytes.fromhex(vector["answer"]))
             request = bytes.fromhex(vector["request"])
             status, detail, got = await self.exchange(session, request, expected, TRAILING_WAIT)
+            self.answered_any = self.answered_any or status == PASS
             if status == PASS and got is not None and vector["tutorial"] == "same":
                 self.exact[vector["name"]] = got.raw == expected.raw
             return VectorResult(vector["name"], status, detail)
@@ -796,7 +798,18 @@ class _Checker:
         name, code = vector["name"], vector["code"]
         missing: Status = FAIL if required else NOT_SUPPORTED
         probe = await session.open()
-        probe.write(bytes.fromhex(vector["frame"]))
+        if self.keep_alive:
+            # A sound search first, on the same connection: its answer shows the server reads this
+            # connection, so that a close after it is the fault's, not a refusal of every connection.
+            probe.write(self.request("search-ring") + bytes.fromhex(vector["frame"]))
+            try:
+                first = await session.frame(probe)
+            except _NoFrame as e:
+                return VectorResult(name, FAIL, f"the sound search sent before the fault: {e.detail}")
+            if (difference := _difference(first, self.answer("search-ring"))) is not None:
+                return VectorResult(name, FAIL, f"the sound search sent before the fault: {difference}")
+        else:
+            probe.write(bytes.fromhex(vector["frame"]))
         try:
             got = await session.frame(probe)
         except _NoFrame as e:
@@ -845,6 +858,13 @@ class _Checker:
     async def framing_faults(self) -> Check:
         faults = [v for v in self.faults if v["closes"] and v["required"]]
         results = await self.each(faults, lambda session, vector: self.fault(session, vector, True))
+        if not self.answered_any:  # a server that closes every connection would seem to refuse every fault
+            return Check(
+                "framing-faults",
+                True,
+                FAIL,
+                "the server answered no sound request (answers), so its closes show nothing",
+            )
         return self.summary("framing-faults", True, results, "refused, then the connection closed")
 
     async def error_frames(self) -> Check:

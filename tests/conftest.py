@@ -271,6 +271,13 @@ def tls_files(tmp_path_factory) -> dict[str, Path]:
     }
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago, for programs that take a port, not port 0."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture
 def haproxy_binary() -> str:
     """Debian's haproxy, for the integration tests (``make integration`` installs it when missing)."""

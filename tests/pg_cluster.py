@@ -15,10 +15,11 @@ import glob
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import uuid
+
+from conftest import free_port
 
 SUPERUSER = "sockapp"
 
@@ -35,12 +36,6 @@ def postgresql_bindir() -> str | None:
     return os.path.dirname(candidates[-1]) if candidates else None
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class PostgresCluster:
     """``initdb`` once; ``start()``, ``stop()`` (fast shutdown: sessions cut, as a restart does) as often as
     a test needs; ``remove()`` at the end. ``url(dbname)`` is the URI the kv app takes."""
@@ -50,7 +45,7 @@ class PostgresCluster:
         self.folder = tempfile.mkdtemp(prefix="sockapp-pg-")  # under /tmp, which the postgres user can reach
         self.data = os.path.join(self.folder, "data")
         self.log = os.path.join(self.folder, "server.log")
-        self.port = _free_port()
+        self.port = free_port()
         self.as_root = os.geteuid() == 0
         if self.as_root:
             shutil.chown(self.folder, "postgres", "postgres")

@@ -41,6 +41,14 @@ def log_events():
     globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
 
 
+@pytest.fixture
+def db(tmp_path):
+    """An SQLite database in this test's folder, closed after the test."""
+    opened = database.open_database(str(tmp_path / "kv.sqlite3"))
+    yield opened
+    opened.close()
+
+
 def test_a_postgresql_uri_names_postgresql_and_anything_else_an_sqlite_file():
     assert database.is_postgresql("postgresql://kv@db.internal/kv")
     assert database.is_postgresql("postgres://kv@db.internal:5433/kv")
@@ -125,36 +133,32 @@ def test_postgresql_text_cannot_hold_nul_so_a_key_with_one_is_a_bad_request_ther
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_failure_is_tried_once_more_before_it_is_answered_unavailable(tmp_path, log_events):
-    db = database.open_database(str(tmp_path / "kv.sqlite3"))
-    try:
-        calls: list[int] = []
+async def test_a_failure_is_tried_once_more_before_it_is_answered_unavailable(db, log_events):
+    calls: list[int] = []
 
-        def stale_then_fine() -> Deferred[Any]:
-            # A pooled connection left over from before a database restart fails once.
-            calls.append(1)
-            return fail(sqlite3.OperationalError("server closed the connection")) if len(calls) == 1 else succeed(7)
+    def stale_then_fine() -> Deferred[Any]:
+        # A pooled connection left over from before a database restart fails once.
+        calls.append(1)
+        return fail(sqlite3.OperationalError("server closed the connection")) if len(calls) == 1 else succeed(7)
 
-        assert await db.run(stale_then_fine) == 7
-        assert len(calls) == 2
-        assert not [e for e in log_events if e.get("log_namespace") == database.__name__]
+    assert await db.run(stale_then_fine) == 7
+    assert len(calls) == 2
+    assert not [e for e in log_events if e.get("log_namespace") == database.__name__]
 
-        def always_down() -> Deferred[Any]:
-            calls.append(1)
-            return fail(sqlite3.OperationalError("unable to open database file"))
+    def always_down() -> Deferred[Any]:
+        calls.append(1)
+        return fail(sqlite3.OperationalError("unable to open database file"))
 
-        calls.clear()
-        with pytest.raises(ActionError) as caught:
-            await db.run(always_down)
-        assert (caught.value.code, len(calls)) == ("unavailable", 2)
+    calls.clear()
+    with pytest.raises(ActionError) as caught:
+        await db.run(always_down)
+    assert (caught.value.code, len(calls)) == ("unavailable", 2)
 
-        def a_bug() -> Deferred[Any]:
-            return fail(sqlite3.IntegrityError("NOT NULL constraint failed"))
+    def a_bug() -> Deferred[Any]:
+        return fail(sqlite3.IntegrityError("NOT NULL constraint failed"))
 
-        with pytest.raises(sqlite3.IntegrityError):  # not the database's state: an internal-error, not retried
-            await db.run(a_bug)
-    finally:
-        db.close()
+    with pytest.raises(sqlite3.IntegrityError):  # not the database's state: an internal-error, not retried
+        await db.run(a_bug)
 
 
 @pytest_twisted.ensureDeferred
@@ -191,93 +195,81 @@ async def test_an_unusable_database_is_answered_unavailable_in_band_and_the_serv
 
 
 @pytest_twisted.ensureDeferred
-async def test_queries_waiting_for_a_hung_database_are_bounded_even_when_their_handlers_give_up(tmp_path, monkeypatch):
+async def test_queries_waiting_for_a_hung_database_are_bounded_even_when_their_handlers_give_up(db, monkeypatch):
     monkeypatch.setattr(database, "MAX_WAITING", 3)
-    db = database.open_database(str(tmp_path / "kv.sqlite3"))
-    try:
-        hung: list[Deferred[Any]] = []  # queries a hung database never finishes
+    hung: list[Deferred[Any]] = []  # queries a hung database never finishes
 
-        def query() -> Deferred[Any]:
-            hung.append(Deferred())
-            return hung[-1]
+    def query() -> Deferred[Any]:
+        hung.append(Deferred())
+        return hung[-1]
 
-        def refused_at_once() -> ActionError:
-            """The next request is answered at once (no waiting on the hung database), and nothing is queued."""
-            outcome: list[Any] = []
-            Deferred.fromCoroutine(db.run(query)).addBoth(outcome.append)
-            assert len(outcome) == 1, "the request waits for the hung database"
-            assert len(hung) == 3
-            return outcome[0].value
+    def refused_at_once() -> ActionError:
+        """The next request is answered at once (no waiting on the hung database), and nothing is queued."""
+        outcome: list[Any] = []
+        Deferred.fromCoroutine(db.run(query)).addBoth(outcome.append)
+        assert len(outcome) == 1, "the request waits for the hung database"
+        assert len(hung) == 3
+        return outcome[0].value
 
-        waiting = [Deferred.fromCoroutine(db.run(query)) for _ in range(3)]
-        refused = refused_at_once()
-        assert refused.code == "unavailable" and "not keeping up" in refused.message
-        # --action-timeout cancels the handlers; their queries still hold adbapi's threads.
-        for handler in waiting:
-            handler.cancel()
-            handler.addErrback(lambda _: None)
-        assert refused_at_once().code == "unavailable"
-        # The database answers them (to nobody now): room again.
-        for work in hung:
-            work.callback([])
-        assert await db.run(lambda: succeed("served")) == "served"
-    finally:
-        db.close()
+    waiting = [Deferred.fromCoroutine(db.run(query)) for _ in range(3)]
+    refused = refused_at_once()
+    assert refused.code == "unavailable" and "not keeping up" in refused.message
+    # --action-timeout cancels the handlers; their queries still hold adbapi's threads.
+    for handler in waiting:
+        handler.cancel()
+        handler.addErrback(lambda _: None)
+    assert refused_at_once().code == "unavailable"
+    # The database answers them (to nobody now): room again.
+    for work in hung:
+        work.callback([])
+    assert await db.run(lambda: succeed("served")) == "served"
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_connections_queries_run_one_after_another_and_other_connections_do_not_wait(tmp_path):
-    db = database.open_database(str(tmp_path / "kv.sqlite3"))
-    try:
-        started: list[str] = []
-        work: dict[str, Deferred[Any]] = {}
+async def test_a_connections_queries_run_one_after_another_and_other_connections_do_not_wait(db):
+    started: list[str] = []
+    work: dict[str, Deferred[Any]] = {}
 
-        def query(name: str) -> Callable[[], Deferred[Any]]:
-            def start() -> Deferred[Any]:
-                started.append(name)
-                work[name] = Deferred()
-                return work[name]
+    def query(name: str) -> Callable[[], Deferred[Any]]:
+        def start() -> Deferred[Any]:
+            started.append(name)
+            work[name] = Deferred()
+            return work[name]
 
-            return start
+        return start
 
-        one, other = object(), object()
-        first = Deferred.fromCoroutine(db.run(query("first"), one))
-        second = Deferred.fromCoroutine(db.run(query("second"), one))  # pipelined behind "first" on one connection
-        elsewhere = Deferred.fromCoroutine(db.run(query("elsewhere"), other))
-        assert started == ["first", "elsewhere"]  # "second" waits for "first" to be done in the database
-        work["first"].callback(1)
-        assert await first == 1 and started == ["first", "elsewhere", "second"]
-        work["second"].callback(2)
-        work["elsewhere"].callback(3)
-        assert (await second, await elsewhere) == (2, 3)
-        assert not db._in_order  # nothing kept once a connection has nothing in flight
-    finally:
-        db.close()
+    one, other = object(), object()
+    first = Deferred.fromCoroutine(db.run(query("first"), one))
+    second = Deferred.fromCoroutine(db.run(query("second"), one))  # pipelined behind "first" on one connection
+    elsewhere = Deferred.fromCoroutine(db.run(query("elsewhere"), other))
+    assert started == ["first", "elsewhere"]  # "second" waits for "first" to be done in the database
+    work["first"].callback(1)
+    assert await first == 1 and started == ["first", "elsewhere", "second"]
+    work["second"].callback(2)
+    work["elsewhere"].callback(3)
+    assert (await second, await elsewhere) == (2, 3)
+    assert not db._in_order  # nothing kept once a connection has nothing in flight
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_hung_database_is_logged_once_when_requests_are_turned_away_and_once_when_it_is_back(
-    tmp_path, monkeypatch, log_events
+    db, monkeypatch, log_events
 ):
     monkeypatch.setattr(database, "MAX_WAITING", 2)
-    db = database.open_database(str(tmp_path / "kv.sqlite3"))
-    try:
-        hung: list[Deferred[Any]] = [Deferred(), Deferred()]
+    hung: list[Deferred[Any]] = [Deferred(), Deferred()]
 
-        def waits_on(d: Deferred[Any]) -> Callable[[], Deferred[Any]]:
-            return lambda: d
+    def waits_on(d: Deferred[Any]) -> Callable[[], Deferred[Any]]:
+        return lambda: d
 
-        waiting = [Deferred.fromCoroutine(db.run(waits_on(d))) for d in hung]
-        for _ in range(50):
-            with pytest.raises(ActionError):
-                await db.run(lambda: succeed(None))
-        for d in hung:
-            d.callback(None)
-        await waiting[0]
-        await waiting[1]
-        assert await db.run(lambda: succeed("ok")) == "ok"
-    finally:
-        db.close()
+    waiting = [Deferred.fromCoroutine(db.run(waits_on(d))) for d in hung]
+    for _ in range(50):
+        with pytest.raises(ActionError):
+            await db.run(lambda: succeed(None))
+    for d in hung:
+        d.callback(None)
+    await waiting[0]
+    await waiting[1]
+    assert await db.run(lambda: succeed("ok")) == "ok"
     said = [formatEvent(e) for e in log_events if e.get("log_namespace") == database.__name__]
     assert len(said) == 2, said
     assert said[0].endswith("is unavailable: 2 queries are waiting for it (is it hung?)")
@@ -289,39 +281,31 @@ class OverALimit(sqlite3.OperationalError):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_request_over_a_limit_of_the_database_is_a_bad_request_not_an_outage(tmp_path, log_events):
-    db = database.open_database(str(tmp_path / "kv.sqlite3"))
-    try:
-        calls: list[int] = []
+async def test_a_request_over_a_limit_of_the_database_is_a_bad_request_not_an_outage(db, log_events):
+    calls: list[int] = []
 
-        def too_large() -> Deferred[Any]:
-            calls.append(1)
-            return fail(OverALimit("index row size 3088 exceeds btree version 4 maximum 2704"))
+    def too_large() -> Deferred[Any]:
+        calls.append(1)
+        return fail(OverALimit("index row size 3088 exceeds btree version 4 maximum 2704"))
 
-        with pytest.raises(ActionError) as caught:
-            await db.run(too_large)
-        assert caught.value.code == "bad-request" and len(calls) == 1  # not tried again
-        assert db.pool.epoch == 0  # no connection is suspected
-    finally:
-        db.close()
+    with pytest.raises(ActionError) as caught:
+        await db.run(too_large)
+    assert caught.value.code == "bad-request" and len(calls) == 1  # not tried again
+    assert db.pool.epoch == 0  # no connection is suspected
     assert not [e for e in log_events if e.get("log_namespace") == database.__name__]
 
 
-def test_after_a_failure_each_thread_opens_a_new_connection_before_its_next_query(tmp_path):
-    db = database.open_database(str(tmp_path / "kv.sqlite3"))
-    try:
-        pool = db.pool  # pool.connect() is called in the pool's threads; this thread will do as one
-        first = pool.connect()
-        assert pool.connect() is first
-        pool.epoch += 1  # what Database.run does when a query fails for the database's sake
-        second = pool.connect()
-        assert second is not first
-        with pytest.raises(sqlite3.ProgrammingError):  # the old one was closed
-            first.execute("SELECT 1")
-        assert pool.connect() is second
-        pool.disconnect(second)
-    finally:
-        db.close()
+def test_after_a_failure_each_thread_opens_a_new_connection_before_its_next_query(db):
+    pool = db.pool  # pool.connect() is called in the pool's threads; this thread will do as one
+    first = pool.connect()
+    assert pool.connect() is first
+    pool.epoch += 1  # what Database.run does when a query fails for the database's sake
+    second = pool.connect()
+    assert second is not first
+    with pytest.raises(sqlite3.ProgrammingError):  # the old one was closed
+        first.execute("SELECT 1")
+    assert pool.connect() is second
+    pool.disconnect(second)
 
 
 def test_stopping_waits_a_bounded_time_for_a_query_stuck_in_a_hung_database(tmp_path, monkeypatch, log_events):

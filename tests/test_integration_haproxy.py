@@ -22,7 +22,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import ROOT, _pem_key, issue_certificate, make_ca, send_and_read_all, tool
+from conftest import ROOT, _pem_key, free_port, issue_certificate, make_ca, send_and_read_all, tool
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -41,12 +41,6 @@ HUNG = 3  # sockapp3, stopped with SIGSTOP in the hung-backend test
 HUNG_BENCH_SECONDS = 20  # long enough to see the hung backend marked DOWN while load goes on
 HANG_AFTER_HITS = 500
 PINGS = ("sockapp_requests_total", (("action", "ping"), ("outcome", "ok")))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def haproxy_stats(path: str) -> dict[str, dict[str, str]]:

@@ -107,7 +107,6 @@ def app(database: str = DEFAULT_DATABASE, writers: str = "") -> App:
     pool = db.pool
     kv = App("kv")
     kv.pool = pool  # type: ignore[attr-defined]  # for tests and tools that close it
-    kv.database = db  # type: ignore[attr-defined]
     # The SQL is written once, for both databases.
     select_value = db.sql("SELECT value FROM kv WHERE key = ?")
     upsert = db.sql("INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")

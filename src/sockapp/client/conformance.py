@@ -515,7 +515,8 @@ class _Checker:
 
     async def bounded(self, name: str, required: bool, step: Callable[[], Coroutine[Any, Any, Check]]) -> Check:
         """Run one check, never raising, and never for longer than its vectors' rounds of
-        ``check_timeout`` could take (each wait in a check already ends by its deadline)."""
+        ``check_timeout`` could take (each wait in a check already ends by its deadline). A check
+        that ends in ``_NoFrame`` (no answer, a cut or bad frame) is a failed row with its detail."""
         most = max(len(self.exchanges), len(self.faults), len(self.request("search-morpheus")))  # split-in-two's
         rounds = -(-most // CONCURRENCY) + 2
         limit = self.timeout * rounds + 1
@@ -533,7 +534,9 @@ class _Checker:
                 outcome.callback(check)
 
         def ended(result: Check | Failure) -> None:
-            if isinstance(result, Failure):
+            if isinstance(result, Failure) and isinstance(result.value, _NoFrame):  # no answer, or not one
+                finish(Check(name, required, FAIL, result.value.detail))
+            elif isinstance(result, Failure):
                 detail = f"the checker failed: {peer_text(repr(result.value), DETAIL_LIMIT)}"
                 finish(Check(name, required, FAIL, detail))
             else:
@@ -593,8 +596,6 @@ class _Checker:
                 return Check(name, False, FAIL, f"second request: {difference}")
             self.keep_alive = True
             return Check(name, False, PASS, "a second request on the connection was answered")
-        except _NoFrame as e:
-            return Check(name, False, FAIL, e.detail)
         finally:
             session.end()
 
@@ -622,8 +623,6 @@ class _Checker:
                     return Check(name, False, FAIL, f"answer {number}: {_difference(got, self.answer(wanted))}")
                 self.in_order = number
             return Check(name, False, PASS, f"{len(names)} requests in one write answered in order")
-        except _NoFrame as e:
-            return Check(name, False, FAIL, e.detail)
         finally:
             session.end()
 
@@ -658,8 +657,6 @@ class _Checker:
             if probe.pending:
                 return Check(name, False, FAIL, f"sent {probe.pending} more bytes after the answer")
             return Check(name, False, PASS, "answered what was sent before the half-close, then closed")
-        except _NoFrame as e:
-            return Check(name, False, FAIL, e.detail)
         finally:
             session.end()
 
@@ -788,8 +785,6 @@ class _Checker:
             if (difference := _difference(got, self.answer("search-ring"))) is not None:
                 return Check(name, True, FAIL, difference)
             return Check(name, True, PASS, f"a search sent one byte at a time ({len(request)} writes) was answered")
-        except _NoFrame as e:
-            return Check(name, True, FAIL, e.detail)
         finally:
             session.end()
 
@@ -915,8 +910,6 @@ class _Checker:
             if (difference := _difference(got, self.answer("search-miss"))) is not None:
                 return Check(name, True, FAIL, difference)
             return Check(name, True, PASS, "a connection mid-request was answered after another sent a broken frame")
-        except _NoFrame as e:
-            return Check(name, True, FAIL, e.detail)
         finally:
             session.end()
 
@@ -931,8 +924,6 @@ class _Checker:
             if status == PASS:
                 detail = f"a binary request of {LARGE_CONTENT} bytes was answered"
             return Check(name, True, status, detail)
-        except _NoFrame as e:
-            return Check(name, True, FAIL, e.detail)
         finally:
             session.end()
 
@@ -959,8 +950,6 @@ class _Checker:
             return Check(
                 name, True, PASS, "idle and stalled connections held no one up, and were served after their pause"
             )
-        except _NoFrame as e:
-            return Check(name, True, FAIL, e.detail)
         finally:
             session.end()
 
@@ -976,8 +965,6 @@ class _Checker:
             if got.document_error is None and got.header.content_type == JSON_CONTENT_TYPE and good(result):
                 return Check(name, False, PASS, passed)
             return Check(name, False, NOT_SUPPORTED, f"answered {got.describe()}")
-        except _NoFrame as e:
-            return Check(name, False, FAIL, e.detail)
         finally:
             session.end()
 

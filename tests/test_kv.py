@@ -262,13 +262,39 @@ async def test_a_prefix_reads_only_its_own_range_from_the_database(listen, tmp_p
         app.pool.close()
 
 
+def nested(depth: int) -> Any:
+    """Arrays nested ``depth`` deep, each with a string beside it: not too dense for the wire."""
+    value: Any = ["x"]
+    for _ in range(depth - 1):
+        value = [value, "padding"]
+    return value
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_value_is_stored_up_to_the_nesting_limit_and_a_deeper_one_is_a_bad_request(listen, tmp_path):
+    app: Any = kv.app(str(tmp_path / "kv.sqlite3"))
+    try:
+        client = await within(connect(reactor, await listen(AppFactory(app))))
+        deepest = nested(kv.MAX_VALUE_DEPTH)
+        assert await within(client.call("set", {"key": "deep", "value": {"k": deepest[0]}})) is True
+        assert await within(client.call("get", "deep")) == {"k": deepest[0]}
+        for too_deep in (nested(kv.MAX_VALUE_DEPTH + 1), {"k": deepest}, [1, {"a": [deepest]}]):
+            with pytest.raises(ServerError) as caught:
+                await within(client.call("set", {"key": "deeper", "value": too_deep}))
+            assert caught.value.code == "bad-request"
+            assert str(kv.MAX_VALUE_DEPTH) in caught.value.message
+        await within(client.close())
+    finally:
+        app.pool.close()
+
+
 def test_a_value_nested_too_deeply_to_store_is_a_bad_request(server_processes, tmp_path):
     from conftest import send_and_read_all
 
     from sockapp.wire.framing import FrameDecoder, Message
 
     _, port = start_kv(server_processes, str(tmp_path / "kv.sqlite3"))
-    depth = 970  # the wire's parser takes it (one bracket per 7 characters is not too dense); json.dumps cannot
+    depth = 970  # the wire's parser takes it (one bracket per 7 characters is not too dense), near Python's own limit
     text = '{"action": "set", "value": {"key": "deep", "value": ' + "[" * depth + "]" * depth + "}}" + " " * (7 * depth)
     content = text.encode()
     header = json.dumps(

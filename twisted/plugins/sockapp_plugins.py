@@ -1,10 +1,11 @@
-"""twistd plugins for sockapp: ``twistd sockapp`` and ``twistd echo``, and the
-``mtls:`` server endpoint (mutual TLS) for any twistd plugin.
+"""twistd plugins for sockapp: ``twistd sockapp`` and ``twistd echo``, the
+``mtls:`` server endpoint (mutual TLS) and ``--reactor sockapp`` for any twistd plugin.
 
-Two ServiceMaker calls and a small parser: the modules doing the work are
-imported when a plugin is used, so scanning the plugin directory stays cheap.
+Two ServiceMaker calls, a Reactor and a small parser: the modules doing the work
+are imported when a plugin is used, so scanning the plugin directory stays cheap.
 """
 
+from twisted.application.reactors import Reactor
 from twisted.application.service import ServiceMaker
 from twisted.internet.interfaces import IStreamServerEndpointStringParser
 from twisted.plugin import IPlugin
@@ -22,6 +23,12 @@ echo = ServiceMaker(
     "sockapp.tap.echo",
     "An echo server with backpressure, over any endpoint.",
     "echo",
+)
+
+sockapp_reactor = Reactor(
+    "sockapp",
+    "sockapp.net.reactor",
+    "epoll, handing each event to its handler with less work per event (sockapp's servers' default).",
 )
 
 

@@ -37,6 +37,10 @@ rows of at most 2704 bytes, and keys are the same on both databases."""
 MAX_KEYS_ANSWER_BYTES: Final = 256 * 1024
 """The most key text one ``keys`` answer holds (in UTF-8, as JSON strings): at most 64 answers wait for a
 client that does not read, so 16 MiB, not the 128 MiB that 1000 keys of 2 KiB each would make."""
+MAX_VALUE_DEPTH: Final = 256
+"""The deepest nesting of arrays and objects in a stored value; a deeper one is ``bad-request``. Storing
+and reading a value recurse once per level, so without a fixed limit whether a value some 900 deep could
+be stored would depend on how deep the server's call stack happened to be."""
 
 
 @attrs.frozen
@@ -75,6 +79,23 @@ def _key(key: object, database: Database) -> str:
     if len(key.encode("utf-8")) > MAX_KEY_BYTES:
         raise ActionError("bad-request", f"a key is at most {MAX_KEY_BYTES} bytes in UTF-8")
     return key
+
+
+def _nesting_depth(value: object) -> int:
+    """How deeply arrays and objects nest in ``value`` (0 for a scalar), without recursing."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
 
 
 def _after_prefix(prefix: str) -> str | None:
@@ -130,10 +151,9 @@ def app(database: str = DEFAULT_DATABASE, writers: str = "") -> App:
         """Store {"key": K, "value": V}; answered once the write has committed."""
         may_write(context)
         key = _key(value.key, db)
-        try:
-            text = json.dumps(value.value)  # ASCII: a lone surrogate or a NUL in a value is stored as its JSON escape
-        except RecursionError:  # the wire's JSON parser takes a little deeper nesting than json.dumps
-            raise ActionError("bad-request", "the value is nested too deeply to store") from None
+        if _nesting_depth(value.value) > MAX_VALUE_DEPTH:
+            raise ActionError("bad-request", f"a value nests arrays and objects at most {MAX_VALUE_DEPTH} deep")
+        text = json.dumps(value.value)  # ASCII: a lone surrogate or a NUL in a value is stored as its JSON escape
         await db.run(lambda: pool.runOperation(upsert, (key, text)), context.connection)
         return True
 

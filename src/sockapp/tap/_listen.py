@@ -244,6 +244,11 @@ def _serving(options: ListenOptions, factory: IProtocolFactory, reactor: Any) ->
 
 
 def _reactor() -> Any:
+    """The global reactor: sockapp's (``sockapp.net.reactor``) unless one is installed already,
+    by ``twistd --reactor`` or whoever runs these services."""
+    from sockapp.net.reactor import install_unless_chosen
+
+    install_unless_chosen()
     from twisted.internet import reactor
 
     return reactor

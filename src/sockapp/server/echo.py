@@ -1,10 +1,11 @@
 """The echo server as a Twisted ``Protocol``/``Factory`` pair.
 
-Every byte received is written back, read 256 KiB at a time and sent at
-once with Nagle's algorithm off (as asyncio and uvloop do). The transport is its own producer, so
-a peer that sends without reading is read no faster than it reads: server
-memory per connection stays bounded. A peer that half-closes gets every
-byte back before the connection closes.
+Every byte received is written back, read up to 256,000 bytes at a time (as
+uvloop reads) and sent at once with Nagle's algorithm off (as asyncio and
+uvloop do). The transport is its own producer, so a peer that sends without
+reading is read no faster than it reads: server memory per connection stays
+bounded. A peer that half-closes gets every byte back before the connection
+closes.
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ from sockapp.net.protocol import (
 from sockapp.net.tls import note_handshake_failure
 from sockapp.server.lifecycle import ClosesInTime, ServerFactory
 
-READ_SIZE = 256 * 1024
+# uvloop's read size. A read of 256 KiB (asyncio's) empties the socket at every read when the
+# client keeps exactly 256 KiB in flight, as compare.py's echo load does: then the two sides take
+# turns and each MB costs the server about 15% more CPU (benchmarks/README.md, "Echo read size").
+READ_SIZE = 256_000
 
 
 @implementer(IHalfCloseableProtocol)

@@ -96,25 +96,42 @@ def drive(load: str, port: int, seconds: float, clients: int) -> float:
     return total
 
 
+def cpu_model() -> str:
+    """The processor's name from /proc/cpuinfo (Linux), or the platform's guess."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown processor"
+
+
 def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"
+    return (
+        f"{platform.machine()} ({cpu_model()}), {os.cpu_count()} cores, Python {platform.python_version()},"
+        f" {platform.system()} {platform.release()}"
+    )
 
 
 def write_results(medians: dict, order: list[str], args: argparse.Namespace) -> None:
     results = HERE / "results"
     results.mkdir(exist_ok=True)
     date = datetime.date.today().isoformat()
+    peers = [name for name in order if name != "sockapp"]
     lines = [
         f"Measured {date} on {machine()}: `python benchmarks/run.py --rounds {args.rounds} --seconds {args.seconds:g}"
         f" --clients {args.clients}` (medians; load from `sockapp bench` in {args.clients} processes).",
         "",
-        "| load | unit | " + " | ".join(order) + " | sockapp / asyncio |",
-        "|---|---|" + "---|" * len(order) + "---|",
+        "| load | unit | " + " | ".join(order) + "".join(f" | sockapp / {peer}" for peer in peers) + " |",
+        "|---|---|" + "---|" * (len(order) + len(peers)),
     ]
     for load, per_server in medians.items():
-        ratio = per_server["sockapp"] / per_server["asyncio"] if per_server.get("asyncio") else float("nan")
         values = " | ".join(f"{per_server[s]:,.0f}" for s in order)
-        lines.append(f"| {load} | {LOADS[load][2]} | {values} | {ratio:.2f} |")
+        ratios = "".join(
+            f" | {per_server['sockapp'] / per_server[peer]:.2f}" if per_server.get(peer) else " | n/a" for peer in peers
+        )
+        lines.append(f"| {load} | {LOADS[load][2]} | {values}{ratios} |")
     table = "\n".join(lines) + "\n"
     (results / "latest.md").write_text(table)
     print(table)

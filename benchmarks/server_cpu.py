@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shlex
 import signal
 import socket
@@ -88,13 +89,18 @@ def main() -> None:
             servers.append(Server(name, command))
         rates: dict[str, list[float]] = {s.name: [] for s in servers}
         costs: dict[str, list[float]] = {s.name: [] for s in servers}
+        busy: dict[str, list[float]] = {s.name: [] for s in servers}
+        client: dict[str, list[float]] = {s.name: [] for s in servers}
         for r in range(args.rounds):
             for server in servers if r % 2 == 0 else servers[::-1]:
                 argv = ["taskset", "-c", "1", loadgen, LOADGEN_MODE[args.mode], "127.0.0.1", str(server.port)]
                 argv += [str(CONNECTIONS[args.mode]), str(args.seconds)] + ([str(payload)] if payload else [])
                 before = cpu_seconds(server.proc.pid)
+                children = resource.getrusage(resource.RUSAGE_CHILDREN)
                 out = subprocess.run(argv, capture_output=True, text=True, timeout=args.seconds + 60).stdout
                 used = cpu_seconds(server.proc.pid) - before
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                loadgen_used = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
                 fields = dict(field.split("=", 1) for field in out.split())
                 if args.mode == "echo":
                     rate = float(fields["MBps"])
@@ -102,6 +108,8 @@ def main() -> None:
                     rate = float(fields["rps"]) * (payload / 1e6 if args.mode == "big" else 1)
                 rates[server.name].append(rate)
                 costs[server.name].append(1e6 * used / (rate * args.seconds) if rate else float("nan"))
+                busy[server.name].append(100 * used / args.seconds)
+                client[server.name].append(1e6 * loadgen_used / (rate * args.seconds) if rate else float("nan"))
     finally:
         for server in servers:
             server.stop()
@@ -112,7 +120,9 @@ def main() -> None:
         rate = statistics.median(rates[server.name])
         print(
             f"{server.name:12} {rate:10,.0f} {unit}  x {servers[-1].name} {rate / base:.2f}  "
-            f"server CPU {statistics.median(costs[server.name]):.1f} us per {per}  "
+            f"server CPU {statistics.median(costs[server.name]):.1f} us per {per} "
+            f"(busy {statistics.median(busy[server.name]):.0f}%), "
+            f"load generator {statistics.median(client[server.name]):.1f} us per {per}  "
             f"rounds {[round(x) for x in rates[server.name]]}"
         )
 

@@ -110,6 +110,35 @@ def test_a_handler_runs_in_the_log_context_twisted_gives_it(reactor, pairs, logg
     assert dict(context.get(ILogContext)) == {"system": "-"}
 
 
+def test_a_handler_inherits_the_log_context_of_every_frame_below(reactor, pairs, logged):
+    """Twisted looks a key up through the whole context stack, not only its top frame: a log
+    context set further down (here under another frame) still reaches the handler."""
+    seen = []
+
+    def on_read():
+        seen.append(dict(context.get(ILogContext)))
+        log.msg("from the handler")
+
+    ready_reader(reactor, pairs, on_read)
+    log.callWithContext({"service": "svc-1"}, context.call, {"request-id": 7}, reactor.doPoll, 0)
+    assert seen == [{"system": PREFIX, "service": "svc-1"}]
+    (event,) = [event for event in logged if event["message"] == ("from the handler",)]
+    assert (event["system"], event.get("service")) == (PREFIX, "svc-1")
+
+
+def test_a_reactor_under_a_context_tracker_of_one_thread_hands_events_over_the_same(reactor, pairs, logged):
+    """``context.installContextTracker`` may put a plain ``ContextTracker`` in place."""
+    tracker = context.theContextTracker
+    context.installContextTracker(context.ContextTracker())
+    try:
+        seen = []
+        ready_reader(reactor, pairs, lambda: seen.append(dict(context.get(ILogContext))))
+        reactor.doPoll(0)
+    finally:
+        context.installContextTracker(tracker)
+    assert seen == [{"system": PREFIX}]
+
+
 def test_an_exception_in_a_handler_is_logged_with_the_connection_and_closes_it(reactor, pairs, logged):
     def on_read():
         raise RuntimeError("handler broke")

@@ -309,6 +309,33 @@ def test_the_pool_starts_its_workers_with_the_held_socket():
     assert all(args[-2:] == ["--listen-fd", "3"] and "--verbose" in args for args in clock.spawned)
 
 
+def test_workers_run_the_reactor_the_parent_runs():
+    """``twistd --reactor poll sockapp --workers 2``: the workers serve every connection, so they
+    get the parent's ``--reactor`` (found from the running reactor's module)."""
+    from twisted.internet import pollreactor
+
+    from sockapp.net.reactor import SockappReactor
+
+    for made, name in [(pollreactor.PollReactor(), "poll"), (SockappReactor(), "sockapp")]:
+        pool = WorkerPool(made, "tcp:0", "sockapp", [], 1, 10.0)
+        assert pool.reactor_args() == ["--reactor", name]
+        made.removeAll()
+        made.waker.connectionLost(None)
+    clock, pool = pool_of(1)  # a reactor no --reactor names: the worker is left to its default
+    assert "--reactor" not in clock.spawned[0]
+
+
+def test_a_chosen_reactor_runs_in_the_workers_too(server_processes):
+    server = server_processes(
+        [tool("twistd"), "-n", "--pidfile=", "--reactor", "poll", "sockapp", "--workers", "2"]
+        + ["--port", "tcp:0:interface=127.0.0.1"]
+    )
+    wait_for_workers(server, 2)
+    for index in range(2):
+        server.wait_for_log(rf"worker {index}: .*reactor class: twisted\.internet\.pollreactor\.PollReactor\.")
+    assert "SockappReactor" not in server.log()
+
+
 def test_a_worker_that_ends_is_started_again_after_a_delay():
     clock, pool = pool_of(2)
     first = pool.workers[0]

@@ -3,10 +3,10 @@
 Twisted's reactors run every I/O event through ``log.callWithLogger``, so that a legacy
 ``twisted.python.log`` message made while the event is handled is tagged with the
 connection's log prefix (its ``system``). It gets there through five calls, two
-thread-local lookups and two dict copies per event: about a fifth of the server's CPU
+thread-local lookups and three new dicts per event: about a fifth of the server's CPU
 time per request under load (benchmarks/README.md, "Reactor dispatch"). This reactor
 does the same inline: the legacy logging context of each event is the one Twisted
-would make (its copies of the current context, ``system`` set to the log prefix),
+would make (a copy of the log context in force, ``system`` set to the log prefix),
 pushed onto and popped off the thread's context stack directly, and an exception that
 escapes the handler is logged with that ``system`` and the reactor goes on.
 
@@ -43,12 +43,18 @@ class SockappReactor(EPollReactor):
             return
         handle = self._doReadOrWrite
         selectables = self._selectables
-        # What callWithLogger pushes for each event: the thread's current context, its log
-        # context with "system" set to the selectable's log prefix. Each event pops what it
-        # pushed, so the current context is the same for every event of this poll.
-        stack = context.theContextTracker.currentContext().contexts
-        current = stack[-1]
-        log_context = current.get(ILogContext) or {}
+        stack = _context_stack()
+        if stack is None:  # a context tracker of someone else's making: Twisted's own way
+            for fd, event in events:
+                selectable = selectables.get(fd)
+                if selectable is not None:
+                    log.callWithLogger(selectable, handle, selectable, fd, event)
+            return
+        # What callWithLogger pushes for each event: one frame holding a copy of the log
+        # context in force (looked up through the whole stack) with "system" set to the
+        # selectable's log prefix. Each event pops what it pushed, so the log context in force
+        # is the same for every event of this poll.
+        log_context = _log_context_in_force(stack)
         for fd, event in events:
             selectable = selectables.get(fd)
             if selectable is None:  # removed by an earlier event of this poll
@@ -56,9 +62,7 @@ class SockappReactor(EPollReactor):
             system = _log_prefix(selectable)
             event_log_context = log_context.copy()
             event_log_context["system"] = system
-            event_context = current.copy()
-            event_context[ILogContext] = event_log_context
-            stack.append(event_context)
+            stack.append({ILogContext: event_log_context})
             try:
                 handle(selectable, fd, event)  # type: ignore[no-untyped-call]  # Twisted's, untyped
             except BaseException as error:
@@ -69,6 +73,25 @@ class SockappReactor(EPollReactor):
                 stack.pop()
 
     doIteration = doPoll
+
+
+def _context_stack() -> list[dict[Any, Any]] | None:
+    """This thread's stack of context frames, from Twisted's context tracker (``None`` if an
+    installed tracker is not one of Twisted's two kinds)."""
+    tracker: Any = context.theContextTracker
+    if isinstance(tracker, context.ThreadedContextTracker):
+        tracker = tracker.currentContext()
+    if isinstance(tracker, context.ContextTracker):
+        return tracker.contexts
+    return None
+
+
+def _log_context_in_force(stack: list[dict[Any, Any]]) -> dict[str, Any]:
+    """The legacy log context as ``context.get(ILogContext)`` finds it: the topmost frame that has one."""
+    for frame in reversed(stack):
+        if ILogContext in frame:
+            return frame[ILogContext] or {}
+    return {}
 
 
 def _log_prefix(selectable: Any) -> Any:

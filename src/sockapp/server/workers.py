@@ -16,6 +16,7 @@ import socket
 import sys
 from typing import Any
 
+from twisted.application.reactors import getReactorTypes
 from twisted.application.service import Service
 from twisted.internet import tcp, unix
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
@@ -112,11 +113,21 @@ class WorkerPool(Service):
         for index in range(self.count):
             self._spawn(index)
 
+    def reactor_args(self) -> list[str]:
+        """``--reactor NAME`` for the reactor this process runs (``twistd --reactor poll`` or
+        sockapp's default), so that the workers, which serve every connection, run it too; nothing
+        for a reactor no installed reactor plugin names (the worker then takes sockapp's default)."""
+        module = type(self.reactor).__module__
+        for installer in getReactorTypes():
+            if getattr(installer, "moduleName", None) == module:  # Twisted's Reactor plugins have one
+                return ["--reactor", installer.shortName]
+        return []
+
     def _spawn(self, index: int) -> None:
         if self.stopping:
             return
         worker = _Worker(self, index)
-        argv = [sys.executable, "-c", TWISTD, "-n", "--pidfile=", self.tapname, *self.worker_args]
+        argv = [sys.executable, "-c", TWISTD, *self.reactor_args(), "-n", "--pidfile=", self.tapname, *self.worker_args]
         argv += ["--listen-fd", str(WORKER_FD)]
         self.reactor.spawnProcess(
             worker,

@@ -349,6 +349,9 @@ async def test_multi_line_answers_keep_their_lines(listen):
         ("word", "word"),
         ("two words", "two words"),
         ("null", None),
+        ("NaN", "NaN"),  # not JSON (RFC 8259), though Python's json reads it: a word
+        ("-Infinity", "-Infinity"),
+        ("1e400", "1e400"),
     ],
 )
 def test_a_call_value_is_json_or_else_a_word(text, value):

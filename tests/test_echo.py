@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any, cast
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 
+from sockapp.net.protocol import MAX_QUEUED_WRITES
 from sockapp.server.echo import EchoFactory
 
 
@@ -171,4 +173,63 @@ async def test_echo_over_tcp_turns_nagle_off():
         assert handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         client.transport.loseConnection()
     finally:
+        await port.stopListening()
+
+
+async def wait_until(check, reactor, limit=2000):
+    """Let the reactor run until ``check()`` is true (at most ``limit`` short turns; no time is asserted)."""
+    for _ in range(limit):
+        if check():
+            return True
+        await task.deferLater(reactor, 0.002, lambda: None)
+    return check()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_peer_that_does_not_read_and_sends_single_bytes_is_paused_after_a_bounded_number_of_writes():
+    """Twisted pauses reading by queued payload bytes (``bufferSize``); each queued write also costs a
+    Python object. A peer that does not read and sends one byte per segment would make the server queue
+    some 256,000 one-byte writes (about 110 bytes of memory each) before that pause: reading pauses
+    after ``MAX_QUEUED_WRITES`` queued writes instead, and everything is echoed once the peer reads."""
+    servers: list = []
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(recording_factory(servers))
+    peer = socket.socket()
+    try:
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        peer.connect(("127.0.0.1", port.getHost().port))
+        peer.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer.setblocking(False)
+        assert await wait_until(lambda: servers, reactor)
+        server = servers[0]
+        transport = server.transport
+        sent = 0
+        while not transport._tempDataBuffer and not transport.producerPaused:  # fill the kernel's buffers
+            try:
+                sent += peer.send(b"z" * 65536)
+            except BlockingIOError:
+                pass
+            await task.deferLater(reactor, 0.002, lambda: None)
+        assert not transport.producerPaused  # less than bufferSize queued: Twisted alone would read on
+        singles = 0
+        while not transport.producerPaused and singles < 2 * MAX_QUEUED_WRITES:
+            before = server.received
+            sent += peer.send(b"y")
+            singles += 1
+            assert await wait_until(lambda before=before: server.received > before or transport.producerPaused, reactor)
+        assert transport.producerPaused, f"still reading after {singles} queued one-byte writes"
+        assert len(transport._tempDataBuffer) <= MAX_QUEUED_WRITES
+        echoed = bytearray()
+
+        def read_all() -> bool:
+            try:
+                while chunk := peer.recv(1 << 20):
+                    echoed.extend(chunk)
+            except BlockingIOError:
+                pass
+            return len(echoed) >= sent
+
+        assert await wait_until(read_all, reactor, limit=20000)
+        assert bytes(echoed) == b"z" * (sent - singles) + b"y" * singles
+    finally:
+        peer.close()
         await port.stopListening()

@@ -20,6 +20,7 @@ from sockapp.wire.framing import (
     Message,
     encode_frame,
     encode_json,
+    parse_header,
     parse_json_content,
 )
 
@@ -581,7 +582,7 @@ def test_encode_result_is_encode_json_of_a_result_byte_for_byte(value):
 
 @pytest.mark.parametrize(
     "text",
-    ["{}", " {} ", "\n[1, 2]\t", "", "  ", " x", '{"a": }', "[1] 2", "[1]  x", "\ufeff{}", "]", "NaN", '"\\ud800"'],
+    ["{}", " {} ", "\n[1, 2]\t", "", "  ", " x", '{"a": }', "[1] 2", "[1]  x", "\ufeff{}", "]", '"\\ud800"', "[1.5e3]"],
 )
 def test_json_content_parses_and_fails_exactly_as_json_loads(text):
     """The parser's shortcut past json.loads gives the same documents and the same messages."""
@@ -595,3 +596,44 @@ def test_json_content_parses_and_fails_exactly_as_json_loads(text):
         assert e.code is ErrorCode.CONTENT_NOT_JSON
         got = ("error", e.message)
     assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("NaN", "NaN"),
+        ('{"value": Infinity}', "Infinity"),
+        ("[1, -Infinity]", "-Infinity"),
+        ("1e400", "1e400"),
+        ("[-1.5e309]", "-1.5e309"),
+        ("[" + "9" * 400 + ".0]", "9999"),
+    ],
+)
+def test_json_content_with_a_number_json_has_no_value_for_is_refused(text, named):
+    """RFC 8259 has no NaN or Infinity, and a number beyond a double's range would be read as one;
+    Python's json module accepts both, and would then answer with them."""
+    with pytest.raises(RemoteProtocolError) as caught:
+        parse_json_content(text.encode(), "utf-8")
+    assert caught.value.code is ErrorCode.CONTENT_NOT_JSON
+    assert named in caught.value.message and len(caught.value.message) < 200
+
+
+def test_a_header_with_nan_is_not_json():
+    with pytest.raises(RemoteProtocolError) as caught:
+        parse_header(
+            b'{"byteorder": "little", "content-type": "text/json", "content-encoding": "utf-8", '
+            b'"content-length": 2, "x": NaN}',
+            1 << 20,
+        )
+    assert caught.value.code is ErrorCode.HEADER_NOT_JSON
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), [1.0, -float("inf")]])
+def test_an_answer_or_request_carrying_a_non_finite_number_is_refused_locally(value):
+    """What we send is JSON text: a NaN handed to the encoder is a local misuse, not a frame."""
+    from sockapp.wire.framing import encode_result
+
+    with pytest.raises(ValueError, match="JSON"):
+        encode_result(value)
+    with pytest.raises(ValueError, match="JSON"):
+        encode_json({"action": "x", "value": value})

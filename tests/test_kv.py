@@ -306,3 +306,34 @@ def test_a_value_nested_too_deeply_to_store_is_a_bad_request(server_processes, t
     answer = decoder.next_message()
     assert isinstance(answer, Message)
     assert answer.document["error"]["code"] == "bad-request", answer.document
+
+
+def test_nan_and_infinity_are_not_stored_and_the_connection_serves_on(server_processes, tmp_path):
+    """Python's json reads NaN, Infinity and 1e400 (as infinity); stored, they would come back in
+    answers that are not JSON text. They are refused in-band, and the next request is answered."""
+    from conftest import send_and_read_all, split_frames
+
+    _, port = start_kv(server_processes, str(tmp_path / "kv.sqlite3"))
+
+    def frame(text: str) -> bytes:
+        content = text.encode()
+        header = json.dumps(
+            {
+                "byteorder": "big",
+                "content-type": "text/json",
+                "content-encoding": "utf-8",
+                "content-length": len(content),
+            }
+        ).encode()
+        return len(header).to_bytes(2, "big") + header + content
+
+    requests = [
+        frame('{"action": "set", "value": {"key": "n", "value": NaN}}'),
+        frame('{"action": "set", "value": {"key": "n", "value": [1e400]}}'),
+        frame('{"action": "set", "value": {"key": "n", "value": -Infinity}}'),
+        frame('{"action": "get", "value": "n"}'),
+    ]
+    answers = [
+        json.loads(content) for _, content in split_frames(send_and_read_all(("127.0.0.1", port), b"".join(requests)))
+    ]
+    assert [answer["error"]["code"] for answer in answers] == ["content-not-json"] * 3 + ["not-found"]

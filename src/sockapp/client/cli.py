@@ -29,6 +29,7 @@ from sockapp.client import DEFAULT_ENDPOINT, DEFAULT_RETRIES, Client, Response, 
 from sockapp.client.bench import Bench, BenchConfig, Summary
 from sockapp.client.progress import live_progress
 from sockapp.errors import SockappError, TLSFailure
+from sockapp.wire.framing import loads as loads_json
 
 DEFAULT_TIMEOUT = 30.0
 TUTORIAL_ECHO_MESSAGE = "hello, universe.\nHi, friend."
@@ -174,9 +175,10 @@ async def run_request(reactor: Any, args: argparse.Namespace, interruption: Inte
 
 
 def json_or_word(text: str) -> Any:
-    """A command-line value: JSON if it parses (``5``, ``{"a": 1}``, ``"x"``), else the word itself."""
+    """A command-line value: JSON if it parses (``5``, ``{"a": 1}``, ``"x"``), else the word itself
+    (``NaN`` too: Python's json reads it, JSON has no such number)."""
     try:
-        return json.loads(text)
+        return loads_json(text)
     except ValueError:
         return text
 

@@ -31,6 +31,12 @@ from sockapp.wire.text import peer_text
 # take to send what is queued; then the connection is aborted, whether or not the peer reads.
 CLOSE_GRACE: Final = 2.0
 
+# Writes a connection may have queued, whatever their size, before it stops reading. Twisted
+# pauses reading by queued payload bytes only (``bufferSize``), but every queued write is also a
+# Python object of about a hundred bytes: a peer that does not read and sends one byte per segment
+# would otherwise make the echo server queue 256,000 one-byte writes, some 28 MB, before the pause.
+MAX_QUEUED_WRITES: Final = 64
+
 
 def error_document(error: RemoteProtocolError) -> dict[str, dict[str, str]]:
     """The content of the error frame sent for ``error``."""
@@ -149,6 +155,7 @@ def write_now(transport: ITransport, data: bytes) -> None:
         or transport.disconnecting  # type: ignore[attr-defined]
     ):
         transport.write(data)
+        pause_if_many_writes_queued(transport)
         return
     try:
         sent = transport.socket.send(data)  # type: ignore[attr-defined]
@@ -159,6 +166,29 @@ def write_now(transport: ITransport, data: bytes) -> None:
         return
     if sent < len(data):
         transport.write(data[sent:])
+
+
+def pause_if_many_writes_queued(transport: object) -> None:
+    """Pause the socket transport's producer, as Twisted does when its buffer is full, once
+    ``MAX_QUEUED_WRITES`` writes wait in its queue; Twisted resumes it when the queue has drained.
+
+    ``transport`` may wrap the socket's transport (TLS, a PROXY header reader): the socket's is
+    found a few ``.transport`` links down. Nothing to do where no producer is registered.
+    """
+    for _ in range(4):
+        queued = getattr(transport, "_tempDataBuffer", None)
+        if queued is not None:
+            break
+        transport = getattr(transport, "transport", None)
+    else:
+        return
+    if len(queued) < MAX_QUEUED_WRITES:
+        return
+    producer = getattr(transport, "producer", None)
+    if producer is None or not getattr(transport, "streamingProducer", False) or transport.producerPaused:  # type: ignore[attr-defined]
+        return
+    transport.producerPaused = True  # type: ignore[attr-defined]  # Twisted resumes it when drained
+    producer.pauseProducing()
 
 
 def send_without_delay(transport: ITransport) -> None:

@@ -176,8 +176,9 @@ def encode_frame(
 
 # json.dumps builds a new encoder on every call with these arguments: built once here,
 # encoding a small answer costs a third less.
-_dumps_unicode = json.JSONEncoder(ensure_ascii=False).encode
-_dumps_ascii = json.JSONEncoder().encode
+# allow_nan=False: what is sent is JSON text (RFC 8259), never NaN or Infinity.
+_dumps_unicode = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
+_dumps_ascii = json.JSONEncoder(allow_nan=False).encode
 _quote = json.encoder.encode_basestring  # a str as a JSON string, non-ASCII kept, exactly as json.dumps
 _UTF8_JSON_PREFIX: Final = _header_prefix(JSON_CONTENT_TYPE, "utf-8", sys.byteorder)
 
@@ -312,17 +313,42 @@ def _parse_header(raw: bytes) -> Header:
 
 _new_header = object.__new__
 _set_field = object.__setattr__
+
+
 # The stdlib's own scanner and whitespace pattern, which typeshed leaves undeclared; the pattern
 # matches the empty string, so match() never returns None.
-_scan_json: Callable[[str, int], tuple[Any, int]] = json.decoder.JSONDecoder().scan_once  # type: ignore[attr-defined]
+def _refuse_constant(name: str) -> Any:
+    """``json``'s hook for NaN, Infinity and -Infinity, which Python reads and RFC 8259 does not."""
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    """A JSON number with a fraction or exponent as a float; one beyond a double's range is
+    refused (Python would read it as infinity, and answer with Infinity)."""
+    value = float(text)
+    if value - value != 0.0:  # inf - inf is nan
+        raise ValueError(f"{peer_text(text, 32)} is beyond the range of a double")
+    return value
+
+
+_scan_json: Callable[[str, int], tuple[Any, int]] = json.decoder.JSONDecoder(  # type: ignore[attr-defined]
+    parse_float=_finite_float, parse_constant=_refuse_constant
+).scan_once
 _skip_space: Callable[[str, int], re.Match[str]] = json.decoder.WHITESPACE.match  # type: ignore[attr-defined]
 _SPACE: Final = frozenset(" \t\n\r")
+
+
+def loads(text: str) -> Any:
+    """A JSON text as Python values, as the wire reads it: ``json.loads`` but with NaN, Infinity
+    and numbers beyond a double's range refused (``ValueError``), as RFC 8259 has no value for them."""
+    return _loads(text)
 
 
 def _loads(text: str) -> Any:
     """``json.loads(text)`` (same results, same errors) with fewer calls per
     document: what ``JSONDecoder.decode`` does, inlined. Small documents parse
-    twice as fast."""
+    twice as fast. Unlike ``json.loads``, numbers JSON has no value for (NaN,
+    Infinity, 1e400) are errors."""
     end = _skip_space(text, 0).end() if text[:1] in _SPACE else 0
     try:
         document, end = _scan_json(text, end)

@@ -8,11 +8,13 @@ from typing import Any, cast
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
-from sockapp.net.protocol import MAX_QUEUED_WRITES
+from sockapp.net.protocol import MAX_QUEUED_WRITES, read_only_as_fast_as_peer_reads, write_now
 from sockapp.server.echo import EchoFactory
 
 
@@ -233,3 +235,56 @@ async def test_a_peer_that_does_not_read_and_sends_single_bytes_is_paused_after_
     finally:
         peer.close()
         await port.stopListening()
+
+
+class StuckSocket(FileDescriptor):
+    """A socket transport whose peer does not read: what is written stays queued until ``drain``."""
+
+    def __init__(self) -> None:
+        super().__init__(reactor=MemoryReactor())
+        self.connected = True
+        self.reading = True
+        self.peer_reads = False
+
+    def startReading(self) -> None:
+        self.reading = True
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+    def startWriting(self) -> None:
+        pass
+
+    def stopWriting(self) -> None:
+        pass
+
+    def writeSomeData(self, data) -> int:
+        return len(data) if self.peer_reads else 0
+
+    def drain(self) -> None:
+        self.peer_reads = True
+        self.doWrite()
+
+
+def wrapped(stuck: StuckSocket) -> ProtocolWrapper:
+    """``stuck`` behind a ``ProtocolWrapper``, as TLS and PROXY-header ports put one (it hands
+    unknown attributes down to the socket's transport)."""
+    wrapper = ProtocolWrapper(WrappingFactory(Factory.forProtocol(Protocol)), Protocol())
+    wrapper.makeConnection(stuck)
+    return wrapper
+
+
+@pytest.mark.parametrize("wrap", [False, True], ids=["socket", "wrapped"])
+def test_reading_pauses_after_max_queued_writes_and_resumes_when_they_drain(wrap):
+    stuck = StuckSocket()
+    transport: Any = wrapped(stuck) if wrap else stuck
+    read_only_as_fast_as_peer_reads(transport)
+    for _ in range(MAX_QUEUED_WRITES - 1):
+        write_now(transport, b"y")
+    assert stuck.reading and not stuck.producerPaused
+    write_now(transport, b"y")
+    assert not stuck.reading and stuck.producerPaused
+    write_now(transport, b"y")  # written while paused: queued, nothing lost
+    stuck.drain()
+    assert stuck.reading and not stuck.producerPaused
+    assert stuck.dataBuffer == b"" and not stuck._tempDataBuffer

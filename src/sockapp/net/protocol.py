@@ -8,9 +8,10 @@ frames go down with ``sendMessage``. All parsing lives in ``framing``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, cast
 from typing import Protocol as TypingProtocol
 
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import IHalfCloseableProtocol, IProducer, IPushProducer, ITransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -173,22 +174,22 @@ def pause_if_many_writes_queued(transport: object) -> None:
     ``MAX_QUEUED_WRITES`` writes wait in its queue; Twisted resumes it when the queue has drained.
 
     ``transport`` may wrap the socket's transport (TLS, a PROXY header reader): the socket's is
-    found a few ``.transport`` links down. Nothing to do where no producer is registered.
+    found a few ``.transport`` links down (a wrapper hands unknown attributes down, so it is told
+    apart by its class, not by what it answers). Nothing to do where no producer is registered.
     """
     for _ in range(4):
-        queued = getattr(transport, "_tempDataBuffer", None)
-        if queued is not None:
+        if isinstance(transport, FileDescriptor):
             break
         transport = getattr(transport, "transport", None)
     else:
         return
-    if len(queued) < MAX_QUEUED_WRITES:
+    if len(transport._tempDataBuffer) < MAX_QUEUED_WRITES:
         return
-    producer = getattr(transport, "producer", None)
-    if producer is None or not getattr(transport, "streamingProducer", False) or transport.producerPaused:  # type: ignore[attr-defined]
+    producer = transport.producer
+    if producer is None or not transport.streamingProducer or transport.producerPaused:
         return
-    transport.producerPaused = True  # type: ignore[attr-defined]  # Twisted resumes it when drained
-    producer.pauseProducing()
+    transport.producerPaused = True  # Twisted resumes it once the queue has drained
+    cast(IPushProducer, producer).pauseProducing()  # streaming: a push producer
 
 
 def send_without_delay(transport: ITransport) -> None:

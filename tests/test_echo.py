@@ -205,12 +205,15 @@ async def test_a_peer_that_does_not_read_and_sends_single_bytes_is_paused_after_
         server = servers[0]
         transport = server.transport
         sent = 0
-        while not transport._tempDataBuffer and not transport.producerPaused:  # fill the kernel's buffers
+        for _ in range(5000):  # fill the kernel's buffers until the server has to queue
+            if transport._tempDataBuffer or transport.producerPaused:
+                break
             try:
                 sent += peer.send(b"z" * 65536)
             except BlockingIOError:
                 pass
             await task.deferLater(reactor, 0.002, lambda: None)
+        assert transport._tempDataBuffer
         assert not transport.producerPaused  # less than bufferSize queued: Twisted alone would read on
         singles = 0
         while not transport.producerPaused and singles < 2 * MAX_QUEUED_WRITES:

@@ -315,8 +315,6 @@ _new_header = object.__new__
 _set_field = object.__setattr__
 
 
-# The stdlib's own scanner and whitespace pattern, which typeshed leaves undeclared; the pattern
-# matches the empty string, so match() never returns None.
 def _refuse_constant(name: str) -> Any:
     """``json``'s hook for NaN, Infinity and -Infinity, which Python reads and RFC 8259 does not."""
     raise ValueError(f"{name} is not a JSON number")
@@ -331,6 +329,8 @@ def _finite_float(text: str) -> float:
     return value
 
 
+# The stdlib's own scanner and whitespace pattern, which typeshed leaves undeclared; the pattern
+# matches the empty string, so match() never returns None.
 _scan_json: Callable[[str, int], tuple[Any, int]] = json.decoder.JSONDecoder(  # type: ignore[attr-defined]
     parse_float=_finite_float, parse_constant=_refuse_constant
 ).scan_once

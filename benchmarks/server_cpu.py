@@ -19,54 +19,21 @@ import argparse
 import os
 import resource
 import shlex
-import signal
-import socket
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 BENCH = Path(__file__).resolve().parent.parent.parent / "shared" / "bench"
 CONNECTIONS = {"keep": 50, "pipe": 50, "close": 50, "big": 4, "echo": 10}
 LOADGEN_MODE = {"keep": "app-keep", "pipe": "app-pipe", "close": "app-close", "big": "app-big", "echo": "echo"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of ``pid`` so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class Server:
-    def __init__(self, name: str, command: str) -> None:
-        self.name, self.port = name, free_port()
-        argv = ["taskset", "-c", "0", *shlex.split(command.replace("{port}", str(self.port)))]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                break
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"{name}: did not start listening ({command})") from None
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
 
 
 def main() -> None:
@@ -78,15 +45,15 @@ def main() -> None:
     parser.add_argument("--payload", type=int, default=None, help="echo block or big request size in bytes")
     args = parser.parse_args()
     sys.path.insert(0, str(BENCH))
-    from compare import build_loadgen  # type: ignore[import-not-found]  # ../shared/bench, not a package
+    from compare import Server, build_loadgen  # type: ignore[import-not-found]  # ../shared/bench, not a package
 
     loadgen = build_loadgen()
     payload = args.payload or {"echo": 65536, "big": 8 * 1024 * 1024}.get(args.mode)
-    servers: list[Server] = []
+    servers: list[Any] = []  # compare.Server: started on CPU 0, {port} filled in, stop()
     try:
         for spec in args.servers:
             name, _, command = spec.partition("=")
-            servers.append(Server(name, command))
+            servers.append(Server(name, shlex.split(command)))
         rates: dict[str, list[float]] = {s.name: [] for s in servers}
         costs: dict[str, list[float]] = {s.name: [] for s in servers}
         busy: dict[str, list[float]] = {s.name: [] for s in servers}

@@ -43,8 +43,8 @@ class SockappReactor(EPollReactor):
             return
         handle = self._doReadOrWrite
         selectables = self._selectables
-        stack = _context_stack()
-        if stack is None:  # a context tracker of someone else's making: Twisted's own way
+        tracker = _context_tracker()
+        if tracker is None:  # a context tracker of someone else's making: Twisted's own way
             for fd, event in events:
                 selectable = selectables.get(fd)
                 if selectable is not None:
@@ -54,7 +54,8 @@ class SockappReactor(EPollReactor):
         # context in force (looked up through the whole stack) with "system" set to the
         # selectable's log prefix. Each event pops what it pushed, so the log context in force
         # is the same for every event of this poll.
-        log_context = _log_context_in_force(stack)
+        log_context = tracker.getContext(ILogContext) or {}
+        stack = tracker.contexts
         for fd, event in events:
             selectable = selectables.get(fd)
             if selectable is None:  # removed by an earlier event of this poll
@@ -75,23 +76,13 @@ class SockappReactor(EPollReactor):
     doIteration = doPoll
 
 
-def _context_stack() -> list[dict[Any, Any]] | None:
-    """This thread's stack of context frames, from Twisted's context tracker (``None`` if an
-    installed tracker is not one of Twisted's two kinds)."""
+def _context_tracker() -> context.ContextTracker | None:
+    """This thread's tracker of context frames (``None`` if the installed tracker is not one of
+    Twisted's two kinds, whose frames this reactor knows how to push)."""
     tracker: Any = context.theContextTracker
     if isinstance(tracker, context.ThreadedContextTracker):
         tracker = tracker.currentContext()
-    if isinstance(tracker, context.ContextTracker):
-        return tracker.contexts
-    return None
-
-
-def _log_context_in_force(stack: list[dict[Any, Any]]) -> dict[str, Any]:
-    """The legacy log context as ``context.get(ILogContext)`` finds it: the topmost frame that has one."""
-    for frame in reversed(stack):
-        if ILogContext in frame:
-            return frame[ILogContext] or {}
-    return {}
+    return tracker if isinstance(tracker, context.ContextTracker) else None
 
 
 def _log_prefix(selectable: Any) -> Any:

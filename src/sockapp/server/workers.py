@@ -93,6 +93,7 @@ class WorkerPool(Service):
         self.workers: dict[int, _Worker] = {}
         self.port: Any = None
         self.stopping = False
+        self._reactor_args: list[str] = []
 
     def privilegedStartService(self) -> None:
         listening = serverFromString(self.reactor, self.description).listen(Workers())
@@ -110,6 +111,7 @@ class WorkerPool(Service):
 
     def startService(self) -> None:
         Service.startService(self)
+        self._reactor_args = self.reactor_args()  # found once: it scans the reactor plugins
         for index in range(self.count):
             self._spawn(index)
 
@@ -127,7 +129,7 @@ class WorkerPool(Service):
         if self.stopping:
             return
         worker = _Worker(self, index)
-        argv = [sys.executable, "-c", TWISTD, *self.reactor_args(), "-n", "--pidfile=", self.tapname, *self.worker_args]
+        argv = [sys.executable, "-c", TWISTD, *self._reactor_args, "-n", "--pidfile=", self.tapname, *self.worker_args]
         argv += ["--listen-fd", str(WORKER_FD)]
         self.reactor.spawnProcess(
             worker,

@@ -338,12 +338,6 @@ _skip_space: Callable[[str, int], re.Match[str]] = json.decoder.WHITESPACE.match
 _SPACE: Final = frozenset(" \t\n\r")
 
 
-def loads(text: str) -> Any:
-    """A JSON text as Python values, as the wire reads it: ``json.loads`` but with NaN, Infinity
-    and numbers beyond a double's range refused (``ValueError``), as RFC 8259 has no value for them."""
-    return _loads(text)
-
-
 def _loads(text: str) -> Any:
     """``json.loads(text)`` (same results, same errors) with fewer calls per
     document: what ``JSONDecoder.decode`` does, inlined. Small documents parse
@@ -359,6 +353,11 @@ def _loads(text: str) -> Any:
         if end != len(text):
             raise json.JSONDecodeError("Extra data", text, end)
     return document
+
+
+loads = _loads
+"""A JSON text as Python values, as the wire reads it (``ValueError`` if it is not JSON): for the
+command line, which takes what the wire would."""
 
 
 # Text encodings a peer may declare for text/json content: every one decodes in
